@@ -1,0 +1,76 @@
+"""One exception hierarchy for medsam2kit.
+
+Every error raised on bad user input derives from :class:`MedSAM2KitError` *and* from the
+built-in exception a caller would expect (``ValueError``, ``TypeError``, ``FileNotFoundError``,
+...), so ``except ValueError`` keeps working. Messages name the argument (or file), what was
+expected and what was found.
+
+Example:
+    >>> from medsam2kit.errors import InvalidInputError
+    >>> try:
+    ...     raise InvalidInputError("mask: expected shape (4, 5), got (4, 6)")
+    ... except ValueError as err:
+    ...     print(err)
+    mask: expected shape (4, 5), got (4, 6)
+"""
+
+from __future__ import annotations
+
+
+class MedSAM2KitError(Exception):
+    """Base class of every error raised by medsam2kit."""
+
+
+class InvalidInputError(MedSAM2KitError, ValueError):
+    """An argument has the wrong value, shape, range or content."""
+
+
+class InvalidTypeError(MedSAM2KitError, TypeError):
+    """An argument has the wrong type."""
+
+
+class ShapeMismatchError(InvalidInputError):
+    """Two arrays that must agree in shape do not."""
+
+
+class GeometryError(InvalidInputError):
+    """Spacing, affine, slice positions or orientation are missing, uneven or inconsistent."""
+
+
+class MissingFileError(MedSAM2KitError, FileNotFoundError):
+    """A file or folder that was named does not exist."""
+
+
+class FileFormatError(MedSAM2KitError, ValueError):
+    """A file exists but cannot be read as the expected format (unreadable, truncated, unsupported)."""
+
+
+class CheckpointError(MedSAM2KitError, ValueError):
+    """A checkpoint does not match the model it is loaded into."""
+
+
+class ConfigError(MedSAM2KitError, ValueError):
+    """A SAM2 configuration cannot be found or built."""
+
+
+class DeviceError(MedSAM2KitError, RuntimeError):
+    """A requested device is not available."""
+
+
+class MissingDependencyError(MedSAM2KitError, ImportError):
+    """An optional dependency needed for this call is not installed."""
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DeviceError",
+    "FileFormatError",
+    "GeometryError",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "MedSAM2KitError",
+    "MissingDependencyError",
+    "MissingFileError",
+    "ShapeMismatchError",
+]

@@ -1,0 +1,129 @@
+"""The value that carries a 3D array together with its geometry.
+
+A :class:`Volume` is what :mod:`medsam2kit.io` reads and what every other component passes
+around: the voxel array in the file's own voxel order (no reorientation), the 4x4 affine that
+maps voxel indices ``(i, j, k, 1)`` along array axes ``(0, 1, 2)`` to world coordinates in mm
+(RAS+, the NIfTI convention; DICOM's LPS is converted on reading), and for ultrasound cines the
+frame times. Spacing is derived from the affine, so the two can never disagree.
+
+Example:
+    >>> import numpy as np
+    >>> from medsam2kit.volume import Volume
+    >>> vol = Volume(np.zeros((4, 5, 6), np.float32), np.diag([2.0, 1.0, 0.5, 1.0]))
+    >>> vol.shape, vol.spacing
+    ((4, 5, 6), (2.0, 1.0, 0.5))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from medsam2kit.errors import GeometryError, InvalidInputError, InvalidTypeError, ShapeMismatchError
+
+VolumeKind = Literal["volume", "cine"]
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D array with its voxel-to-world geometry.
+
+    Attributes:
+        array: ``(D, H, W)`` voxels in the file's voxel order; any real or integer dtype
+            (images are usually float32, label maps integer).
+        affine: ``(4, 4)`` float64 matrix mapping ``(i, j, k, 1)`` voxel indices to RAS+ mm.
+        kind: ``"volume"`` for CT/MRI, ``"cine"`` for an ultrasound clip whose axis 0 is time.
+        frame_times: for a cine, the acquisition time of each frame in ms when the file has it.
+        source: the path it was read from, for messages.
+        modality: DICOM-style modality (``"CT"``, ``"MR"``, ``"US"``, ...) when known.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    kind: VolumeKind = "volume"
+    frame_times: tuple[float, ...] | None = None
+    source: str | None = None
+    modality: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.array, np.ndarray):
+            raise InvalidTypeError(f"array: expected a numpy.ndarray, got {type(self.array).__name__}")
+        if self.array.ndim != 3:
+            raise InvalidInputError(
+                f"array: expected 3 dimensions (D, H, W), got shape {self.array.shape}"
+                f"{' from ' + self.source if self.source else ''}"
+            )
+        if not (np.issubdtype(self.array.dtype, np.number) or self.array.dtype == np.bool_):
+            raise InvalidTypeError(f"array: expected a numeric dtype, got {self.array.dtype}")
+        affine = np.asarray(self.affine, dtype=np.float64)
+        check_affine(affine, name="affine")
+        object.__setattr__(self, "affine", affine)
+        if self.kind not in ("volume", "cine"):
+            raise InvalidInputError(f"kind: expected 'volume' or 'cine', got {self.kind!r}")
+        if self.frame_times is not None:
+            times = tuple(float(t) for t in self.frame_times)
+            if len(times) != self.array.shape[0]:
+                raise ShapeMismatchError(
+                    f"frame_times: expected {self.array.shape[0]} values (one per frame), got {len(times)}"
+                )
+            object.__setattr__(self, "frame_times", times)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The array shape ``(D, H, W)``."""
+        d, h, w = self.array.shape
+        return (int(d), int(h), int(w))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along array axes 0, 1, 2 (the norms of the affine's columns)."""
+        norms = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """A volume on the same grid with another array (same shape required).
+
+        Args:
+            array: ``(D, H, W)`` array of the same shape as ``self.array``.
+
+        Returns:
+            A new :class:`Volume` that shares this one's geometry and metadata.
+
+        Example:
+            >>> import numpy as np
+            >>> v = Volume(np.zeros((2, 3, 4)), np.eye(4))
+            >>> v.with_array(np.ones((2, 3, 4), np.uint8)).array.dtype
+            dtype('uint8')
+        """
+        array = np.asarray(array)
+        if array.shape != self.array.shape:
+            raise ShapeMismatchError(
+                f"array: expected shape {self.array.shape} (the volume's grid), got {array.shape}"
+            )
+        return replace(self, array=array)
+
+    def same_grid(self, other: Volume, *, atol: float = 1e-4) -> bool:
+        """Whether ``other`` has the same shape and (within ``atol`` mm) the same affine."""
+        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol, rtol=0.0))
+
+
+def check_affine(affine: np.ndarray, *, name: str = "affine") -> None:
+    """Raise :class:`GeometryError` unless ``affine`` is a finite, invertible 4x4 voxel-to-world matrix.
+
+    Example:
+        >>> import numpy as np
+        >>> check_affine(np.eye(4))
+    """
+    if affine.shape != (4, 4):
+        raise GeometryError(f"{name}: expected shape (4, 4), got {affine.shape}")
+    if not np.all(np.isfinite(affine)):
+        raise GeometryError(f"{name}: expected finite values, got {affine.tolist()}")
+    if not np.allclose(affine[3], [0.0, 0.0, 0.0, 1.0]):
+        raise GeometryError(f"{name}: expected last row [0, 0, 0, 1], got {affine[3].tolist()}")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise GeometryError(f"{name}: expected an invertible 3x3 part, got {affine[:3, :3].tolist()}")
+
+
+__all__ = ["Volume", "VolumeKind", "check_affine"]
