@@ -415,6 +415,8 @@ class FeatureCache:
         self._recent: tuple[int, list[torch.Tensor]] | None = None
         self._pos_enc: list[torch.Tensor] | None = None
         self._dtype: torch.dtype | None = None
+        size = frames[0].shape[-1]
+        self._placeholder = torch.zeros((), device=device).expand(1, 3, size, size)
         self.stats = CacheStats()
 
     def __len__(self) -> int:
@@ -425,10 +427,9 @@ class FeatureCache:
         return self._frames[index].to(self._device).float().unsqueeze(0)
 
     def features(self, index: int) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """The image and the backbone output ``{"backbone_fpn", "vision_pos_enc"}`` of a frame."""
+        """A placeholder image and the backbone output ``{"backbone_fpn", "vision_pos_enc"}`` of a frame."""
         if not 0 <= index < len(self._frames):
             raise InvalidInputError(f"frame index: expected 0 <= index < {len(self._frames)}, got {index}")
-        image = self.image(index)
         stored = self._store.get(index)
         if stored is None and self._recent is not None and self._recent[0] == index:
             stored = self._recent[1]
@@ -436,7 +437,7 @@ class FeatureCache:
             self.stats.hits += 1
             fpn = [t.to(self._dtype) if self._dtype is not None else t for t in stored]
         else:
-            out = self._encode(image)
+            out = self._encode(self.image(index))
             self.stats.encoder_calls += 1
             fpn = list(out["backbone_fpn"])
             if self._pos_enc is None:
@@ -444,7 +445,9 @@ class FeatureCache:
                 self._dtype = fpn[0].dtype
             self._keep(index, fpn)
         assert self._pos_enc is not None  # set on the first encoder call
-        return image, {"backbone_fpn": fpn, "vision_pos_enc": self._pos_enc}
+        # sam2's callers of _get_image_feature ignore the image it returns; a zero-stride view of
+        # the right shape avoids normalising the frame again on every visit.
+        return self._placeholder, {"backbone_fpn": fpn, "vision_pos_enc": self._pos_enc}
 
     def _keep(self, index: int, fpn: list[torch.Tensor]) -> None:
         stored = [t.to(self._storage_dtype) if self._storage_dtype is not None else t for t in fpn]
