@@ -29,6 +29,10 @@ class InvalidTypeError(MedSAM2KitError, TypeError):
     """An argument has the wrong type."""
 
 
+class FrameIndexError(MedSAM2KitError, IndexError):
+    """A frame index is outside the sequence (an ``IndexError``, so iteration stops cleanly)."""
+
+
 class ShapeMismatchError(InvalidInputError):
     """Two arrays that must agree in shape do not."""
 
@@ -66,6 +70,7 @@ __all__ = [
     "ConfigError",
     "DeviceError",
     "FileFormatError",
+    "FrameIndexError",
     "GeometryError",
     "InvalidInputError",
     "InvalidTypeError",

@@ -255,7 +255,47 @@ def save_mask(mask: np.ndarray | Volume, like: Volume, path: str | os.PathLike[s
         )
     dest = _check_destination(path)
     data = _mask_for_nifti(arr)
-    img = _nifti_on_grid(data, like.affine)
+    return _save_atomic(_nifti_on_grid(data, like.affine), dest)
+
+
+def save_volume(volume: Volume, path: str | os.PathLike[str]) -> Path:
+    """Write an image volume as NIfTI (float32, or its integer dtype) with its exact geometry.
+
+    Written atomically like :func:`save_mask`: a temporary file in the destination folder, then
+    ``os.replace``; nothing appears at ``path`` on failure.
+
+    Args:
+        volume: the image; float data is stored as float32, integer and bool data as is (bool as uint8).
+        path: destination ending in ``.nii`` or ``.nii.gz``; its folder must exist.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> import numpy as np
+        >>> from medsam2kit.io import load_volume, save_volume
+        >>> from medsam2kit.volume import Volume
+        >>> v = Volume(np.ones((2, 3, 4), np.float32), np.diag([1.0, 2.0, 3.0, 1.0]))
+        >>> p = save_volume(v, pathlib.Path(tempfile.mkdtemp()) / "v.nii.gz")
+        >>> load_volume(p).spacing
+        (1.0, 2.0, 3.0)
+    """
+    if not isinstance(volume, Volume):
+        raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
+    dest = _check_destination(path)
+    arr = volume.array
+    if arr.dtype == np.bool_:
+        data = arr.astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        data = arr.astype(np.float32)
+    else:
+        data = arr
+    return _save_atomic(_nifti_on_grid(data, volume.affine), dest)
+
+
+def _save_atomic(img: nib.Nifti1Image, dest: Path) -> Path:
+    """Write to a temporary file beside ``dest`` and move it into place; never a partial file."""
     tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.tmp{_nifti_suffix(dest)}"
     try:
         _write_nifti(img, tmp)
@@ -1058,4 +1098,4 @@ def _as_label_array(array: np.ndarray, *, name: str) -> np.ndarray:
     raise InvalidInputError(f"{name}: label values too large ({hi})")  # pragma: no cover
 
 
-__all__ = ["ColorMode", "load_label", "load_volume", "save_mask"]
+__all__ = ["ColorMode", "load_label", "load_volume", "save_mask", "save_volume"]

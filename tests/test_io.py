@@ -891,3 +891,18 @@ def test_real_carotid_cine(shared_data: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_volume(files[0], key="masks").kind == "volume"
+
+
+def test_save_volume_round_trip_and_atomic(tmp_path: Path) -> None:
+    from medsam2kit.io import save_volume
+
+    rng = np.random.default_rng(3)
+    affine = np.array([[0.0, -0.7, 0.1, 10.0], [0.9, 0.0, 0.0, -4.0], [0.0, 0.05, 2.5, 3.0], [0, 0, 0, 1]])
+    vol = Volume(rng.normal(size=(4, 5, 6)), affine)
+    back = load_volume(save_volume(vol, tmp_path / "img.nii.gz"))
+    assert back.array.dtype == np.float32
+    np.testing.assert_array_equal(back.array, vol.array.astype(np.float32))
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    with pytest.raises(InvalidInputError, match=r"\.nii"):
+        save_volume(vol, tmp_path / "img.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.nii.gz"]
