@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -852,7 +852,13 @@ class Session:
             else:
                 raise InvalidTypeError(f"prompt: expected MaskPrompt or PointPrompt, got {type(prompt).__name__}")
 
-    def propagate(self, direction: Direction = "both", *, start: int | None = None) -> PropagationResult:
+    def propagate(
+        self,
+        direction: Direction = "both",
+        *,
+        start: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> PropagationResult:
         """Propagate all prompts through the sequence.
 
         Args:
@@ -860,6 +866,7 @@ class Session:
                 or ``"both"`` (forward, then reverse), as sam2's ``propagate_in_video``.
             start: the first frame; default the earliest prompted frame (every prompted frame is
                 a conditioning frame the memory attends to, whichever direction).
+            progress: called as ``progress(frames_done, frames_total)`` after each frame.
 
         Returns:
             A :class:`PropagationResult`; the reverse pass's output wins on the start frame.
@@ -872,15 +879,50 @@ class Session:
             _check_frame_index(start, self.num_frames)
         obj_ids = self.obj_ids
         raw = _empty_result(self.num_frames, len(obj_ids), self.predictor.image_size // 4)
-        passes = {"forward": [False], "reverse": [True], "both": [False, True]}[direction]
-        with self.predictor.policy.autocast():
-            for reverse in passes:
-                for frame_idx, _ids in _iterate(self._model, self.state, start, reverse):
+        with torch.inference_mode(), self.predictor.policy.autocast():
+            self._model.propagate_in_video_preflight(self.state)
+            first = start if start is not None else min(
+                t for outs in self.state["output_dict_per_obj"].values() for t in outs["cond_frame_outputs"]
+            )
+            orders = {
+                "forward": [(False, range(first, self.num_frames))],
+                # sam2 skips the reverse pass when it would start at frame 0
+                "reverse": [(True, range(first, -1, -1) if first > 0 else range(0))],
+            }
+            passes = orders["forward"] + orders["reverse"] if direction == "both" else orders[direction]
+            total, done = sum(len(order) for _, order in passes), 0
+            for reverse, order in passes:
+                for frame_idx in order:
                     for o in range(len(obj_ids)):
-                        out = _frame_output(self.state, o, frame_idx)
-                        _store(raw, frame_idx, o, out["pred_masks"][0, 0], out["object_score_logits"].reshape(-1)[0],
-                               out.get("pred_iou"))
+                        out = self._track(o, frame_idx, reverse)
+                        _store(raw, frame_idx, o, out["pred_masks"][0, 0],
+                               out["object_score_logits"].reshape(-1)[0], out.get("pred_iou"))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
         return self.predictor._finish(raw, obj_ids)
+
+    def _track(self, obj_idx: int, frame_idx: int, reverse: bool) -> dict[str, Any]:
+        """One object on one frame, as the body of sam2's ``propagate_in_video`` (without its
+        per-frame resize to the video size, which we leave to the caller)."""
+        outs = self.state["output_dict_per_obj"][obj_idx]
+        out = outs["cond_frame_outputs"].get(frame_idx)
+        if out is None:
+            out, _ = self._model._run_single_frame_inference(
+                inference_state=self.state,
+                output_dict=outs,
+                frame_idx=frame_idx,
+                batch_size=1,
+                is_init_cond_frame=False,
+                point_inputs=None,
+                mask_inputs=None,
+                reverse=reverse,
+                run_mem_encoder=True,
+            )
+            outs["non_cond_frame_outputs"][frame_idx] = out
+        self.state["frames_tracked_per_obj"][obj_idx][frame_idx] = {"reverse": reverse}
+        result: dict[str, Any] = out
+        return result
 
     def reset(self) -> None:
         """Remove all prompts and results; keep the encoded features."""
@@ -898,21 +940,6 @@ class _FrameList:
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self._cache.image(index)[0]
-
-
-def _iterate(model: Any, state: dict[str, Any], start: int | None, reverse: bool) -> Iterator[tuple[int, Any]]:
-    # sam2's own loop (it draws a tqdm bar on stderr), so that results equal upstream's by construction
-    gen = model.propagate_in_video(state, start_frame_idx=start, reverse=reverse)
-    for frame_idx, obj_ids, _video_res_masks in gen:
-        yield frame_idx, obj_ids
-
-
-def _frame_output(state: dict[str, Any], obj_idx: int, frame_idx: int) -> dict[str, Any]:
-    outs = state["output_dict_per_obj"][obj_idx]
-    out = outs["cond_frame_outputs"].get(frame_idx)
-    if out is None:
-        out = outs["non_cond_frame_outputs"][frame_idx]
-    return dict(out)
 
 
 def _empty_result(num_frames: int, num_obj: int, low_res: int) -> dict[str, torch.Tensor]:
