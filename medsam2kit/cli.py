@@ -95,12 +95,9 @@ def _info(args: argparse.Namespace) -> int:
 
     from medsam2kit.predictor import available_configs, resolve_device
 
-    try:
-        import sam2._C  # type: ignore[import-not-found]  # noqa: F401
+    import importlib.util
 
-        has_c = True
-    except ImportError:
-        has_c = False
+    has_c = importlib.util.find_spec("sam2._C") is not None
     versions = {name: md.version(name) for name in ("medsam2kit", "torch", "sam2", "numpy", "nibabel", "pydicom")}
     lines = [f"{k} {v}" for k, v in versions.items()]
     lines.append(f"device auto -> {resolve_device('auto')} (cuda available: {torch.cuda.is_available()})")

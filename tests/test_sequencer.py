@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 from pathlib import Path
 
@@ -638,16 +637,6 @@ def test_inverse_and_prompt_errors() -> None:
     sub = sequence_volume(np.zeros((3, 4, 6), np.float32), image_size=32, order=[2])
     with pytest.raises(InvalidInputError, match=r"slice_index: expected one of the sequence's slices \[2\], got 0"):
         sub.frame_of_slice(0)
-
-
-def test_docstring_examples() -> None:
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    tests = finder.find(sq)
-    assert len([t for t in tests if t.examples]) >= 30
-    for test in tests:
-        runner.run(test)
-    assert runner.failures == 0, f"{runner.failures} docstring example(s) failed"
 
 
 # ---------------------------------------------------------------------------------------------
