@@ -24,6 +24,11 @@ import numpy as np
 
 from medsam2kit.errors import InvalidInputError, MedSAM2KitError
 
+_FEWSHOT_EXAMPLE = """example:
+  medsam2kit fewshot --support a_img.nii.gz a_label.nii.gz --support b_img.nii.gz b_label.nii.gz \\
+      --query c_img.nii.gz --out c_mask.nii.gz --checkpoint sam2.1_hiera_tiny.pt --device cuda
+"""
+
 _DEMO_EXAMPLE = """example:
   medsam2kit demo --out demo_out
   medsam2kit demo --out demo_out --config sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --device cuda
@@ -61,12 +66,45 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    demo.add_argument("--config", default="sam2.1_hiera_micro", help="SAM2 config name or YAML path")
-    demo.add_argument("--checkpoint", type=Path, default=None, help="SAM2 checkpoint (.pt)")
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
-    demo.add_argument("--image-size", type=int, default=None, help="model input size (default: config's)")
+    _model_options(demo)
     demo.add_argument("--seed", type=int, default=0, help="phantom seed")
+
+    fewshot = sub.add_parser(
+        "fewshot",
+        parents=[verbosity],
+        help="FATE-SAM: segment a query volume from labelled supports, no prompt",
+        description=(
+            "Few-shot, training-free, prompt-free segmentation (FATE-SAM): every slice of the "
+            "support volumes is encoded once into a support bank; each query slice retrieves its "
+            "closest support slices per label as SAM2 memory. Writes a label map (NIfTI) with "
+            "the query's geometry."
+        ),
+        epilog=_FEWSHOT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fewshot.add_argument("--support", nargs=2, action="append", metavar=("IMG", "LABEL"), default=[],
+                         help="a support image and its label map (repeatable)")
+    fewshot.add_argument("--bank", type=Path, default=None, help="a saved support bank instead of --support")
+    fewshot.add_argument("--save-bank", type=Path, default=None, help="write the support bank here for reuse")
+    fewshot.add_argument("--query", type=Path, required=True, help="query image")
+    fewshot.add_argument("--out", type=Path, required=True, help="output label map (.nii or .nii.gz)")
+    fewshot.add_argument("--top-k", type=int, default=3, help="supports per query slice and label (default 3)")
+    fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
+    _model_options(fewshot, default_config="sam2.1_hiera_t")
     return parser
+
+
+def _model_options(parser: argparse.ArgumentParser, *, default_config: str = "sam2.1_hiera_micro") -> None:
+    parser.add_argument("--config", default=default_config, help=f"SAM2 config name or YAML path (default {default_config})")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="SAM2 checkpoint (.pt); none: random init")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    parser.add_argument("--image-size", type=int, default=None, help="model input size (default: config's)")
+
+
+def _predictor(args: argparse.Namespace) -> Any:
+    from medsam2kit.predictor import SAM2Predictor
+
+    return SAM2Predictor.from_config(args.config, args.checkpoint, device=args.device, image_size=args.image_size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _info(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "fewshot":
+            return _fewshot(args)
     except MedSAM2KitError as err:
         print(f"medsam2kit {args.command}: error: {err}", file=sys.stderr)
         return 1
@@ -112,7 +152,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     from medsam2kit.io import save_mask, save_volume
     from medsam2kit.phantoms import ellipsoid_phantom
-    from medsam2kit.predictor import SAM2Predictor
     from medsam2kit.sequencer import sequence_volume
 
     out: Path = args.out
@@ -120,9 +159,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--out: expected a folder, got the file {out}")
     start = time.perf_counter()
     image, label = ellipsoid_phantom(rng=args.seed)
-    predictor = SAM2Predictor.from_config(
-        args.config, args.checkpoint, device=args.device, image_size=args.image_size
-    )
+    predictor = _predictor(args)
     seq = sequence_volume(image, image_size=predictor.image_size)
     axis = seq.layout.axis
     areas = (label.array > 0).sum(axis=tuple(a for a in range(3) if a != axis))
@@ -162,6 +199,39 @@ def _demo(args: argparse.Namespace) -> int:
     _say(args, json.dumps(summary, indent=2) if args.verbose else
          f"wrote {out}/mask.nii.gz ({len(seq)} frames, {session.encoder_calls} encoder calls, "
          f"Dice vs ground truth {dice:.3f}, {summary['weights']}, {summary['seconds']} s)")
+    return 0
+
+
+def _fewshot(args: argparse.Namespace) -> int:
+    from medsam2kit.fewshot import SupportBank, SupportMemoryAssembler
+    from medsam2kit.io import load_label, load_volume, save_mask
+
+    if bool(args.support) == (args.bank is not None):
+        raise InvalidInputError("--support/--bank: expected either one or more --support IMG LABEL or one --bank")
+    out: Path = args.out
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise InvalidInputError(f"--out: expected a .nii or .nii.gz file name, got {out}")
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"--out: the folder {out.parent} does not exist")
+    query = load_volume(args.query)
+    predictor = _predictor(args)
+    start = time.perf_counter()
+    if args.bank is not None:
+        bank = SupportBank.load(args.bank)
+    else:
+        pairs = []
+        for img_path, lab_path in args.support:
+            image = load_volume(img_path)
+            pairs.append((image, load_label(lab_path, like=image)))
+        bank = SupportBank.build(predictor, pairs)
+        if args.save_bank is not None:
+            bank.save(args.save_bank)
+    assembler = SupportMemoryAssembler(predictor, bank, top_k=args.top_k, distance=args.distance)
+    result = assembler.segment(query)
+    save_mask(result.labels, query, out)
+    counts = {lab: int((result.labels.array == lab).sum()) for lab in bank.labels}
+    _say(args, f"wrote {out} (voxels per label {counts}; {len(bank)} support slices; "
+               f"{result.encoder_calls} query encoder calls; {time.perf_counter() - start:.1f} s)")
     return 0
 
 

@@ -52,3 +52,49 @@ def test_help_and_usage_errors() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["no-such-command"])
     assert exc.value.code == 2
+
+
+def test_fewshot_command_writes_a_label_map_on_the_query_grid(tmp_path: Path) -> None:
+    from medsam2kit.io import load_label, save_mask, save_volume
+    from medsam2kit.phantoms import ellipsoid_phantom
+
+    paths = []
+    for seed in (1, 2):
+        image, label = ellipsoid_phantom((6, 40, 36), rng=seed)
+        save_volume(image, tmp_path / f"s{seed}.nii.gz")
+        save_mask(label.array, image, tmp_path / f"s{seed}_label.nii.gz")
+        paths += ["--support", str(tmp_path / f"s{seed}.nii.gz"), str(tmp_path / f"s{seed}_label.nii.gz")]
+    query, _ = ellipsoid_phantom((7, 44, 40), (2.0, 0.9, 0.9), rng=3)
+    save_volume(query, tmp_path / "q.nii.gz")
+    out = tmp_path / "q_mask.nii.gz"
+    bank = tmp_path / "bank.pt"
+    import torch
+
+    from medsam2kit.predictor import build_model
+
+    ckpt = tmp_path / "micro.pt"
+    torch.save({"model": build_model("sam2.1_hiera_micro", device="cpu").state_dict()}, ckpt)
+    model = ["--config", "sam2.1_hiera_micro", "--checkpoint", str(ckpt)]
+    args = ["fewshot", *paths, "--query", str(tmp_path / "q.nii.gz"), "--out", str(out),
+            *model, "--save-bank", str(bank), "--quiet"]
+    assert main(args) == 0
+    from medsam2kit.io import load_volume
+
+    q = load_volume(tmp_path / "q.nii.gz")
+    assert load_label(out, like=q).shape == q.shape
+    # reuse the bank; without supports
+    out2 = tmp_path / "q_mask2.nii.gz"
+    assert main(["fewshot", "--bank", str(bank), "--query", str(tmp_path / "q.nii.gz"), "--out", str(out2),
+                 *model, "--quiet"]) == 0
+    np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), np.asarray(nib.load(out2).dataobj))
+
+
+def test_fewshot_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fewshot", "--query", str(tmp_path / "q.nii.gz"), "--out", str(tmp_path / "m.nii.gz")]) == 1
+    assert "--support/--bank" in capsys.readouterr().err
+    assert main(["fewshot", "--bank", "b.pt", "--query", "q.nii.gz", "--out", str(tmp_path / "m.png")]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert main(["fewshot", "--bank", "b.pt", "--query", str(tmp_path / "missing.nii.gz"),
+                 "--out", str(tmp_path / "m.nii.gz")]) == 1
+    assert "missing.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "m.nii.gz").exists()

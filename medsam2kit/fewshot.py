@@ -1,0 +1,624 @@
+"""FATE-SAM: few-shot, training-free, prompt-free 3D segmentation from a bank of support slices.
+
+A frozen SAM2 segments a query volume with no prompt at all. Every slice of a few labelled
+support volumes is encoded once into a :class:`SupportBank` (image features for retrieval, and
+per label the memory-encoder output of the slice with its mask, the "anatomical memory").
+For each query slice the :class:`SupportMemoryAssembler` retrieves the top-k support slices that
+hold the label (mean L1 over the three FPN levels as the public FATE-SAM code does, or cosine as
+the paper says), injects them as SAM2 conditioning memory, adds the previously predicted
+neighbouring query slices as non-conditioning memory ("volumetric memory", up to six mask
+memories and sam2's usual object pointers), and decodes the slice. Slices are visited from the
+middle (or the best-retrieved slice) downwards, then upwards; each label is its own object.
+
+Temporal keys (our design, see ``docs/fewshot.md``): each pass is laid out as sam2 would see a
+video ``[support_1 .. support_k, q_start, q_next, ...]`` tracked forward, so supports always lie
+in the past: their object pointers are kept in both passes (the public code appends supports
+after the query, and sam2 drops their pointers in forward passes), and a query slice at slice
+distance d from the previous ones sees them at temporal distance d.
+
+Example:
+    >>> from medsam2kit.fewshot import SupportBank, SupportMemoryAssembler
+    >>> from medsam2kit.phantoms import ellipsoid_phantom
+    >>> from medsam2kit.predictor import SAM2Predictor
+    >>> pred = SAM2Predictor.from_config("sam2.1_hiera_micro", device="cpu")
+    >>> image, label = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=1)
+    >>> bank = SupportBank.build(pred, [(image, label)])
+    >>> bank.labels, len(bank)
+    ((1, 2), 6)
+    >>> query, _ = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=2)
+    >>> result = SupportMemoryAssembler(pred, bank).segment(query)
+    >>> result.labels.shape == query.shape, result.encoder_calls
+    (True, 8)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsam2kit.errors import (
+    CheckpointError,
+    FileFormatError,
+    InvalidInputError,
+    InvalidTypeError,
+    MissingFileError,
+    ShapeMismatchError,
+)
+from medsam2kit.predictor import FeatureCache, SAM2Predictor
+from medsam2kit.sequencer import PercentileWindow, WindowSpec, sequence_volume
+from medsam2kit.volume import Volume
+
+Distance = Literal["l1", "cosine"]
+Start = Literal["middle", "best"]
+Direction = Literal["both", "forward", "reverse"]
+
+_FORMAT_VERSION = 1
+
+
+class MissingLabelWarning(UserWarning):
+    """A requested label is in no support slice; its output is empty."""
+
+
+@dataclass(frozen=True)
+class SupportSlice:
+    """Where a bank entry came from.
+
+    Attributes:
+        volume: index of the support volume in the order given to :meth:`SupportBank.build`.
+        slice_index: slice index along that volume's slicing axis.
+        position: relative position of the slice in its volume, ``slice_index / (D - 1)`` in [0, 1].
+        labels: labels present in the slice.
+    """
+
+    volume: int
+    slice_index: int
+    position: float
+    labels: tuple[int, ...]
+
+
+class SupportBank:
+    """Encoded support slices: retrieval features and, per label, SAM2 conditioning memories.
+
+    Build it once with :meth:`build` (each support slice goes through the image encoder once),
+    save it with :meth:`save`, and reuse it for any number of query volumes.
+
+    Attributes:
+        slices: one :class:`SupportSlice` per foreground support slice.
+        descriptors: per FPN level, ``(N, C_l, H_l, W_l)`` features of the N slices.
+        memories: per label, a dict of tensors over the slices holding the label:
+            ``rows`` (n,) bank rows, ``maskmem_features`` (n, C_mem, S/16, S/16),
+            ``obj_ptr`` (n, C), ``object_score_logits`` (n, 1), ``pred_masks`` (n, 1, S/4, S/4).
+        maskmem_pos_enc: the memory positional encoding (the same for every memory).
+        image_size: the model size ``S`` the bank was built at.
+        slice_direction: unit world vector of the slicing axis (queries are sliced along the
+            axis closest to it).
+        fingerprint: a checksum of the model weights, checked when the bank is used.
+    """
+
+    def __init__(
+        self,
+        *,
+        slices: Sequence[SupportSlice],
+        descriptors: Sequence[torch.Tensor],
+        memories: Mapping[int, Mapping[str, torch.Tensor]],
+        maskmem_pos_enc: Sequence[torch.Tensor],
+        image_size: int,
+        slice_direction: np.ndarray,
+        fingerprint: float,
+    ) -> None:
+        self.slices = tuple(slices)
+        self.descriptors = [d.cpu() for d in descriptors]
+        self.memories = {int(k): {n: t.cpu() for n, t in v.items()} for k, v in memories.items()}
+        self.maskmem_pos_enc = [p.cpu() for p in maskmem_pos_enc]
+        self.image_size = int(image_size)
+        self.slice_direction = np.asarray(slice_direction, dtype=np.float64)
+        self.fingerprint = float(fingerprint)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """The labels that at least one support slice holds."""
+        return tuple(sorted(self.memories))
+
+    @property
+    def positions(self) -> np.ndarray:
+        """``(N,)`` relative slice positions in [0, 1]."""
+        return np.array([s.position for s in self.slices], dtype=np.float64)
+
+    @classmethod
+    def build(
+        cls,
+        predictor: SAM2Predictor,
+        supports: Sequence[tuple[Volume, Volume]],
+        *,
+        axis: int | None = None,
+        window: WindowSpec = PercentileWindow(),
+        descriptor_dtype: torch.dtype = torch.float32,
+    ) -> SupportBank:
+        """Encode the supports: every foreground slice once through the image encoder.
+
+        Args:
+            predictor: the frozen SAM2 predictor (its weights define the bank).
+            supports: ``(image, label)`` pairs on the same grid; labels are non-negative
+                integers (0 background).
+            axis: slicing axis of the first support (default from its geometry); the others are
+                sliced along their axis closest to the same world direction.
+            window: intensity window of each support (see :mod:`medsam2kit.sequencer`).
+            descriptor_dtype: storage dtype of the retrieval features (bf16 halves the bank).
+
+        Returns:
+            The :class:`SupportBank`.
+        """
+        if not supports:
+            raise InvalidInputError("supports: expected at least one (image, label) pair, got none")
+        direction: np.ndarray | None = None
+        slices: list[SupportSlice] = []
+        descriptors: list[list[torch.Tensor]] = []
+        per_label: dict[int, dict[str, list[torch.Tensor]]] = {}
+        pos_enc: list[torch.Tensor] | None = None
+        for v, pair in enumerate(supports):
+            image, label = _check_pair(pair, v)
+            if direction is None:
+                ax = axis if axis is not None else _default_axis(image)
+                direction = _unit(image.affine[:3, ax])
+            else:
+                ax = axis_along(image.affine, direction)
+            seq = sequence_volume(image, axis=ax, image_size=predictor.image_size, window=window)
+            lab = np.moveaxis(label.array, ax, 0)
+            session = predictor.start(seq)
+            chosen: list[tuple[int, int, tuple[int, ...]]] = []
+            for z in range(lab.shape[0]):
+                present = tuple(int(x) for x in np.unique(lab[z]) if x > 0)
+                if not present:
+                    continue
+                t = seq.frame_of_slice(z)
+                for lab_id in present:
+                    session.add_mask(t, seq.mask_to_frame(lab[z] == lab_id), obj_id=lab_id)
+                chosen.append((z, t, present))
+            if not chosen:
+                continue
+            with torch.inference_mode(), predictor.policy.autocast():
+                predictor.model.propagate_in_video_preflight(session.state)
+            obj_index = {oid: i for i, oid in enumerate(session.state["obj_ids"])}
+            depth = max(lab.shape[0] - 1, 1)
+            for z, t, present in chosen:
+                row = len(slices)
+                slices.append(SupportSlice(volume=v, slice_index=z, position=z / depth, labels=present))
+                _, feats = session.cache.features(t)
+                descriptors.append([f[0].to(descriptor_dtype).cpu() for f in feats["backbone_fpn"]])
+                for lab_id in present:
+                    out = session.state["output_dict_per_obj"][obj_index[lab_id]]["cond_frame_outputs"][t]
+                    entry = per_label.setdefault(lab_id, {k: [] for k in _MEMORY_KEYS})
+                    entry["rows"].append(torch.tensor(row))
+                    entry["maskmem_features"].append(out["maskmem_features"][0].cpu())
+                    entry["obj_ptr"].append(out["obj_ptr"][0].cpu())
+                    entry["object_score_logits"].append(out["object_score_logits"][0].cpu())
+                    entry["pred_masks"].append(out["pred_masks"][0].cpu())
+                    pos_enc = [p[:1].cpu() for p in out["maskmem_pos_enc"]]
+        if not slices or pos_enc is None or direction is None:
+            raise InvalidInputError("supports: no support slice holds a label > 0; expected labelled supports")
+        return cls(
+            slices=slices,
+            descriptors=[torch.stack([d[level] for d in descriptors]) for level in range(len(descriptors[0]))],
+            memories={k: {n: torch.stack(t) for n, t in v.items()} for k, v in per_label.items()},
+            maskmem_pos_enc=pos_enc,
+            image_size=predictor.image_size,
+            slice_direction=direction,
+            fingerprint=model_fingerprint(predictor.model),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank to one ``.pt`` file (atomically: temporary file, then rename).
+
+        Example:
+            >>> import tempfile, os
+            >>> # bank.save(os.path.join(tempfile.mkdtemp(), "bank.pt"))
+        """
+        dest = Path(path)
+        if not dest.parent.is_dir():
+            raise MissingFileError(f"path: the folder {dest.parent} does not exist")
+        payload = {
+            "format": _FORMAT_VERSION,
+            "slices": [[s.volume, s.slice_index, s.position, list(s.labels)] for s in self.slices],
+            "descriptors": self.descriptors,
+            "memories": {str(k): v for k, v in self.memories.items()},
+            "maskmem_pos_enc": self.maskmem_pos_enc,
+            "image_size": self.image_size,
+            "slice_direction": torch.from_numpy(self.slice_direction),
+            "fingerprint": self.fingerprint,
+        }
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        try:
+            torch.save(payload, tmp)
+            tmp.replace(dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return dest
+
+    @classmethod
+    def load(cls, path: str | Path) -> SupportBank:
+        """Read a bank written by :meth:`save` (``torch.load(weights_only=True)``)."""
+        src = Path(path)
+        if not src.is_file():
+            raise MissingFileError(f"path: support bank not found: {src}")
+        try:
+            obj = torch.load(src, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle/zip errors of several kinds
+            raise FileFormatError(f"path: {src} is not a readable support bank: {err}") from err
+        if not isinstance(obj, dict) or obj.get("format") != _FORMAT_VERSION:
+            raise FileFormatError(f"path: {src} is not a medsam2kit support bank (format {_FORMAT_VERSION})")
+        return cls(
+            slices=[SupportSlice(int(a), int(b), float(c), tuple(int(x) for x in d)) for a, b, c, d in obj["slices"]],
+            descriptors=obj["descriptors"],
+            memories={int(k): v for k, v in obj["memories"].items()},
+            maskmem_pos_enc=obj["maskmem_pos_enc"],
+            image_size=int(obj["image_size"]),
+            slice_direction=obj["slice_direction"].numpy(),
+            fingerprint=float(obj["fingerprint"]),
+        )
+
+
+_MEMORY_KEYS = ("rows", "maskmem_features", "obj_ptr", "object_score_logits", "pred_masks")
+
+
+@dataclass(frozen=True, eq=False)
+class FewShotResult:
+    """The segmentation of one query volume.
+
+    Attributes:
+        labels: the label map on the query's grid and geometry (uint8/int16 values of the bank's labels).
+        logits: per label, float32 logits on the query grid (``-inf`` where never predicted).
+        retrieved: per label, ``(D, k)`` bank rows used for each query slice (-1: none).
+        start_slice: per label, the slice the passes started from.
+        encoder_calls: image-encoder passes spent on the query (1 per slice).
+    """
+
+    labels: Volume
+    logits: Mapping[int, Volume]
+    retrieved: Mapping[int, np.ndarray]
+    start_slice: Mapping[int, int]
+    encoder_calls: int
+
+
+class SupportMemoryAssembler:
+    """Turns retrieved supports into SAM2 memory and segments query volumes without prompts.
+
+    Args:
+        predictor: the same frozen SAM2 the bank was built with.
+        bank: the :class:`SupportBank`.
+        top_k: supports per query slice and label (FATE-SAM: 3).
+        distance: ``"l1"`` (mean absolute difference averaged over the FPN levels, as the public
+            code) or ``"cosine"`` (1 - cosine similarity of the flattened levels, as the paper).
+        position_weight: weight of the relative-slice-position prior added to the normalised
+            distance (0 disables): ``score = d / median(d) + w * |pos_q - pos_s|``.
+        start: ``"middle"`` slice, or ``"best"``: the slice whose top-k supports are closest.
+        direction: ``"both"`` (downwards from the start, then upwards), ``"forward"`` or ``"reverse"``.
+        max_volumetric: how many previously predicted query slices are kept as memory (sam2
+            attends to at most six mask memories and fifteen object pointers).
+    """
+
+    def __init__(
+        self,
+        predictor: SAM2Predictor,
+        bank: SupportBank,
+        *,
+        top_k: int = 3,
+        distance: Distance = "l1",
+        position_weight: float = 0.0,
+        start: Start | int = "middle",
+        direction: Direction = "both",
+        max_volumetric: int = 15,
+    ) -> None:
+        if not isinstance(bank, SupportBank):
+            raise InvalidTypeError(f"bank: expected a SupportBank, got {type(bank).__name__}")
+        if bank.image_size != predictor.image_size:
+            raise InvalidInputError(
+                f"bank: built at image_size {bank.image_size}, the predictor runs at {predictor.image_size}"
+            )
+        if abs(bank.fingerprint - model_fingerprint(predictor.model)) > 1e-6 * max(1.0, abs(bank.fingerprint)):
+            raise CheckpointError("bank: built with other model weights than this predictor's; rebuild it")
+        if top_k < 1:
+            raise InvalidInputError(f"top_k: expected >= 1, got {top_k}")
+        if distance not in ("l1", "cosine"):
+            raise InvalidInputError(f"distance: expected 'l1' or 'cosine', got {distance!r}")
+        if position_weight < 0:
+            raise InvalidInputError(f"position_weight: expected >= 0, got {position_weight}")
+        if direction not in ("both", "forward", "reverse"):
+            raise InvalidInputError(f"direction: expected 'both', 'forward' or 'reverse', got {direction!r}")
+        if not isinstance(start, int) and start not in ("middle", "best"):
+            raise InvalidInputError(f"start: expected 'middle', 'best' or a slice index, got {start!r}")
+        if max_volumetric < 0:
+            raise InvalidInputError(f"max_volumetric: expected >= 0, got {max_volumetric}")
+        self.predictor = predictor
+        self.bank = bank
+        self.top_k = int(top_k)
+        self.distance = distance
+        self.position_weight = float(position_weight)
+        self.start = start
+        self.direction = direction
+        self.max_volumetric = int(max_volumetric)
+        self._descriptors = [d.to(predictor.device, torch.float32) for d in bank.descriptors]
+
+    def distances(self, fpn: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(N,)`` distances from one query slice's FPN features ``[(1, C_l, H_l, W_l)]`` to the bank."""
+        total = torch.zeros(len(self.bank), device=self.predictor.device)
+        for q, s in zip(fpn, self._descriptors):
+            q = q.float()
+            if self.distance == "l1":
+                total += (s - q).abs().flatten(1).mean(dim=1)
+            else:
+                total += 1.0 - F.cosine_similarity(s.flatten(1), q.flatten(1), dim=1)
+        return total / len(self._descriptors)
+
+    def retrieve(self, dist: torch.Tensor, label: int, position: float) -> np.ndarray:
+        """The bank rows of the top-k supports holding ``label`` for a query slice, in bank order."""
+        rows = self.bank.memories[label]["rows"].numpy()
+        score = dist.cpu().double().numpy()[rows]
+        score = score / max(float(np.median(score)), 1e-12)
+        if self.position_weight:
+            score = score + self.position_weight * np.abs(self.bank.positions[rows] - position)
+        best = np.argsort(score, kind="stable")[: self.top_k]
+        return np.sort(rows[best])
+
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        labels: Sequence[int] | None = None,
+        axis: int | None = None,
+        window: WindowSpec = PercentileWindow(),
+    ) -> FewShotResult:
+        """Segment a query volume with no prompt.
+
+        Args:
+            volume: the query image.
+            labels: labels to segment (default: all the bank holds); a label in no support
+                gives an empty mask and a :class:`MissingLabelWarning`.
+            axis: slicing axis (default: the axis closest to the bank's slice direction).
+            window: intensity window of the query.
+
+        Returns:
+            A :class:`FewShotResult` on the query's grid and geometry.
+        """
+        if not isinstance(volume, Volume):
+            raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
+        ax = axis if axis is not None else axis_along(volume.affine, self.bank.slice_direction)
+        seq = sequence_volume(volume, axis=ax, image_size=self.predictor.image_size, window=window)
+        wanted = tuple(self.bank.labels if labels is None else (int(x) for x in labels))
+        cache = FeatureCache(
+            seq,
+            self.predictor.encode,
+            device=self.predictor.device,
+            budget_bytes=self.predictor.cache_budget_bytes,
+            storage_dtype=self.predictor.cache_dtype,
+        )
+        depth = len(seq)
+        slice_of_frame = list(seq.slice_indices)
+        positions = [z / max(seq.layout.num_slices - 1, 1) for z in slice_of_frame]
+        with torch.inference_mode(), self.predictor.policy.autocast():
+            dists = [self.distances(cache.features(t)[1]["backbone_fpn"]) for t in range(depth)]
+        logits: dict[int, Volume] = {}
+        retrieved: dict[int, np.ndarray] = {}
+        starts: dict[int, int] = {}
+        low = self.predictor.image_size // 4
+        for lab_id in wanted:
+            if lab_id not in self.bank.memories:
+                warnings.warn(f"label {lab_id} is in no support slice; its mask is empty", MissingLabelWarning, stacklevel=2)
+                empty = torch.full((depth, low, low), float("-inf"))
+                logits[lab_id] = seq.to_volume_logits(self._upsample(empty))
+                retrieved[lab_id] = np.full((depth, self.top_k), -1)
+                continue
+            rows = np.full((depth, self.top_k), -1)
+            for t in range(depth):
+                chosen = self.retrieve(dists[t], lab_id, positions[t])
+                rows[t, : len(chosen)] = chosen
+            start = self._start_frame(dists, lab_id, rows, depth)
+            low_res = self._segment_label(cache, lab_id, rows, start, depth)
+            logits[lab_id] = seq.to_volume_logits(self._upsample(low_res))
+            retrieved[lab_id] = rows
+            starts[lab_id] = slice_of_frame[start]
+        return FewShotResult(
+            labels=volume.with_array(_label_map(logits, volume.shape)),
+            logits=logits,
+            retrieved=retrieved,
+            start_slice=starts,
+            encoder_calls=cache.stats.encoder_calls,
+        )
+
+    def _upsample(self, low_res: torch.Tensor) -> np.ndarray:
+        size = self.predictor.image_size
+        finite = torch.isfinite(low_res).all(dim=(-2, -1))
+        up = F.interpolate(torch.nan_to_num(low_res, neginf=0.0)[:, None], size=(size, size),
+                           mode="bilinear", align_corners=False)[:, 0]
+        up[~finite] = float("-inf")
+        return up.numpy()
+
+    def _start_frame(self, dists: list[torch.Tensor], label: int, rows: np.ndarray, depth: int) -> int:
+        if isinstance(self.start, int):
+            if not 0 <= self.start < depth:
+                raise InvalidInputError(f"start: expected a slice index in [0, {depth}), got {self.start}")
+            return self.start
+        if self.start == "middle":
+            return depth // 2
+        mean_top = [float(dists[t][rows[t][rows[t] >= 0]].mean()) for t in range(depth)]
+        return int(np.argmin(mean_top))
+
+    def _passes(self, start: int, depth: int) -> list[list[int]]:
+        down = list(range(start, -1, -1))
+        up = list(range(start, depth))
+        return {"both": [down, up], "reverse": [down], "forward": [up]}[self.direction]
+
+    def _segment_label(self, cache: FeatureCache, label: int, rows: np.ndarray, start: int, depth: int) -> torch.Tensor:
+        """Low-res logits ``(D, S/4, S/4)`` for one label over all query frames."""
+        model = self.predictor.model
+        k = self.top_k
+        mem = self.bank.memories[label]
+        row_index = {int(r): i for i, r in enumerate(mem["rows"].tolist())}
+        device = self.predictor.device
+        pos_enc = [p.to(device) for p in self.bank.maskmem_pos_enc]
+        low = self.predictor.image_size // 4
+        out = torch.full((depth, low, low), float("-inf"))
+        done: dict[int, dict[str, Any]] = {}
+        with torch.inference_mode(), self.predictor.policy.autocast():
+            for order in self._passes(start, depth):
+                frames = _VirtualFrames(cache, offset=k, order=order)
+                state = {
+                    "medsam2kit_cache": frames,
+                    "num_frames": k + depth,
+                    "device": device,
+                    "storage_device": device,
+                    "constants": {},
+                }
+                history: dict[int, dict[str, Any]] = {}
+                for i, t in enumerate(order):
+                    v = k + i
+                    if t in done:  # the start slice of the second pass: reuse, as memory
+                        history[v] = done[t]
+                        continue
+                    cond = {}
+                    for j, r in enumerate(rows[t][rows[t] >= 0]):
+                        e = row_index[int(r)]
+                        cond[j] = {
+                            "maskmem_features": mem["maskmem_features"][e : e + 1].to(device),
+                            "maskmem_pos_enc": pos_enc,
+                            "pred_masks": mem["pred_masks"][e : e + 1].to(device),
+                            "obj_ptr": mem["obj_ptr"][e : e + 1].to(device),
+                            "object_score_logits": mem["object_score_logits"][e : e + 1].to(device),
+                        }
+                    recent = {u: history[u] for u in history if v - u <= self.max_volumetric}
+                    current, _ = model._run_single_frame_inference(
+                        inference_state=state,
+                        output_dict={"cond_frame_outputs": cond, "non_cond_frame_outputs": recent},
+                        frame_idx=v,
+                        batch_size=1,
+                        is_init_cond_frame=False,
+                        point_inputs=None,
+                        mask_inputs=None,
+                        reverse=False,
+                        run_mem_encoder=True,
+                    )
+                    history[v] = current
+                    done[t] = current
+                    out[t] = current["pred_masks"][0, 0].float().cpu()
+        return out
+
+
+class _VirtualFrames:
+    """Maps the virtual frame index of a pass (supports first) to the query frame it shows."""
+
+    def __init__(self, cache: FeatureCache, *, offset: int, order: Sequence[int]) -> None:
+        self._cache = cache
+        self._offset = offset
+        self._order = list(order)
+
+    def features(self, index: int) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        return self._cache.features(self._order[index - self._offset])
+
+
+def _label_map(logits: Mapping[int, Volume], shape: tuple[int, int, int]) -> np.ndarray:
+    """Per voxel the label of the largest positive logit, 0 where none is positive."""
+    ids = sorted(logits)
+    dtype = np.uint8 if (max(ids, default=0) <= 255) else np.int32
+    if not ids:
+        return np.zeros(shape, dtype)
+    stack = np.stack([logits[i].array for i in ids])
+    best = np.argmax(stack, axis=0)
+    positive = np.take_along_axis(stack, best[None], axis=0)[0] > 0
+    return np.where(positive, np.asarray(ids)[best], 0).astype(dtype)
+
+
+def model_fingerprint(model: torch.nn.Module) -> float:
+    """A cheap checksum of a model's weights (sum of a fixed projection of every parameter)."""
+    with torch.no_grad():
+        total = 0.0
+        for i, p in enumerate(model.parameters()):
+            flat = p.detach().float().flatten()
+            total += float((flat * torch.linspace(-1, 1, flat.numel(), device=flat.device)).sum()) * (1 + i % 7)
+    return total
+
+
+def axis_along(affine: np.ndarray, direction: np.ndarray) -> int:
+    """The array axis whose world direction is closest to ``direction`` (up to sign).
+
+    Example:
+        >>> import numpy as np
+        >>> axis_along(np.diag([1.0, 1.0, 3.0, 1.0])[:, [2, 0, 1, 3]], np.array([0.0, 0.0, 1.0]))
+        0
+    """
+    cols = np.asarray(affine, dtype=np.float64)[:3, :3]
+    cosines = np.abs(_unit(direction) @ (cols / np.linalg.norm(cols, axis=0)))
+    return int(np.argmax(cosines))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def _default_axis(image: Volume) -> int:
+    from medsam2kit.sequencer import default_axis
+
+    return default_axis(image.affine, kind=image.kind)
+
+
+def _check_pair(pair: Any, index: int) -> tuple[Volume, Volume]:
+    if not (isinstance(pair, tuple) and len(pair) == 2):
+        raise InvalidTypeError(f"supports[{index}]: expected an (image, label) pair of Volumes, got {type(pair).__name__}")
+    image, label = pair
+    if not isinstance(image, Volume) or not isinstance(label, Volume):
+        raise InvalidTypeError(f"supports[{index}]: expected (Volume, Volume), got ({type(image).__name__}, {type(label).__name__})")
+    if image.shape != label.shape:
+        raise ShapeMismatchError(f"supports[{index}]: label shape {label.shape} differs from image shape {image.shape}")
+    arr = label.array
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_) or (arr.size and arr.min() < 0):
+        raise InvalidInputError(f"supports[{index}]: expected non-negative integer labels, got dtype {arr.dtype}")
+    return image, label
+
+
+class FewShotPipeline:
+    """FATE-SAM end to end: supports -> bank (once) -> label maps for query volumes.
+
+    Example:
+        >>> from medsam2kit.phantoms import ellipsoid_phantom
+        >>> from medsam2kit.predictor import SAM2Predictor
+        >>> pred = SAM2Predictor.from_config("sam2.1_hiera_micro", device="cpu")
+        >>> pipe = FewShotPipeline(pred, [ellipsoid_phantom((6, 40, 40), rng=1)])
+        >>> pipe(ellipsoid_phantom((6, 40, 40), rng=2)[0]).shape
+        (6, 40, 40)
+    """
+
+    def __init__(
+        self,
+        predictor: SAM2Predictor,
+        supports: Sequence[tuple[Volume, Volume]] | SupportBank,
+        **assembler_options: Any,
+    ) -> None:
+        self.predictor = predictor
+        self.bank = supports if isinstance(supports, SupportBank) else SupportBank.build(predictor, supports)
+        self.assembler = SupportMemoryAssembler(predictor, self.bank, **assembler_options)
+
+    def __call__(self, query: Volume) -> Volume:
+        """The label map of ``query`` on its grid and geometry."""
+        return self.assembler.segment(query).labels
+
+
+__all__ = [
+    "FewShotPipeline",
+    "FewShotResult",
+    "MissingLabelWarning",
+    "SupportBank",
+    "SupportMemoryAssembler",
+    "SupportSlice",
+    "axis_along",
+    "model_fingerprint",
+]

@@ -1,0 +1,226 @@
+"""FATE-SAM assembler against upstream sam2's video predictor (real code, micro model, CPU)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from medsam2kit.errors import CheckpointError, InvalidInputError, ShapeMismatchError
+from medsam2kit.fewshot import (
+    FewShotPipeline,
+    MissingLabelWarning,
+    SupportBank,
+    SupportMemoryAssembler,
+    axis_along,
+)
+from medsam2kit.io import load_label, load_volume, save_mask
+from medsam2kit.phantoms import ellipsoid_phantom, rotation_affine
+from medsam2kit.predictor import _VIDEO_POSTPROCESSING, SAM2Predictor, _compose_config, build_model
+from medsam2kit.volume import Volume
+
+S = 128
+
+
+def _model() -> Any:
+    torch.manual_seed(0)
+    model = build_model("sam2.1_hiera_micro", device="cpu")
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(10.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pred() -> SAM2Predictor:
+    return SAM2Predictor(_model())
+
+
+def _frames(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:S, 0:S]
+    out = []
+    for t in range(n):
+        disk = ((xx - 60 - 2 * t) ** 2 + (yy - 62) ** 2 < 24**2) * 110.0
+        core = ((xx - 60 - 2 * t) ** 2 + (yy - 62) ** 2 < 10**2) * 60.0
+        out.append(np.clip(50 + disk + core + rng.normal(0, 8, (S, S)), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def _labels(n: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:S, 0:S]
+    lab = np.zeros((n, S, S), np.uint8)
+    for t in range(n):
+        r2 = (xx - 60 - 2 * t) ** 2 + (yy - 62) ** 2
+        lab[t][r2 < 24**2] = 1
+        lab[t][r2 < 10**2] = 2
+    return lab
+
+
+def test_assembler_equals_upstream_video_predictor(pred: SAM2Predictor, tmp_path: Path) -> None:
+    """Supports appended as mask-prompted frames in sam2's own predictor give the same query logits."""
+    k, z = 2, 5
+    pixels = _frames(k + z, seed=1)
+    for t, img in enumerate(pixels):
+        Image.fromarray(img, mode="L").save(tmp_path / f"{t:05d}.jpg", quality=95)
+    decoded = np.stack([np.array(Image.open(tmp_path / f"{t:05d}.jpg"))[..., None][..., 0] for t in range(k + z)])
+    sup_labels = _labels(k)
+
+    cfg = _compose_config(
+        "sam2.1_hiera_micro",
+        {**_VIDEO_POSTPROCESSING, "model._target_": "sam2.sam2_video_predictor.SAM2VideoPredictor"},
+    )
+    up = instantiate(cfg.model, _recursive_=True).eval()
+    up.load_state_dict(pred.model.state_dict())
+    state = up.init_state(str(tmp_path))
+    for t in range(k):
+        for lab in (1, 2):
+            up.add_new_mask(state, t, lab, sup_labels[t] == lab)
+    expected: dict[int, torch.Tensor] = {}
+    for f, _ids, masks in up.propagate_in_video(state):
+        expected[f] = masks[:, 0]
+
+    support = (Volume(decoded[:k], np.eye(4)), Volume(sup_labels, np.eye(4)))
+    bank = SupportBank.build(pred, [support], window=None)
+    assert len(bank) == k and bank.labels == (1, 2)
+    assembler = SupportMemoryAssembler(pred, bank, top_k=k, start=0, direction="forward")
+    result = assembler.segment(Volume(decoded[k:], np.eye(4)), window=None)
+    assert result.encoder_calls == z
+    for i, lab in enumerate((1, 2)):
+        ours = torch.from_numpy(result.logits[lab].array)
+        ref = torch.stack([expected[k + t][i] for t in range(z)])
+        assert (ref > 0).any()
+        assert (ours - ref).abs().max().item() <= 1e-4
+
+
+def test_supports_matter_and_pointers_are_kept(pred: SAM2Predictor) -> None:
+    image, label = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=1)
+    query, _ = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=2)
+    bank = SupportBank.build(pred, [(image, label)])
+    tokens: list[int] = []
+
+    def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        tokens.append(int(kwargs["num_obj_ptr_tokens"]))
+
+    handle = pred.model.memory_attention.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        res = SupportMemoryAssembler(pred, bank, top_k=3).segment(query, labels=[1])
+    finally:
+        handle.remove()
+    split = pred.model.hidden_dim // pred.model.mem_dim  # a pointer is split into this many tokens
+    assert len(tokens) == 8  # every query slice once (the start slice is not redone)
+    # each slice attends to the 3 support pointers in both passes, plus earlier query slices
+    assert min(tokens) >= 3 * split
+    assert tokens == sorted(tokens[:5]) + sorted(tokens[5:])  # the history grows within each pass
+
+    shifted = label.with_array(np.roll(label.array, 6, axis=2))
+    other = SupportMemoryAssembler(pred, SupportBank.build(pred, [(image, shifted)]), top_k=3).segment(query, labels=[1])
+    assert not np.array_equal(res.logits[1].array, other.logits[1].array)
+
+
+def test_shuffled_labels_change_the_result(pred: SAM2Predictor) -> None:
+    image, label = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=1)
+    query, _ = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=2)
+    swapped = label.with_array(np.choose(label.array, [0, 2, 1]).astype(np.uint8))
+    a = FewShotPipeline(pred, [(image, label)])(query)
+    b = FewShotPipeline(pred, [(image, swapped)])(query)
+    assert not np.array_equal(a.array, b.array)
+
+
+def test_missing_label_is_empty_with_warning(pred: SAM2Predictor) -> None:
+    image, label = ellipsoid_phantom((6, 40, 40), rng=1)
+    bank = SupportBank.build(pred, [(image, label)])
+    with pytest.warns(MissingLabelWarning, match="label 7"):
+        res = SupportMemoryAssembler(pred, bank).segment(image, labels=[1, 7])
+    assert not (res.labels.array == 7).any()
+    assert np.isneginf(res.logits[7].array).all()
+
+
+def test_supports_of_other_sizes_spacings_and_orientations(pred: SAM2Predictor) -> None:
+    a_img, a_lab = ellipsoid_phantom((10, 48, 40), (2.0, 1.0, 1.0), rng=1)
+    # the same kind of anatomy stored with permuted axes, other spacing and an oblique affine
+    b_img, b_lab = ellipsoid_phantom((12, 56, 36), (1.5, 0.9, 1.2), angles_deg=(5.0, 0.0, 30.0), rng=3)
+    perm = (1, 2, 0)
+    b_aff = b_img.affine.copy()
+    b_aff[:3, :3] = b_aff[:3, :3][:, list(perm)]
+    b_img = Volume(np.transpose(b_img.array, perm).copy(), b_aff)
+    b_lab = Volume(np.transpose(b_lab.array, perm).copy(), b_aff)
+    assert axis_along(b_img.affine, a_img.affine[:3, 0]) == 2
+    bank = SupportBank.build(pred, [(a_img, a_lab), (b_img, b_lab)])
+    assert {s.volume for s in bank.slices} == {0, 1}
+    query, _ = ellipsoid_phantom((9, 44, 50), (2.5, 0.8, 0.8), angles_deg=(0.0, 20.0, -15.0), rng=5)
+    res = SupportMemoryAssembler(pred, bank).segment(query)
+    assert res.labels.shape == query.shape
+    np.testing.assert_array_equal(res.labels.affine, query.affine)
+    assert res.encoder_calls == query.shape[0]
+
+
+def test_bank_encodes_each_support_slice_once_and_round_trips(pred: SAM2Predictor, tmp_path: Path) -> None:
+    image, label = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=1)
+    calls = [0]
+    original = pred.model.forward_image
+
+    def counting(x: torch.Tensor) -> Any:
+        calls[0] += x.shape[0]
+        return original(x)
+
+    pred.model.forward_image = counting
+    try:
+        bank = SupportBank.build(pred, [(image, label)])
+        fg_slices = int((label.array.reshape(label.shape[0], -1) > 0).any(axis=1).sum())
+        assert calls[0] == fg_slices == len(bank)
+        calls[0] = 0
+        query, _ = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=2)
+        first = SupportMemoryAssembler(pred, bank).segment(query)
+        assert calls[0] == query.shape[0]  # 1.0 per query slice, 0 per support slice
+    finally:
+        pred.model.forward_image = original
+    loaded = SupportBank.load(bank.save(tmp_path / "bank.pt"))
+    again = SupportMemoryAssembler(pred, loaded).segment(query)
+    np.testing.assert_array_equal(first.labels.array, again.labels.array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.pt"]
+
+
+def test_retrieval_options_and_errors(pred: SAM2Predictor) -> None:
+    image, label = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=1)
+    bank = SupportBank.build(pred, [(image, label)])
+    for options in ({"distance": "cosine"}, {"position_weight": 2.0, "start": "best"}, {"direction": "reverse"}):
+        res = SupportMemoryAssembler(pred, bank, **options).segment(image)
+        assert res.labels.shape == image.shape
+    # with a strong position prior the retrieved supports are the nearest slices by position
+    asm = SupportMemoryAssembler(pred, bank, top_k=1, position_weight=1e6)
+    rows = asm.segment(image, labels=[1]).retrieved[1]
+    positions = bank.positions
+    for z in range(image.shape[0]):
+        cand = bank.memories[1]["rows"].numpy()
+        nearest = cand[np.argmin(np.abs(positions[cand] - z / 7))]
+        assert rows[z, 0] == nearest
+    with pytest.raises(InvalidInputError, match="top_k"):
+        SupportMemoryAssembler(pred, bank, top_k=0)
+    with pytest.raises(InvalidInputError, match="supports"):
+        SupportBank.build(pred, [])
+    with pytest.raises(ShapeMismatchError, match="supports\\[0\\]"):
+        SupportBank.build(pred, [(image, Volume(label.array[:-1], label.affine))])
+    with pytest.raises(CheckpointError, match="other model weights"):
+        SupportMemoryAssembler(SAM2Predictor(build_model("sam2.1_hiera_micro", device="cpu")), bank)
+
+
+@pytest.mark.shared_data
+def test_hippocampus_end_to_end(pred: SAM2Predictor, shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "msd_hippocampus"
+    cases = [load_volume(folder / f"hippocampus_{c}_img.nii.gz") for c in (184, 195, 199)]
+    labels = [load_label(folder / f"hippocampus_{c}_label.nii.gz", like=v) for c, v in zip((184, 195), cases)]
+    pipe = FewShotPipeline(pred, list(zip(cases[:2], labels)))
+    assert pipe.bank.labels == (1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask = pipe(cases[2])
+    out = save_mask(mask, cases[2], tmp_path / "mask.nii.gz")
+    back = load_label(out, like=cases[2])  # raises if shape or affine differ
+    assert back.shape == cases[2].shape
+    assert set(np.unique(back.array)) <= {0, 1, 2}
