@@ -459,12 +459,13 @@ class FeatureCache:
         else:
             self._recent = (index, stored)
 
-    def fill(self, *, batch_size: int = 1) -> None:
-        """Encode every frame not yet stored, ``batch_size`` frames per encoder call.
+    def fill(self, *, batch_size: int = 1, indices: Sequence[int] | None = None) -> None:
+        """Encode the frames not yet stored (all, or ``indices``), ``batch_size`` per encoder call.
 
-        Batched encoding is faster on a GPU; on CPU batch 1 equals the lazy path bitwise.
+        Batched encoding is faster on a GPU; batch 1 equals the lazy path bitwise.
         """
-        todo = [t for t in range(len(self._frames)) if t not in self._store]
+        wanted = range(len(self._frames)) if indices is None else sorted(set(indices))
+        todo = [t for t in wanted if t not in self._store]
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             if self.stats.stored_bytes >= self._budget:
@@ -571,6 +572,9 @@ class SAM2Predictor:
         fill_hole_area: fill background holes of at most this many low-res pixels in the output
             masks (sam2's post-processing, done with scipy because upstream needs its CUDA
             extension); 0 disables.
+        encode_batch_size: frames per image-encoder call when a propagation starts (the frames
+            it will visit are encoded up front, within the cache budget); default 8 on CUDA,
+            1 (lazy, frame by frame) elsewhere.
 
     Example:
         >>> pred = SAM2Predictor.from_config("sam2.1_hiera_micro", device="cpu")
@@ -585,6 +589,7 @@ class SAM2Predictor:
         cache_budget_mb: float = DEFAULT_CACHE_BUDGET_MB,
         cache_dtype: torch.dtype | None = None,
         fill_hole_area: int = 0,
+        encode_batch_size: int | None = None,
     ) -> None:
         if not hasattr(model, "track_step") or not hasattr(model, "init_state"):
             raise InvalidTypeError(
@@ -599,6 +604,10 @@ class SAM2Predictor:
         self.cache_budget_bytes = int(cache_budget_mb * 2**20)
         self.cache_dtype = cache_dtype
         self.fill_hole_area = int(fill_hole_area)
+        if encode_batch_size is not None and encode_batch_size < 1:
+            raise InvalidInputError(f"encode_batch_size: expected >= 1 or None, got {encode_batch_size}")
+        # batching the encoder pays on a GPU; on CPU frames are encoded one by one, lazily
+        self.encode_batch_size = encode_batch_size or (8 if self.policy.device.type == "cuda" else 1)
 
     @classmethod
     def from_config(
@@ -890,6 +899,9 @@ class Session:
                 "reverse": [(True, range(first, -1, -1) if first > 0 else range(0))],
             }
             passes = orders["forward"] + orders["reverse"] if direction == "both" else orders[direction]
+            if self.predictor.encode_batch_size > 1:
+                self.cache.fill(batch_size=self.predictor.encode_batch_size,
+                                indices=[t for _, order in passes for t in order])
             total, done = sum(len(order) for _, order in passes), 0
             for reverse, order in passes:
                 for frame_idx in order:

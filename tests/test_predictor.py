@@ -243,6 +243,19 @@ def test_encode_all_batched_then_no_encoder_calls(model: torch.nn.Module, jpeg_v
     assert (lazy.propagate("both").logits() - res.logits()).abs().max().item() < 1e-3
 
 
+def test_batched_encoding_at_propagation_start(model: torch.nn.Module, jpeg_video: tuple[Path, torch.Tensor]) -> None:
+    _, frames = jpeg_video
+    session = SAM2Predictor(model, encode_batch_size=4).start(frames)
+    session.add_mask(6, _disk(62, 66))
+    res = session.propagate("forward")  # visits frames 6..9 only
+    assert session.encoder_calls == 4 and res.visited.sum() == 4
+    lazy = SAM2Predictor(model).start(frames)
+    lazy.add_mask(6, _disk(62, 66))
+    assert (lazy.propagate("forward").logits()[6:] - res.logits()[6:]).abs().max().item() < 1e-3
+    with pytest.raises(InvalidInputError, match="encode_batch_size"):
+        SAM2Predictor(model, encode_batch_size=0)
+
+
 def test_forward_and_reverse_visit_only_their_side(model: torch.nn.Module, jpeg_video: tuple[Path, torch.Tensor]) -> None:
     _, frames = jpeg_video
     session = SAM2Predictor(model).start(frames)
