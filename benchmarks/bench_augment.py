@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, write_json  # noqa: E402
 
 from medsam2kit.augment import (
     AcousticShadow,
@@ -165,44 +168,26 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _fmt(value: float | None, spec: str = "8.0f") -> str:
-    return format(value, spec) if value is not None else " " * (int(spec.split(".")[0]) - 1) + "-"
-
-
-def table(result: dict[str, Any]) -> str:
-    cuda = result["cuda_device"] is not None
-    head = f"{'transform':<24} {'ours CPU':>9} {'usaugment':>9} {'ratio':>6}" + (f" {'ours CUDA':>10}" if cuda else "")
-    lines = [
-        f"frames/s, median of {result['reps']} runs, {result['clip']} float32 clips, "
-        f"torch threads={result['torch_threads']}, usaugment {result['usaugment']}",
-        head,
-        "-" * len(head),
-    ]
-    for r in result["rows"]:
-        line = (
-            f"{r['transform']:<24} {_fmt(r['ours_cpu_fps'], '9.0f')} {_fmt(r['usaugment_cpu_fps'], '9.0f')} "
-            f"{_fmt(r['ratio'], '6.1f')}"
-        )
-        if cuda:
-            line += f" {_fmt(r.get('ours_cuda_fps'), '10.0f')}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (usaugment uses one)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "augment.json")
     args = parser.parse_args()
     result = run(args.reps, args.threads)
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
-
+    cuda = result["cuda_device"] is not None
+    header = ["transform", "ours CPU fps", "usaugment fps", "ours/usaugment"] + (["ours CUDA fps"] if cuda else [])
+    rows = [
+        [r["transform"], r["ours_cpu_fps"], r["usaugment_cpu_fps"] or "-", r["ratio"] or "-"]
+        + ([r.get("ours_cuda_fps") or "-"] if cuda else [])
+        for r in result["rows"]
+    ]
+    print_table(
+        f"frames/s, median of {result['reps']} runs, {result['clip']} float32 clips, "
+        f"torch threads={result['torch_threads']}, usaugment {result['usaugment']} (target ratio >= 3)",
+        header,
+        rows,
+    )
+    write_json("augment", result)
 
 if __name__ == "__main__":
     main()
