@@ -153,6 +153,7 @@ def _demo(args: argparse.Namespace) -> int:
     from medsam2kit.io import save_mask, save_volume
     from medsam2kit.phantoms import ellipsoid_phantom
     from medsam2kit.sequencer import sequence_volume
+    from medsam2kit.viz import overlay_montage, save_png
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -177,6 +178,8 @@ def _demo(args: argparse.Namespace) -> int:
     save_volume(image, out / "image.nii.gz")
     save_mask(label.array, image, out / "ground_truth.nii.gz")
     save_mask(mask, image, out / "mask.nii.gz")
+    save_png(overlay_montage(image, {"ground truth": label.array, "sam2": mask.astype(np.uint8)}, axis=axis),
+             out / "overlay.png")
     summary: dict[str, Any] = {
         "config": str(args.config),
         "checkpoint": None if args.checkpoint is None else str(args.checkpoint),

@@ -30,7 +30,7 @@ def test_demo_writes_masks_with_the_input_geometry(tmp_path: Path) -> None:
     assert summary["encoder_calls"] == summary["frames"]  # every slice encoded exactly once
     assert np.asarray(truth.dataobj).max() == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "ground_truth.nii.gz", "image.nii.gz", "mask.nii.gz", "summary.json"
+        "ground_truth.nii.gz", "image.nii.gz", "mask.nii.gz", "overlay.png", "summary.json"
     ]
 
 
