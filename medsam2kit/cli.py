@@ -27,6 +27,8 @@ from medsam2kit.errors import InvalidInputError, MedSAM2KitError
 _FEWSHOT_EXAMPLE = """example:
   medsam2kit fewshot --support a_img.nii.gz a_label.nii.gz --support b_img.nii.gz b_label.nii.gz \\
       --query c_img.nii.gz --out c_mask.nii.gz --checkpoint sam2.1_hiera_tiny.pt --device cuda
+  torchrun --nproc_per_node 4 -m medsam2kit.cli fewshot --bank bank.pt --query cohort/ --out masks/ \\
+      --checkpoint sam2.1_hiera_tiny.pt      # cases split across the 4 processes
 """
 
 _DEMO_EXAMPLE = """example:
@@ -86,8 +88,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="a support image and its label map (repeatable)")
     fewshot.add_argument("--bank", type=Path, default=None, help="a saved support bank instead of --support")
     fewshot.add_argument("--save-bank", type=Path, default=None, help="write the support bank here for reuse")
-    fewshot.add_argument("--query", type=Path, required=True, help="query image")
-    fewshot.add_argument("--out", type=Path, required=True, help="output label map (.nii or .nii.gz)")
+    fewshot.add_argument("--query", type=Path, required=True,
+                         help="query image, or a folder of them (a cohort; split across ranks under torchrun)")
+    fewshot.add_argument("--out", type=Path, required=True,
+                         help="output label map (.nii or .nii.gz), or a folder for a cohort")
     fewshot.add_argument("--top-k", type=int, default=3, help="supports per query slice and label (default 3)")
     fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
     _model_options(fewshot, default_config="sam2.1_hiera_t")
@@ -211,12 +215,7 @@ def _fewshot(args: argparse.Namespace) -> int:
 
     if bool(args.support) == (args.bank is not None):
         raise InvalidInputError("--support/--bank: expected either one or more --support IMG LABEL or one --bank")
-    out: Path = args.out
-    if not out.name.endswith((".nii", ".nii.gz")):
-        raise InvalidInputError(f"--out: expected a .nii or .nii.gz file name, got {out}")
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"--out: the folder {out.parent} does not exist")
-    query = load_volume(args.query)
+    jobs = _my_share(_cohort(args.query, args.out, "_labels.nii.gz"))
     predictor = _predictor(args)
     start = time.perf_counter()
     if args.bank is not None:
@@ -227,15 +226,81 @@ def _fewshot(args: argparse.Namespace) -> int:
             image = load_volume(img_path)
             pairs.append((image, load_label(lab_path, like=image)))
         bank = SupportBank.build(predictor, pairs)
-        if args.save_bank is not None:
+        if args.save_bank is not None and _rank()[0] == 0:
             bank.save(args.save_bank)
     assembler = SupportMemoryAssembler(predictor, bank, top_k=args.top_k, distance=args.distance)
-    result = assembler.segment(query)
-    save_mask(result.labels, query, out)
-    counts = {lab: int((result.labels.array == lab).sum()) for lab in bank.labels}
-    _say(args, f"wrote {out} (voxels per label {counts}; {len(bank)} support slices; "
-               f"{result.encoder_calls} query encoder calls; {time.perf_counter() - start:.1f} s)")
+    for query_path, out in _progress(args, jobs, "fewshot"):
+        query = load_volume(query_path)
+        result = assembler.segment(query)
+        save_mask(result.labels, query, out)
+        counts = {lab: int((result.labels.array == lab).sum()) for lab in bank.labels}
+        _say(args, f"wrote {out} (voxels per label {counts}; {len(bank)} support slices; "
+                   f"{result.encoder_calls} query encoder calls; {time.perf_counter() - start:.1f} s)")
     return 0
+
+
+_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".npz", ".dcm")
+_NOT_IMAGES = ("_label", "_labels", "_mask", "_seg")
+
+
+def _cohort(inp: Path, out: Path, suffix: str, *, name: str = "--query") -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one file -> one output file; a folder -> every image in it -> out folder.
+
+    In a folder, files whose name ends in one of the image suffixes are cases, except those whose
+    stem ends in ``_label``, ``_labels``, ``_mask`` or ``_seg``; sub-folders are DICOM series.
+    """
+    if not inp.exists():
+        raise InvalidInputError(f"{name}: {inp} does not exist")
+    if inp.is_dir() and not _is_dicom_folder(inp):
+        cases = sorted(
+            p for p in inp.iterdir()
+            if (p.is_dir() and _is_dicom_folder(p))
+            or (p.name.lower().endswith(_IMAGE_SUFFIXES) and not _stem(p).endswith(_NOT_IMAGES))
+        )
+        if not cases:
+            raise InvalidInputError(f"{name}: no image files in the folder {inp}")
+        if out.exists() and not out.is_dir():
+            raise InvalidInputError(f"--out: a folder of inputs needs an output folder, got the file {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        return [(p, out / f"{_stem(p)}{suffix}") for p in cases]
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise InvalidInputError(f"--out: expected a .nii or .nii.gz file name, got {out}")
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"--out: the folder {out.parent} does not exist")
+    return [(inp, out)]
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(_IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+
+
+def _rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun (RANK / WORLD_SIZE), else (0, 1)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _my_share(jobs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """Under torchrun each rank takes every WORLD_SIZE-th case (no communication needed)."""
+    rank, world = _rank()
+    return jobs[rank::world]
+
+
+def _progress(args: argparse.Namespace, jobs: list[tuple[Path, Path]], what: str) -> Any:
+    if len(jobs) > 1 and not args.quiet:
+        from tqdm import tqdm
+
+        return tqdm(jobs, desc=f"{what} (rank {_rank()[0]})", unit="case")
+    return jobs
 
 
 if __name__ == "__main__":  # pragma: no cover

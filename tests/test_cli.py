@@ -92,9 +92,37 @@ def test_fewshot_command_writes_a_label_map_on_the_query_grid(tmp_path: Path) ->
 def test_fewshot_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fewshot", "--query", str(tmp_path / "q.nii.gz"), "--out", str(tmp_path / "m.nii.gz")]) == 1
     assert "--support/--bank" in capsys.readouterr().err
-    assert main(["fewshot", "--bank", "b.pt", "--query", "q.nii.gz", "--out", str(tmp_path / "m.png")]) == 1
+    (tmp_path / "q.nii.gz").write_bytes(b"")
+    assert main(["fewshot", "--bank", "b.pt", "--query", str(tmp_path / "q.nii.gz"), "--out", str(tmp_path / "m.png")]) == 1
     assert "--out" in capsys.readouterr().err
     assert main(["fewshot", "--bank", "b.pt", "--query", str(tmp_path / "missing.nii.gz"),
                  "--out", str(tmp_path / "m.nii.gz")]) == 1
-    assert "missing.nii.gz" in capsys.readouterr().err
+    assert "--query" in capsys.readouterr().err
     assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_fewshot_cohort_split_across_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from medsam2kit.io import save_mask, save_volume
+    from medsam2kit.phantoms import ellipsoid_phantom
+    from medsam2kit.predictor import build_model
+
+    image, label = ellipsoid_phantom((6, 40, 36), rng=1)
+    save_volume(image, tmp_path / "s.nii.gz")
+    save_mask(label.array, image, tmp_path / "s_label.nii.gz")
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for seed in (2, 3, 4):
+        save_volume(ellipsoid_phantom((6, 40, 36), rng=seed)[0], cohort / f"case{seed}.nii.gz")
+    save_mask(label.array, image, cohort / "case2_label.nii.gz")  # not a case
+    ckpt = tmp_path / "m.pt"
+    torch.save({"model": build_model("sam2.1_hiera_micro", device="cpu").state_dict()}, ckpt)
+    base = ["fewshot", "--support", str(tmp_path / "s.nii.gz"), str(tmp_path / "s_label.nii.gz"),
+            "--query", str(cohort), "--config", "sam2.1_hiera_micro", "--checkpoint", str(ckpt), "--quiet"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main([*base, "--out", str(tmp_path / f"out{rank}")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out0").iterdir()) == ["case2_labels.nii.gz", "case4_labels.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out1").iterdir()) == ["case3_labels.nii.gz"]
