@@ -1,0 +1,833 @@
+"""Confidence-driven fusion of a coarse and a SAM2-refined probability volume (SAM2Med3D).
+
+A coarse 3D network gives a probability ``p_c`` for the whole volume; SAM2, propagated from a few
+prompt slices, gives a refined probability ``p_s`` on the slices it visited, with an object-score
+logit and a predicted IoU per slice. SAM2 is good near its prompts and drifts away from them; the
+coarse network is consistent but blurry. The fusion trusts each one per slice by its confidence,
+and trusts SAM2 less the farther (in mm) a slice is from the nearest prompt slice (design ours;
+the paper gives no formula). For slice ``z`` along ``axis``:
+
+* SAM2 confidence ``q_s(z) = sigmoid(object_score(z)) * clip(iou(z), 0, 1)`` (0 when not visited);
+* coarse confidence ``q_c(z) = 1 - mean H(p_c) / log 2`` over the coarse mask of the slice
+  (``p_c > threshold``; the whole slice when that is empty), ``H`` the binary entropy;
+* distance ``d(z)`` = mm from the nearest prompt slice (``|z - k| * spacing[axis]``);
+* SAM2 weight ``w(z) = sigmoid((log q_s - log q_c - d / tau) / T + b)``, i.e. at ``T = 1, b = 0``
+  SAM2's share ``a_s / (a_s + q_c)`` of the trust, with ``a_s = q_s exp(-d / tau)``.
+  ``w = 0`` exactly when ``q_s = 0``; ``w = 1`` exactly when ``q_c = 0 < q_s``;
+* fused ``p = w p_s + (1 - w) p_c`` per voxel, clamped to ``[0, 1]``.
+
+``tau`` (mm), the temperature ``T`` and the bias ``b`` are the parameters; :class:`ConfidenceFusion`
+makes them learnable. Then the volumetric consistency step (:func:`postprocess_mask`) thresholds
+the fused probability and cleans the mask: only voxels inside the union of the thresholded inputs
+are kept, small or non-largest 3D components are removed, and holes are filled only when they lie
+entirely inside that union. So the final mask never holds a voxel that neither input called
+foreground.
+
+Example:
+    >>> import numpy as np
+    >>> from medsam2kit.fusion import fuse
+    >>> coarse = np.zeros((5, 8, 8), np.float32); coarse[:, 2:6, 2:6] = 0.7
+    >>> sam = np.zeros_like(coarse); sam[:, 3:6, 2:6] = 0.95
+    >>> scores = np.array([np.nan, 4.0, 4.0, 4.0, np.nan], np.float32)
+    >>> ious = np.array([np.nan, 0.9, 0.9, 0.9, np.nan], np.float32)
+    >>> res = fuse(coarse, sam, scores, ious, prompt_slices=[2], spacing=(3.0, 1.0, 1.0))
+    >>> [round(float(w), 2) for w in res.sam_weight]  # unvisited, visited near the prompt, unvisited
+    [0.0, 0.87, 0.88, 0.87, 0.0]
+    >>> res.mask.shape, res.probability.dtype
+    ((5, 8, 8), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from scipy import ndimage
+from torch import nn
+
+from medsam2kit.errors import GeometryError, InvalidInputError, InvalidTypeError, ShapeMismatchError
+from medsam2kit.volume import Volume
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medsam2kit.predictor import PropagationResult
+    from medsam2kit.sequencer import FrameSequence
+
+HoleFilling = Literal["none", "2d", "3d"]
+Learnable = Literal["tau", "temperature", "bias"]
+ArrayOrTensor = npt.ArrayLike | torch.Tensor
+
+# --------------------------------------------------------------------------------------------
+# Parameters and results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FusionParams:
+    """Parameters of the confidence-driven weight.
+
+    Attributes:
+        tau_mm: decay length in mm of SAM2's trust with the distance from the nearest prompt
+            slice (``exp(-d / tau)``); ``inf`` disables the decay.
+        temperature: ``T > 0``; larger values flatten the weight towards ``sigmoid(b)``.
+        bias: ``b``, added to the weight's logit (> 0 favours SAM2).
+        threshold: probability above which a coarse voxel is "inside the coarse mask" for the
+            coarse confidence (the same threshold is not used for the final mask; see
+            :class:`ConsistencyParams`).
+
+    Example:
+        >>> FusionParams(tau_mm=30.0).temperature
+        1.0
+    """
+
+    tau_mm: float = 20.0
+    temperature: float = 1.0
+    bias: float = 0.0
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.tau_mm) or self.tau_mm <= 0:
+            raise InvalidInputError(f"tau_mm: expected a positive number of mm (or inf), got {self.tau_mm}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InvalidInputError(f"temperature: expected a finite positive number, got {self.temperature}")
+        if not math.isfinite(self.bias):
+            raise InvalidInputError(f"bias: expected a finite number, got {self.bias}")
+        if not (0.0 <= self.threshold < 1.0):
+            raise InvalidInputError(f"threshold: expected a value in [0, 1), got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class ConsistencyParams:
+    """Volumetric consistency post-processing of the thresholded fused probability.
+
+    Attributes:
+        threshold: a voxel is foreground when the fused probability is ``> threshold``.
+        keep_largest: keep only the largest 3D connected component (after the size filter).
+        min_component_mm3: remove components smaller than this volume in mm^3 (0: keep all).
+        fill_holes: ``"2d"`` fill holes per slice along the slice axis (a superset of the 3D
+            holes), ``"3d"`` fill enclosed 3D cavities only, ``"none"``. A hole is filled only
+            when all of it lies inside the union of the thresholded inputs.
+        connectivity: 1 (faces, 6-neighbourhood in 3D), 2 (faces and edges) or 3 (26-neighbourhood)
+            for the foreground components; holes always use face connectivity of the background.
+        restrict_to_union: intersect the thresholded fused mask with the union of the
+            thresholded inputs first (guards against rounding at the threshold).
+
+    Example:
+        >>> ConsistencyParams(fill_holes="3d").keep_largest
+        True
+    """
+
+    threshold: float = 0.5
+    keep_largest: bool = True
+    min_component_mm3: float = 0.0
+    fill_holes: HoleFilling = "2d"
+    connectivity: int = 1
+    restrict_to_union: bool = True
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.threshold < 1.0):
+            raise InvalidInputError(f"threshold: expected a value in [0, 1), got {self.threshold}")
+        if not (math.isfinite(self.min_component_mm3) and self.min_component_mm3 >= 0):
+            raise InvalidInputError(
+                f"min_component_mm3: expected a finite value >= 0, got {self.min_component_mm3}"
+            )
+        if self.fill_holes not in ("none", "2d", "3d"):
+            raise InvalidInputError(f"fill_holes: expected 'none', '2d' or '3d', got {self.fill_holes!r}")
+        if self.connectivity not in (1, 2, 3):
+            raise InvalidInputError(f"connectivity: expected 1, 2 or 3, got {self.connectivity!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class FusionResult:
+    """What :func:`fuse` returns. ``L`` is present only for multi-label input; ``N`` = slices along ``axis``.
+
+    Attributes:
+        probability: float32 ``([L,] D, H, W)`` fused probability in ``[0, 1]``.
+        mask: bool ``([L,] D, H, W)`` after the consistency post-processing (labels independently).
+        sam_weight: float32 ``([L,] N)`` SAM2 weight ``w`` per slice (coarse weight ``1 - w``).
+        sam_confidence: float32 ``([L,] N)`` ``q_s``.
+        coarse_confidence: float32 ``([L,] N)`` ``q_c``.
+        distance_mm: float32 ``(N,)`` distance to the nearest prompt slice.
+        union: bool ``([L,] D, H, W)`` union of the thresholded inputs (the bound of ``mask``).
+        axis: the slice axis.
+    """
+
+    probability: np.ndarray = field(repr=False)
+    mask: np.ndarray = field(repr=False)
+    sam_weight: np.ndarray
+    sam_confidence: np.ndarray
+    coarse_confidence: np.ndarray
+    distance_mm: np.ndarray
+    union: np.ndarray = field(repr=False)
+    axis: int
+
+
+@dataclass(frozen=True, eq=False)
+class SamInputs:
+    """SAM2's outputs for one object mapped onto the voxel grid (see :func:`sam_inputs_from_propagation`).
+
+    Attributes:
+        probability: float32 ``(D, H, W)`` sigmoid of the logits on the voxel grid (0 on unvisited slices).
+        object_scores: float32 ``(N,)`` object-score logit per slice along ``axis``; NaN where not visited.
+        ious: float32 ``(N,)`` predicted IoU per slice; NaN where not visited.
+        axis: the slice axis.
+        spacing: voxel size in mm of the grid.
+    """
+
+    probability: np.ndarray = field(repr=False)
+    object_scores: np.ndarray
+    ious: np.ndarray
+    axis: int
+    spacing: tuple[float, float, float]
+
+
+# --------------------------------------------------------------------------------------------
+# Input checking
+# --------------------------------------------------------------------------------------------
+
+
+def _to_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, Volume):
+        x = x.array
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        arr = np.asarray(x)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise InvalidTypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex():
+        raise InvalidTypeError(f"{name}: expected real values, got {t.dtype}")
+    return t.to(torch.float32)
+
+
+def _check_prob(t: torch.Tensor, name: str, allow_nan: torch.Tensor | None = None) -> None:
+    bad = ~((t >= 0) & (t <= 1))
+    if allow_nan is not None:
+        bad = bad & ~(torch.isnan(t) & allow_nan)
+    if bool(bad.any()):
+        vals = t.detach()[bad][:3].tolist()
+        raise InvalidInputError(f"{name}: expected probabilities in [0, 1], got values such as {vals}")
+
+
+def _check_axis(axis: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= int(axis) < 3:
+        raise InvalidInputError(f"axis: expected an integer in [-3, 2], got {axis!r}")
+    return int(axis) % 3
+
+
+def _check_spacing(
+    spacing: float | Sequence[float] | None, default: tuple[float, ...] | None
+) -> tuple[float, float, float]:
+    if spacing is None:
+        spacing = default if default is not None else (1.0, 1.0, 1.0)
+    values: tuple[float, ...]
+    if isinstance(spacing, (int, float, np.integer, np.floating)):
+        values = (float(spacing),) * 3
+    else:
+        values = tuple(float(s) for s in spacing)
+    if len(values) != 3:
+        raise GeometryError(
+            f"spacing: expected 3 values (mm per axis of (D, H, W)), got {len(values)}: {values}"
+        )
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise GeometryError(f"spacing: expected finite positive values in mm, got {values}")
+    return (values[0], values[1], values[2])
+
+
+def _prompt_distance(n: int, prompt_slices: Sequence[int] | None, step_mm: float) -> torch.Tensor:
+    if prompt_slices is None:
+        return torch.zeros(n, dtype=torch.float32)
+    idx = [int(k) for k in prompt_slices]
+    if not idx:
+        raise InvalidInputError(
+            "prompt_slices: expected at least one slice index (or None for no decay), got []"
+        )
+    bad = [k for k in idx if not 0 <= k < n]
+    if bad:
+        raise InvalidInputError(f"prompt_slices: expected indices in [0, {n - 1}], got {bad}")
+    z = np.arange(n)[:, None]
+    d = np.abs(z - np.asarray(idx)[None, :]).min(axis=1) * step_mm
+    return torch.from_numpy(d.astype(np.float32))
+
+
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    coarse: torch.Tensor  # (L, D, H, W)
+    sam: torch.Tensor  # (L, D, H, W), 0 on unvisited slices
+    visited: torch.Tensor  # (L, N) bool
+    q_s: torch.Tensor  # (L, N)
+    q_c: torch.Tensor  # (L, N)
+    dist: torch.Tensor  # (N,)
+    axis: int
+    spacing: tuple[float, float, float]
+    multi: bool
+
+
+def _bcast(v: torch.Tensor, axis: int) -> torch.Tensor:
+    """(L, N) per-slice values -> broadcastable against (L, D, H, W)."""
+    shape = [v.shape[0], 1, 1, 1]
+    shape[1 + axis] = v.shape[1]
+    return v.reshape(shape)
+
+
+def sam_confidence(object_scores: ArrayOrTensor, ious: ArrayOrTensor) -> torch.Tensor:
+    """SAM2's per-slice confidence ``sigmoid(object_score) * clip(iou, 0, 1)``; 0 where either is NaN.
+
+    Args:
+        object_scores: float ``(..., N)`` object-score logits (NaN: slice not visited; ``-inf``: no object).
+        ious: float ``(..., N)`` predicted IoU (NaN: not visited).
+
+    Returns:
+        float32 tensor ``(..., N)`` in ``[0, 1]``.
+
+    Example:
+        >>> sam_confidence([0.0, float("nan"), 10.0], [0.8, 0.9, 1.2]).tolist()
+        [0.4000000059604645, 0.0, 0.9999545812606812]
+    """
+    s, i = _to_tensor(object_scores, "object_scores"), _to_tensor(ious, "ious")
+    if s.shape != i.shape:
+        raise ShapeMismatchError(
+            f"object_scores and ious: expected the same shape, got {tuple(s.shape)} and {tuple(i.shape)}"
+        )
+    if bool(torch.isposinf(s).any() | torch.isinf(i).any()):
+        raise InvalidInputError("object_scores/ious: +inf object scores or infinite IoUs are not allowed")
+    visited = ~(torch.isnan(s) | torch.isnan(i))
+    q = torch.sigmoid(torch.nan_to_num(s, nan=0.0, neginf=-math.inf)) * torch.nan_to_num(i, nan=0.0).clamp(
+        0.0, 1.0
+    )
+    return torch.where(visited, q, torch.zeros_like(q))
+
+
+def coarse_confidence(coarse: ArrayOrTensor, *, axis: int = 0, threshold: float = 0.5) -> torch.Tensor:
+    """The coarse network's per-slice confidence: one minus the mean normalised binary entropy.
+
+    The mean is over the slice's coarse mask (``p > threshold``), or over the whole slice when the
+    mask is empty there (then it is the confidence that the slice holds no object).
+
+    Args:
+        coarse: float ``([L,] D, H, W)`` probabilities in ``[0, 1]``.
+        axis: slice axis of ``(D, H, W)``.
+        threshold: mask threshold.
+
+    Returns:
+        float32 tensor ``([L,] N)`` in ``[0, 1]``, ``N = shape[axis]``.
+
+    Example:
+        >>> import numpy as np
+        >>> p = np.zeros((2, 4, 4), np.float32); p[1] = 0.5
+        >>> coarse_confidence(p).tolist()
+        [1.0, 0.0]
+    """
+    c = _to_tensor(coarse, "coarse")
+    if c.ndim not in (3, 4):
+        raise InvalidInputError(f"coarse: expected (D, H, W) or (L, D, H, W), got shape {tuple(c.shape)}")
+    _check_prob(c, "coarse")
+    ax = _check_axis(axis)
+    out = _coarse_conf(c if c.ndim == 4 else c[None], ax, float(threshold))
+    return out if c.ndim == 4 else out[0]
+
+
+def _coarse_conf(c: torch.Tensor, axis: int, threshold: float) -> torch.Tensor:
+    with torch.no_grad():
+        c = c.detach()
+        p = c.clamp(1e-7, 1 - 1e-7)
+        h = -(p * torch.log(p) + (1 - p) * torch.log1p(-p)) / math.log(2.0)
+        conf = (1.0 - h).clamp(0.0, 1.0)
+        # Exact 0/1 probabilities are fully confident.
+        conf = torch.where((c == 0) | (c == 1), torch.ones_like(conf), conf)
+        dims = tuple(d for d in (1, 2, 3) if d != 1 + axis)
+        inside = (c > threshold).to(torch.float32)
+        n_in = inside.sum(dim=dims)
+        mean_in = (conf * inside).sum(dim=dims) / n_in.clamp_min(1.0)
+        mean_all = conf.mean(dim=dims)
+        return torch.where(n_in > 0, mean_in, mean_all)
+
+
+def _prepare(
+    coarse: ArrayOrTensor | Volume,
+    sam: ArrayOrTensor | Volume,
+    object_scores: ArrayOrTensor,
+    ious: ArrayOrTensor,
+    prompt_slices: Sequence[int] | None,
+    axis: int,
+    spacing: float | Sequence[float] | None,
+    coarse_conf: ArrayOrTensor | None,
+    threshold: float,
+) -> _Prepared:
+    default_sp = (
+        coarse.spacing if isinstance(coarse, Volume) else sam.spacing if isinstance(sam, Volume) else None
+    )
+    c, s = _to_tensor(coarse, "coarse"), _to_tensor(sam, "sam")
+    if c.shape != s.shape:
+        raise ShapeMismatchError(
+            f"coarse and sam: expected the same shape, got coarse {tuple(c.shape)} and sam {tuple(s.shape)}"
+        )
+    if c.ndim not in (3, 4):
+        raise InvalidInputError(f"coarse: expected (D, H, W) or (L, D, H, W), got shape {tuple(c.shape)}")
+    multi = c.ndim == 4
+    if not multi:
+        c, s = c[None], s[None]
+    ax = _check_axis(axis)
+    sp = _check_spacing(spacing, default_sp)
+    n = c.shape[1 + ax]
+    os_t, iou_t = _to_tensor(object_scores, "object_scores"), _to_tensor(ious, "ious")
+    want = (c.shape[0], n) if multi else (n,)
+    for t, name in ((os_t, "object_scores"), (iou_t, "ious")):
+        if tuple(t.shape) != want:
+            raise ShapeMismatchError(
+                f"{name}: expected shape {want} (one value per slice along axis {ax}), got {tuple(t.shape)}"
+            )
+    os_t, iou_t = os_t.reshape(c.shape[0], n), iou_t.reshape(c.shape[0], n)
+    q_s = sam_confidence(os_t, iou_t)
+    visited = ~(torch.isnan(os_t) | torch.isnan(iou_t))
+    _check_prob(c, "coarse")
+    vis_b = _bcast(visited, ax).expand_as(s)
+    _check_prob(s, "sam (on visited slices; NaN allowed only on unvisited ones)", allow_nan=~vis_b)
+    s = torch.where(vis_b, s, torch.zeros_like(s))
+    if coarse_conf is None:
+        q_c = _coarse_conf(c, ax, threshold)
+    else:
+        q_c = _to_tensor(coarse_conf, "coarse_confidence")
+        if tuple(q_c.shape) != want:
+            raise ShapeMismatchError(f"coarse_confidence: expected shape {want}, got {tuple(q_c.shape)}")
+        _check_prob(q_c, "coarse_confidence")
+        q_c = q_c.reshape(c.shape[0], n)
+    dist = _prompt_distance(n, prompt_slices, sp[ax])
+    return _Prepared(c, s, visited, q_s, q_c, dist, ax, sp, multi)
+
+
+# --------------------------------------------------------------------------------------------
+# The differentiable core (shared by fuse() and ConfidenceFusion)
+# --------------------------------------------------------------------------------------------
+
+
+def _weights(
+    q_s: torch.Tensor,
+    q_c: torch.Tensor,
+    dist: torch.Tensor,
+    log_tau: torch.Tensor,
+    log_temperature: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    tiny = torch.finfo(torch.float32).tiny
+    # Clamped logs keep every branch finite, so gradients never meet inf * 0.
+    log_ratio = torch.log(q_s.clamp_min(tiny)) - torch.log(q_c.clamp_min(tiny))
+    logit = (log_ratio - dist * torch.exp(-log_tau)) * torch.exp(-log_temperature) + bias
+    w = torch.sigmoid(logit)
+    w = torch.where(q_c <= 0, torch.ones_like(w), w)
+    return torch.where(q_s <= 0, torch.zeros_like(w), w)
+
+
+def _combine(coarse: torch.Tensor, sam: torch.Tensor, w: torch.Tensor, axis: int) -> torch.Tensor:
+    wb = _bcast(w, axis)
+    return (wb * sam + (1.0 - wb) * coarse).clamp(0.0, 1.0)
+
+
+def _param_tensors(params: FusionParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.tensor(math.log(params.tau_mm), dtype=torch.float32),
+        torch.tensor(math.log(params.temperature), dtype=torch.float32),
+        torch.tensor(params.bias, dtype=torch.float32),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Consistency post-processing
+# --------------------------------------------------------------------------------------------
+
+
+def _plane_structure(axis: int) -> np.ndarray:
+    st = ndimage.generate_binary_structure(3, 1)
+    keep = [slice(None)] * 3
+    for k in (0, 2):
+        keep[axis] = slice(k, k + 1)
+        st[tuple(keep)] = False
+    return st
+
+
+def postprocess_mask(
+    mask: npt.ArrayLike,
+    *,
+    allowed: npt.ArrayLike | None = None,
+    spacing: float | Sequence[float] | None = None,
+    axis: int = 0,
+    params: ConsistencyParams = ConsistencyParams(),
+) -> np.ndarray:
+    """Volumetric consistency of a 3D mask: components, size filter, hole filling, bounded by ``allowed``.
+
+    Steps: ``mask &= allowed`` (when ``params.restrict_to_union``); drop components below
+    ``params.min_component_mm3``; keep the largest remaining one (``params.keep_largest``; ties:
+    the first in C order); fill holes (``params.fill_holes``), each hole only when all of it lies
+    in ``allowed``. The result is therefore a subset of ``allowed`` (or of ``mask`` plus enclosed
+    holes when ``allowed`` is None) and hole filling never creates new components.
+
+    Args:
+        mask: bool ``(D, H, W)``.
+        allowed: bool ``(D, H, W)`` voxels the result may hold (``None``: everywhere).
+        spacing: voxel size in mm (for component volumes).
+        axis: slice axis for 2D hole filling.
+        params: the :class:`ConsistencyParams` (its ``threshold`` is not used here).
+
+    Returns:
+        bool ``(D, H, W)``.
+
+    Example:
+        >>> import numpy as np
+        >>> m = np.zeros((3, 7, 7), bool); m[:, 1:6, 1:6] = True; m[1, 3, 3] = False; m[0, 0, 6] = True
+        >>> out = postprocess_mask(m)
+        >>> bool(out[1, 3, 3]), bool(out[0, 0, 6])
+        (True, False)
+    """
+    m = np.asarray(mask)
+    if m.ndim != 3:
+        raise InvalidInputError(f"mask: expected a 3D (D, H, W) array, got shape {m.shape}")
+    if m.dtype != np.bool_:
+        raise InvalidTypeError(f"mask: expected a bool array, got dtype {m.dtype}")
+    if allowed is None:
+        allow = np.ones_like(m)
+    else:
+        allow = np.asarray(allowed)
+        if allow.shape != m.shape:
+            raise ShapeMismatchError(f"allowed: expected the mask's shape {m.shape}, got {allow.shape}")
+        allow = allow.astype(bool)
+    ax = _check_axis(axis)
+    sp = _check_spacing(spacing, None)
+    return _postprocess(m, allow, sp, ax, params)
+
+
+def _postprocess(
+    m: np.ndarray, allow: np.ndarray, sp: tuple[float, float, float], axis: int, params: ConsistencyParams
+) -> np.ndarray:
+    out = m & allow if params.restrict_to_union else m.copy()
+    if params.keep_largest or params.min_component_mm3 > 0:
+        labels, n = ndimage.label(out, structure=ndimage.generate_binary_structure(3, params.connectivity))
+        if n:
+            volumes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64) * float(np.prod(sp))
+            keep = volumes >= params.min_component_mm3
+            keep[0] = False
+            if params.keep_largest and keep.any():
+                best = int(np.argmax(np.where(keep, volumes, -1.0)))
+                keep[:] = False
+                keep[best] = True
+            out = keep[labels]
+    if params.fill_holes != "none" and out.any():
+        structure = (
+            _plane_structure(axis) if params.fill_holes == "2d" else ndimage.generate_binary_structure(3, 1)
+        )
+        holes = ndimage.binary_fill_holes(out, structure=structure) & ~out
+        if holes.any():
+            hl, nh = ndimage.label(holes, structure=structure)
+            outside = np.bincount(hl[~allow].ravel(), minlength=nh + 1) > 0
+            outside[0] = True
+            out = out | ~outside[hl]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The function
+# --------------------------------------------------------------------------------------------
+
+
+def _finish(
+    prep: _Prepared, prob: torch.Tensor, w: torch.Tensor, consistency: ConsistencyParams
+) -> FusionResult:
+    p = prob.detach().cpu().numpy().astype(np.float32, copy=False)
+    t = consistency.threshold
+    vis = _bcast(prep.visited, prep.axis).expand_as(prep.sam).numpy()
+    union = (prep.coarse.numpy() > t) | ((prep.sam.numpy() > t) & vis)
+    masks = np.stack(
+        [_postprocess(p[i] > t, union[i], prep.spacing, prep.axis, consistency) for i in range(p.shape[0])]
+    )
+
+    def sq(a: np.ndarray) -> np.ndarray:
+        return a if prep.multi else a[0]
+
+    return FusionResult(
+        probability=sq(p),
+        mask=sq(masks),
+        sam_weight=sq(w.detach().numpy().astype(np.float32)),
+        sam_confidence=sq(prep.q_s.numpy()),
+        coarse_confidence=sq(prep.q_c.detach().numpy()),
+        distance_mm=prep.dist.numpy(),
+        union=sq(union),
+        axis=prep.axis,
+    )
+
+
+def fuse(
+    coarse: ArrayOrTensor | Volume,
+    sam: ArrayOrTensor | Volume,
+    object_scores: ArrayOrTensor,
+    ious: ArrayOrTensor,
+    *,
+    prompt_slices: Sequence[int] | None,
+    axis: int = 0,
+    spacing: float | Sequence[float] | None = None,
+    params: FusionParams = FusionParams(),
+    consistency: ConsistencyParams = ConsistencyParams(),
+    coarse_confidence: ArrayOrTensor | None = None,
+) -> FusionResult:
+    """Fuse a coarse and a SAM2 probability volume slice by slice, then clean the mask.
+
+    Multi-label: give ``coarse``/``sam`` as ``(L, D, H, W)`` and the per-slice inputs as
+    ``(L, N)``; each label is fused and post-processed on its own (masks may overlap; take an
+    argmax of ``probability`` for exclusive labels). All labels share ``prompt_slices``; call
+    once per label for per-label prompts.
+
+    Args:
+        coarse: float ``([L,] D, H, W)`` coarse probability in ``[0, 1]`` (or a :class:`Volume`).
+        sam: float ``([L,] D, H, W)`` SAM2 probability on the voxel grid (sigmoid of the logits);
+            ignored (NaN allowed) on slices not visited.
+        object_scores: float ``([L,] N)`` SAM2 object-score logit per slice along ``axis``;
+            NaN where SAM2 did not visit the slice.
+        ious: float ``([L,] N)`` SAM2 predicted IoU per slice; NaN where not visited.
+        prompt_slices: indices (along ``axis``) of the prompt slices SAM2 propagated from;
+            ``None`` disables the distance decay.
+        axis: slice axis of ``(D, H, W)``.
+        spacing: voxel size in mm (default: the :class:`Volume`'s, else 1 mm).
+        params: the weight's :class:`FusionParams`.
+        consistency: the :class:`ConsistencyParams` of the post-processing.
+        coarse_confidence: float ``([L,] N)`` in ``[0, 1]`` to use instead of the entropy-based
+            :func:`coarse_confidence`.
+
+    Returns:
+        A :class:`FusionResult`.
+
+    Raises:
+        ShapeMismatchError: when shapes disagree (both named).
+        InvalidInputError: probabilities outside ``[0, 1]``, bad prompt indices or axis.
+        GeometryError: bad spacing.
+
+    Example:
+        >>> import numpy as np
+        >>> c = np.full((3, 4, 4), 0.6, np.float32); s = np.full((3, 4, 4), 0.2, np.float32)
+        >>> r = fuse(c, s, [np.nan, -np.inf, 2.0], [np.nan, 0.5, 0.9], prompt_slices=[2])
+        >>> bool(r.probability[:2].max() == np.float32(0.6)), r.sam_weight[:2].tolist()  # no SAM2 weight
+        (True, [0.0, 0.0])
+    """
+    prep = _prepare(
+        coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence, params.threshold
+    )
+    with torch.no_grad():
+        log_tau, log_t, b = _param_tensors(params)
+        w = _weights(prep.q_s, prep.q_c, prep.dist, log_tau, log_t, b)
+        prob = _combine(prep.coarse, prep.sam, w, prep.axis)
+    return _finish(prep, prob, w, consistency)
+
+
+# --------------------------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------------------------
+
+
+class ConfidenceFusion(nn.Module):
+    """:func:`fuse` as a ``torch.nn.Module`` whose ``tau``, temperature and bias are learnable.
+
+    The parameters are stored as ``log_tau`` (log mm), ``log_temperature`` and ``bias`` (float32
+    scalars), so gradient steps keep ``tau`` and ``T`` positive. ``forward`` returns the fused
+    probability, differentiable with respect to the parameters and to both input probabilities
+    (the per-slice confidences are treated as constants). For the same parameters it equals
+    :func:`fuse`'s ``probability`` exactly: both run the same code.
+
+    Args:
+        params: initial values (``threshold`` is kept for the coarse confidence).
+        learnable: which of ``"tau"``, ``"temperature"``, ``"bias"`` get gradients.
+
+    Example:
+        >>> import torch
+        >>> m = ConfidenceFusion(FusionParams(tau_mm=10.0))
+        >>> c = torch.full((3, 4, 4), 0.4); s = torch.full((3, 4, 4), 0.9)
+        >>> out = m(c, s, torch.tensor([1.0, 2.0, 1.0]), torch.tensor([0.8, 0.9, 0.8]), prompt_slices=[1])
+        >>> out.shape, out.requires_grad
+        (torch.Size([3, 4, 4]), True)
+    """
+
+    def __init__(
+        self,
+        params: FusionParams = FusionParams(),
+        *,
+        learnable: Sequence[Learnable] = ("tau", "temperature", "bias"),
+    ) -> None:
+        super().__init__()
+        bad = [k for k in learnable if k not in ("tau", "temperature", "bias")]
+        if bad:
+            raise InvalidInputError(
+                f"learnable: expected names among 'tau', 'temperature', 'bias', got {bad}"
+            )
+        log_tau, log_t, b = _param_tensors(params)
+        self.log_tau = nn.Parameter(log_tau, requires_grad="tau" in learnable)
+        self.log_temperature = nn.Parameter(log_t, requires_grad="temperature" in learnable)
+        self.bias = nn.Parameter(b, requires_grad="bias" in learnable)
+        self.threshold = float(params.threshold)
+
+    @property
+    def params(self) -> FusionParams:
+        """The current parameters as a :class:`FusionParams` (float64 round trip of float32 values)."""
+        return FusionParams(
+            tau_mm=math.exp(float(self.log_tau.detach())),
+            temperature=math.exp(float(self.log_temperature.detach())),
+            bias=float(self.bias.detach()),
+            threshold=self.threshold,
+        )
+
+    def _run(
+        self,
+        coarse: ArrayOrTensor | Volume,
+        sam: ArrayOrTensor | Volume,
+        object_scores: ArrayOrTensor,
+        ious: ArrayOrTensor,
+        prompt_slices: Sequence[int] | None,
+        axis: int,
+        spacing: float | Sequence[float] | None,
+        coarse_confidence: ArrayOrTensor | None,
+    ) -> tuple[_Prepared, torch.Tensor, torch.Tensor, bool]:
+        prep = _prepare(
+            coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence, self.threshold
+        )
+        dev = self.log_tau.device
+        c, s = prep.coarse, prep.sam  # float32 views that keep the autograd graph of tensor inputs
+        w = _weights(
+            prep.q_s.to(dev),
+            prep.q_c.to(dev),
+            prep.dist.to(dev),
+            self.log_tau,
+            self.log_temperature,
+            self.bias,
+        )
+        prob = _combine(c.to(dev), s.to(dev), w, prep.axis)
+        return prep, prob, w, prep.multi
+
+    def forward(
+        self,
+        coarse: ArrayOrTensor,
+        sam: ArrayOrTensor,
+        object_scores: ArrayOrTensor,
+        ious: ArrayOrTensor,
+        *,
+        prompt_slices: Sequence[int] | None,
+        axis: int = 0,
+        spacing: float | Sequence[float] | None = None,
+        coarse_confidence: ArrayOrTensor | None = None,
+    ) -> torch.Tensor:
+        """Fused probability (see :func:`fuse` for the arguments).
+
+        Returns:
+            float32 tensor ``([L,] D, H, W)`` in ``[0, 1]``, on the parameters' device.
+        """
+        _, prob, _, multi = self._run(
+            coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence
+        )
+        return prob if multi else prob[0]
+
+    def sam_weight(
+        self,
+        object_scores: ArrayOrTensor,
+        ious: ArrayOrTensor,
+        coarse_confidence: ArrayOrTensor,
+        *,
+        prompt_slices: Sequence[int] | None,
+        slice_spacing_mm: float = 1.0,
+    ) -> torch.Tensor:
+        """The per-slice SAM2 weight ``w`` from per-slice inputs only (differentiable).
+
+        Args:
+            object_scores: float ``(N,)`` (or ``(L, N)``) logits, NaN where not visited.
+            ious: float, same shape, NaN where not visited.
+            coarse_confidence: float, same shape, in ``[0, 1]``.
+            prompt_slices: prompt slice indices (``None``: no decay).
+            slice_spacing_mm: spacing along the slice axis.
+
+        Returns:
+            float32 tensor of the input shape.
+
+        Example:
+            >>> ConfidenceFusion().sam_weight([0.0], [1.0], [0.5], prompt_slices=[0]).tolist()
+            [0.5]
+        """
+        q_s = sam_confidence(object_scores, ious)
+        q_c = _to_tensor(coarse_confidence, "coarse_confidence")
+        if q_c.shape != q_s.shape:
+            raise ShapeMismatchError(
+                f"coarse_confidence: expected shape {tuple(q_s.shape)}, got {tuple(q_c.shape)}"
+            )
+        _check_prob(q_c, "coarse_confidence")
+        step = _check_spacing((float(slice_spacing_mm), 1.0, 1.0), None)[0]
+        dist = _prompt_distance(int(q_s.shape[-1]), prompt_slices, step)
+        dev = self.log_tau.device
+        return _weights(q_s.to(dev), q_c.to(dev), dist.to(dev), self.log_tau, self.log_temperature, self.bias)
+
+    def fuse(
+        self,
+        coarse: ArrayOrTensor | Volume,
+        sam: ArrayOrTensor | Volume,
+        object_scores: ArrayOrTensor,
+        ious: ArrayOrTensor,
+        *,
+        prompt_slices: Sequence[int] | None,
+        axis: int = 0,
+        spacing: float | Sequence[float] | None = None,
+        consistency: ConsistencyParams = ConsistencyParams(),
+        coarse_confidence: ArrayOrTensor | None = None,
+    ) -> FusionResult:
+        """Like :func:`fuse` with this module's current parameters (no gradients)."""
+        with torch.no_grad():
+            prep, prob, w, _ = self._run(
+                coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence
+            )
+        return _finish(prep, prob.cpu(), w.cpu(), consistency)
+
+
+# --------------------------------------------------------------------------------------------
+# Glue with the predictor and the sequencer
+# --------------------------------------------------------------------------------------------
+
+
+def sam_inputs_from_propagation(
+    result: PropagationResult, sequence: FrameSequence, *, obj_index: int = 0
+) -> SamInputs:
+    """Map one object's propagation outputs onto the sequence's voxel grid, ready for :func:`fuse`.
+
+    Args:
+        result: a :class:`~medsam2kit.predictor.PropagationResult` over ``sequence``'s frames.
+        sequence: the :class:`~medsam2kit.sequencer.FrameSequence` that was propagated.
+        obj_index: position of the object on the result's object axis.
+
+    Returns:
+        A :class:`SamInputs` (probability ``(D, H, W)``, per-slice scores along the sequence's axis).
+    """
+    n_obj = int(result.low_res_logits.shape[1])
+    if not 0 <= obj_index < n_obj:
+        raise InvalidInputError(f"obj_index: expected an index in [0, {n_obj - 1}], got {obj_index}")
+    logits = result.logits()[:, obj_index]
+    vol = sequence.to_volume_logits(logits.numpy())
+    prob = torch.sigmoid(torch.from_numpy(vol.array)).numpy().astype(np.float32)
+    axis = int(sequence.layout.axis)
+    n = vol.shape[axis]
+    scores = np.full(n, np.nan, np.float32)
+    ious = np.full(n, np.nan, np.float32)
+    visited = result.visited.numpy().astype(bool)
+    for t, z in enumerate(sequence.slice_indices):
+        if visited[t]:
+            scores[z] = float(result.object_scores[t, obj_index])
+            ious[z] = float(result.ious[t, obj_index])
+    return SamInputs(prob, scores, ious, axis, vol.spacing)
+
+
+__all__ = [
+    "ConfidenceFusion",
+    "ConsistencyParams",
+    "FusionParams",
+    "FusionResult",
+    "HoleFilling",
+    "SamInputs",
+    "coarse_confidence",
+    "fuse",
+    "postprocess_mask",
+    "sam_confidence",
+    "sam_inputs_from_propagation",
+]
