@@ -39,3 +39,32 @@ def test_phantom_bad_arguments() -> None:
         ellipsoid_phantom(spacing=(1.0, 0.0, 1.0))
     with pytest.raises(InvalidInputError, match="shape"):
         ellipsoid_phantom(shape=(2, 10, 10))
+
+
+def test_tube_label_is_a_connected_tube_along_axis0() -> None:
+    from scipy import ndimage
+
+    _, label = ellipsoid_phantom((20, 64, 64), (2.0, 1.0, 1.0), tube=True, rng=1)
+    tube = label.array == 3
+    assert tube.any(axis=(1, 2)).all()  # present on every slice
+    assert ndimage.label(tube)[1] == 1
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000))
+def test_ultrasound_clip_physics(seed: int) -> None:
+    from medsam2kit.phantoms import ultrasound_clip
+
+    clip, labels = ultrasound_clip(6, (96, 96), rng=seed)
+    assert clip.shape == labels.shape == (6, 96, 96) and clip.dtype == np.uint8
+    chamber = labels == 1
+    assert chamber.any(axis=(1, 2)).all()
+    # the chamber is dark, the occluder bright
+    assert clip[chamber].mean() < clip[(labels == 0) & (clip > 0)].mean()
+    assert clip[labels == 2].mean() > clip[(labels == 0) & (clip > 0)].mean()
+    # the structure moves or beats: masks differ over time
+    assert not np.array_equal(labels[0], labels[-1])
+    # the scan sector: the top corners are outside it
+    assert clip[:, 0, 0].max() == 0 and clip[:, 0, -1].max() == 0
+    a, _ = ultrasound_clip(6, (96, 96), rng=seed)
+    np.testing.assert_array_equal(a, clip)
