@@ -31,6 +31,12 @@ _FEWSHOT_EXAMPLE = """example:
       --checkpoint sam2.1_hiera_tiny.pt      # cases split across the 4 processes
 """
 
+_SEGMENT_EXAMPLE = """example:
+  medsam2kit segment --input breast1_img.nii.gz --coarse coarse.pt --out breast1_mask.nii.gz \\
+      --config sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --device cuda
+  torchrun --nproc_per_node 2 -m medsam2kit.cli segment --input cohort/ --coarse coarse.pt --out masks/
+"""
+
 _DEMO_EXAMPLE = """example:
   medsam2kit demo --out demo_out
   medsam2kit demo --out demo_out --config sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --device cuda
@@ -95,6 +101,50 @@ def _parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--top-k", type=int, default=3, help="supports per query slice and label (default 3)")
     fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
     _model_options(fewshot, default_config="sam2.1_hiera_t")
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[verbosity],
+        help="score predicted label maps against references",
+        description=(
+            "Dice, IoU, HD95, HD, ASSD and NSD per case and label (spacing-aware) for two files or "
+            "two folders matched by case name; writes per_case.csv, summary.csv (mean, std, median, "
+            "95% CI of the mean) and figures (overlay montages, box plots) to --out. A prediction on "
+            "another grid than its reference is an error naming both."
+        ),
+        epilog="example:\n  medsam2kit evaluate masks/ labels/ --out eval --images images/ --tolerance 1.0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("pred", type=Path, help="predicted label map, or a folder of them")
+    evaluate.add_argument("gt", type=Path, help="reference label map, or a folder of them")
+    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--labels", type=int, nargs="+", default=None, help="labels to score (default: all found)")
+    evaluate.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
+    evaluate.add_argument("--images", type=Path, default=None, help="images (file or folder) for the montages")
+    evaluate.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+
+    segment = sub.add_parser(
+        "segment",
+        parents=[verbosity],
+        help="SAM2Med3D: coarse network -> reliable slices -> SAM2 -> fusion",
+        description=(
+            "SAM2Med3D: a coarse network's segmentation, its most reliable slices as SAM2 prompts, "
+            "propagation through the volume (each slice encoded once) and confidence-driven fusion. "
+            "Writes a label map (NIfTI) with the input's geometry."
+        ),
+        epilog=_SEGMENT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    segment.add_argument("--input", type=Path, required=True,
+                         help="image, or a folder of them (a cohort; split across ranks under torchrun)")
+    segment.add_argument("--coarse", type=Path, required=True, help="coarse network saved by CoarseSegmenter.save")
+    segment.add_argument("--out", type=Path, required=True, help="output label map (.nii/.nii.gz) or folder")
+    segment.add_argument("--k", type=int, default=3, help="prompt slices per label (default 3)")
+    segment.add_argument("--prompt", choices=("mask", "box", "box+point", "point"), default="mask",
+                         help="prompt kind from each chosen slice (default mask)")
+    segment.add_argument("--propagation", choices=("joint", "separate"), default="joint",
+                         help="all prompts in one propagation, or each separately (default joint)")
+    _model_options(segment, default_config="sam2.1_hiera_t")
     return parser
 
 
@@ -121,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "fewshot":
             return _fewshot(args)
+        if args.command == "segment":
+            return _segment(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
     except MedSAM2KitError as err:
         print(f"medsam2kit {args.command}: error: {err}", file=sys.stderr)
         return 1
@@ -236,6 +290,42 @@ def _fewshot(args: argparse.Namespace) -> int:
         counts = {lab: int((result.labels.array == lab).sum()) for lab in bank.labels}
         _say(args, f"wrote {out} (voxels per label {counts}; {len(bank)} support slices; "
                    f"{result.encoder_calls} query encoder calls; {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from medsam2kit.coarse import CoarseSegmenter
+    from medsam2kit.io import load_volume, save_mask
+    from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline
+    from medsam2kit.prompts import SliceFilterConfig
+
+    jobs = _my_share(_cohort(args.input, args.out, "_labels.nii.gz", name="--input"))
+    coarse = CoarseSegmenter.load(args.coarse)
+    config = SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=args.k), prompt_kind=args.prompt,
+                             propagation=args.propagation)
+    pipeline = SAM2Med3DPipeline(coarse, _predictor(args), config)
+    for path, out in _progress(args, jobs, "segment"):
+        volume = load_volume(path)
+        result = pipeline.run(volume)
+        save_mask(result.labels, volume, out)
+        chosen = {lab: list(o.selection.indices) for lab, o in result.outcomes.items()}
+        _say(args, f"wrote {out} (prompt slices {chosen}; {result.encoder_calls} encoder calls; "
+                   + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()) + ")")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medsam2kit.evaluate import evaluate
+
+    report = evaluate(args.pred, args.gt, args.out, labels=args.labels, tolerance_mm=args.tolerance,
+                      figures=not args.no_figures, images=args.images)
+    cases = len({r["case"] for r in report.rows})
+    lines = [f"{cases} case(s); wrote {len(report.files)} files to {args.out}"]
+    for (lab, metric), s in report.summary.items():
+        if metric in ("dice", "hd95", "nsd") or args.verbose:
+            lines.append(f"  label {lab} {metric}: mean {s.mean:.4g} (95% CI {s.ci95_low:.4g}-{s.ci95_high:.4g}), "
+                         f"median {s.median:.4g}, n {s.n}" + (f", {s.n_infinite} infinite" if s.n_infinite else ""))
+    _say(args, "\n".join(lines))
     return 0
 
 

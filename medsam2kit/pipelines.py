@@ -1,15 +1,263 @@
 """End-to-end pipelines, each one composable object.
 
+* :class:`SAM2Med3DPipeline`: coarse network -> spatial slice filter -> SAM2 propagation from the
+  chosen slices (each slice encoded once) -> confidence fusion -> label map (SAM2Med3D).
 * :class:`~medsam2kit.fewshot.FewShotPipeline`: FATE-SAM (supports -> bank -> label maps).
 
 Example:
-    >>> from medsam2kit.pipelines import FewShotPipeline
-    >>> FewShotPipeline.__name__
-    'FewShotPipeline'
+    >>> import numpy as np
+    >>> from medsam2kit.phantoms import ellipsoid_phantom
+    >>> from medsam2kit.predictor import SAM2Predictor
+    >>> def coarse(volume):  # any callable volume -> (L+1, D, H, W) probabilities
+    ...     fg = (volume.array > 0.4).astype(np.float32)
+    ...     return np.stack([1 - fg, fg])
+    >>> pipe = SAM2Med3DPipeline(coarse, SAM2Predictor.from_config("sam2.1_hiera_micro", device="cpu"))
+    >>> image, _ = ellipsoid_phantom((8, 48, 40), rng=0)
+    >>> result = pipe.run(image)
+    >>> result.labels.shape == image.shape, result.encoder_calls
+    (True, 8)
 """
 
 from __future__ import annotations
 
-from medsam2kit.fewshot import FewShotPipeline
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
 
-__all__ = ["FewShotPipeline"]
+import numpy as np
+
+from medsam2kit.coarse import CoarseModel
+from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
+from medsam2kit.fewshot import FewShotPipeline
+from medsam2kit.fusion import ConsistencyParams, FusionParams, FusionResult, fuse, sam_inputs_from_propagation
+from medsam2kit.predictor import PropagationResult, SAM2Predictor, Session
+from medsam2kit.prompts import PromptKind, SliceFilterConfig, SliceSelection, select_slices, to_predictor_prompts
+from medsam2kit.sequencer import FrameSequence, PercentileWindow, WindowSpec, default_axis, sequence_volume
+from medsam2kit.volume import Volume
+
+Propagation = Literal["joint", "separate"]
+
+
+@dataclass(frozen=True)
+class SAM2Med3DConfig:
+    """Settings of the SAM2Med3D pipeline.
+
+    Attributes:
+        slice_filter: how reliable slices are scored and chosen (top-K, minimum gap, ...).
+        prompt_kind: ``"mask"``, ``"box"``, ``"box+point"`` or ``"point"`` prompts from the chosen slices.
+        propagation: ``"joint"``: all prompts of a label in one propagation (sam2 attends to
+            every prompted slice); ``"separate"``: each prompt slice propagated on its own in
+            both directions, and each slice takes the run from its nearest prompt slice (the
+            features are encoded once for all runs).
+        fusion: parameters of the confidence-driven fusion weight.
+        consistency: the volumetric post-processing (largest component, small components, holes).
+        window: intensity window of the frames (see :mod:`medsam2kit.sequencer`).
+        axis: slicing axis (default: the largest-spacing axis).
+    """
+
+    slice_filter: SliceFilterConfig = field(default_factory=SliceFilterConfig)
+    prompt_kind: PromptKind = "mask"
+    propagation: Propagation = "joint"
+    fusion: FusionParams = field(default_factory=FusionParams)
+    consistency: ConsistencyParams = field(default_factory=ConsistencyParams)
+    window: WindowSpec = field(default_factory=PercentileWindow)
+    axis: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.propagation not in ("joint", "separate"):
+            raise InvalidInputError(f"propagation: expected 'joint' or 'separate', got {self.propagation!r}")
+        if self.axis is not None and self.axis not in (0, 1, 2):
+            raise InvalidInputError(f"axis: expected 0, 1, 2 or None, got {self.axis!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class LabelOutcome:
+    """What happened for one label: the chosen slices, SAM2's propagation and the fusion."""
+
+    label: int
+    selection: SliceSelection
+    propagation: PropagationResult | None
+    fusion: FusionResult
+
+
+@dataclass(frozen=True, eq=False)
+class SAM2Med3DResult:
+    """The segmentation of one volume.
+
+    Attributes:
+        labels: label map on the input's grid and geometry.
+        coarse: float32 ``(L + 1, D, H, W)`` coarse probabilities.
+        outcomes: per label, a :class:`LabelOutcome`.
+        seconds: wall time per stage (``coarse``, ``select``, ``propagate``, ``fuse``).
+        encoder_calls: image-encoder passes (once per slice at most, whatever the prompts).
+        encoder_seconds: time spent inside the image encoder.
+    """
+
+    labels: Volume
+    coarse: np.ndarray = field(repr=False)
+    outcomes: Mapping[int, LabelOutcome]
+    seconds: Mapping[str, float]
+    encoder_calls: int
+    encoder_seconds: float
+
+
+class SAM2Med3DPipeline:
+    """SAM2Med3D: a coarse 3D segmentation refined by SAM2 from its most reliable slices.
+
+    Args:
+        coarse: a :class:`~medsam2kit.coarse.CoarseModel` (e.g. a fitted
+            :class:`~medsam2kit.coarse.CoarseSegmenter`, or any ``volume -> (L+1, D, H, W)``
+            probability callable).
+        predictor: the SAM2 predictor.
+        config: :class:`SAM2Med3DConfig`.
+    """
+
+    def __init__(self, coarse: CoarseModel, predictor: SAM2Predictor, config: SAM2Med3DConfig | None = None) -> None:
+        if not callable(coarse):
+            raise InvalidTypeError(f"coarse: expected a callable volume -> probabilities, got {type(coarse).__name__}")
+        if not isinstance(predictor, SAM2Predictor):
+            raise InvalidTypeError(f"predictor: expected a SAM2Predictor, got {type(predictor).__name__}")
+        self.coarse = coarse
+        self.predictor = predictor
+        self.config = config or SAM2Med3DConfig()
+
+    def __call__(self, volume: Volume) -> Volume:
+        """The label map of ``volume`` (see :meth:`run` for everything else)."""
+        return self.run(volume).labels
+
+    def run(self, volume: Volume) -> SAM2Med3DResult:
+        """Coarse -> select -> propagate -> fuse on one volume."""
+        if not isinstance(volume, Volume):
+            raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
+        cfg = self.config
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        prob = _check_coarse(self.coarse(volume), volume.shape)
+        seconds["coarse"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        axis = cfg.axis if cfg.axis is not None else default_axis(volume.affine, kind=volume.kind)
+        selections = {
+            lab: select_slices(prob[lab], spacing=volume.spacing, axis=axis, config=cfg.slice_filter, label=lab)
+            for lab in range(1, prob.shape[0])
+        }
+        seconds["select"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        seq = sequence_volume(volume, axis=axis, image_size=self.predictor.image_size, window=cfg.window)
+        session = self.predictor.start(seq)
+        timer = _EncoderTimer(session)
+        propagations = self._propagate(session, seq, selections)
+        seconds["propagate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        outcomes: dict[int, LabelOutcome] = {}
+        for lab, sel in selections.items():
+            result = propagations.get(lab)
+            if result is None:  # no reliable slice: the coarse estimate stands alone
+                n = volume.shape[axis]
+                sam_prob, scores, ious = np.zeros(volume.shape, np.float32), np.full(n, np.nan), np.full(n, np.nan)
+            else:
+                sam = sam_inputs_from_propagation(result, seq, obj_index=result.obj_ids.index(lab))
+                sam_prob, scores, ious = sam.probability, sam.object_scores, sam.ious
+            fused = fuse(prob[lab], sam_prob, scores, ious, prompt_slices=list(sel.indices) or None, axis=axis,
+                         spacing=volume.spacing, params=cfg.fusion, consistency=cfg.consistency)
+            outcomes[lab] = LabelOutcome(lab, sel, result, fused)
+        labels = _label_map({lab: o.fusion for lab, o in outcomes.items()}, volume.shape)
+        seconds["fuse"] = time.perf_counter() - t0
+        return SAM2Med3DResult(
+            labels=volume.with_array(labels),
+            coarse=prob,
+            outcomes=outcomes,
+            seconds=seconds,
+            encoder_calls=session.encoder_calls,
+            encoder_seconds=timer.seconds,
+        )
+
+    def _propagate(
+        self, session: Session, seq: FrameSequence, selections: Mapping[int, SliceSelection]
+    ) -> dict[int, PropagationResult]:
+        kind = self.config.prompt_kind
+        prompts = {lab: to_predictor_prompts(sel, seq, kind=kind, obj_id=lab) for lab, sel in selections.items()}
+        prompts = {lab: p for lab, p in prompts.items() if p}
+        if not prompts:
+            return {}
+        if self.config.propagation == "joint":
+            for plist in prompts.values():
+                for p in plist:
+                    session.add(p)
+            result = session.propagate("both")
+            return dict.fromkeys(prompts, result)
+        out: dict[int, PropagationResult] = {}
+        for lab, plist in prompts.items():
+            runs = []
+            for p in plist:
+                session.reset()
+                session.add(p)
+                runs.append((p.frame, session.propagate("both")))
+            out[lab] = _nearest_prompt_merge(runs)
+        return out
+
+
+class _EncoderTimer:
+    """Wraps a session's encoder to add up the time spent in it."""
+
+    def __init__(self, session: Session) -> None:
+        self.seconds = 0.0
+        cache = session.cache
+        inner = cache._encode
+
+        def timed(images: object) -> dict[str, object]:
+            t0 = time.perf_counter()
+            out = inner(images)  # type: ignore[arg-type]
+            self.seconds += time.perf_counter() - t0
+            return out
+
+        cache._encode = timed
+
+
+def _nearest_prompt_merge(runs: list[tuple[int, PropagationResult]]) -> PropagationResult:
+    """One result per frame: from the run whose prompt frame is nearest (ties: the earlier prompt)."""
+    first = runs[0][1]
+    frames = np.array([f for f, _ in runs])
+    t = np.arange(first.visited.shape[0])
+    nearest = np.argmin(np.abs(t[:, None] - frames[None, :]), axis=1)
+    pick = {name: getattr(first, name).clone() for name in ("low_res_logits", "object_scores", "ious", "visited")}
+    for i, (_, run) in enumerate(runs):
+        rows = np.flatnonzero(nearest == i)
+        for name in pick:
+            pick[name][rows] = getattr(run, name)[rows]
+    return PropagationResult(obj_ids=first.obj_ids, image_size=first.image_size, **pick)
+
+
+def _check_coarse(prob: object, shape: tuple[int, int, int]) -> np.ndarray:
+    arr = np.asarray(prob, dtype=np.float32)
+    if arr.ndim != 4 or arr.shape[1:] != shape or arr.shape[0] < 2:
+        raise ShapeMismatchError(
+            f"coarse(volume): expected probabilities (L + 1, {', '.join(map(str, shape))}) with L >= 1, got {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+        raise InvalidInputError("coarse(volume): expected finite probabilities in [0, 1]")
+    return arr
+
+
+def _label_map(fusions: Mapping[int, FusionResult], shape: tuple[int, int, int]) -> np.ndarray:
+    """Per voxel the label of highest fused probability among the labels whose mask holds it."""
+    if not fusions:
+        return np.zeros(shape, np.uint8)
+    ids = sorted(fusions)
+    prob = np.stack([np.where(fusions[i].mask, fusions[i].probability, -1.0) for i in ids])
+    best = np.argmax(prob, axis=0)
+    inside = np.take_along_axis(prob, best[None], axis=0)[0] >= 0
+    dtype = np.uint8 if max(ids) <= 255 else np.int32
+    return np.where(inside, np.asarray(ids)[best], 0).astype(dtype)
+
+
+__all__ = [
+    "FewShotPipeline",
+    "LabelOutcome",
+    "SAM2Med3DConfig",
+    "SAM2Med3DPipeline",
+    "SAM2Med3DResult",
+]

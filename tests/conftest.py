@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,15 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("real data not found: set MEDSAM2KIT_DATA or place it at ../shared/data")
     return path
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Small convolutions on a shared 2-core machine run several times faster on one thread
+    than on two contended ones; restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -126,3 +126,22 @@ def test_fewshot_cohort_split_across_ranks(tmp_path: Path, monkeypatch: pytest.M
         assert main([*base, "--out", str(tmp_path / f"out{rank}")]) == 0
     assert sorted(p.name for p in (tmp_path / "out0").iterdir()) == ["case2_labels.nii.gz", "case4_labels.nii.gz"]
     assert sorted(p.name for p in (tmp_path / "out1").iterdir()) == ["case3_labels.nii.gz"]
+
+
+def test_segment_command(tmp_path: Path) -> None:
+    from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
+    from medsam2kit.io import load_label, load_volume, save_volume
+    from medsam2kit.phantoms import ellipsoid_phantom
+
+    image, label = ellipsoid_phantom((8, 40, 36), rng=1)
+    seg = CoarseSegmenter(CoarseConfig(num_labels=2, image_size=32, base_channels=4, depth=2))
+    seg.fit([image], [label], steps=5, generator=0)
+    seg.save(tmp_path / "coarse.pt")
+    save_volume(image, tmp_path / "img.nii.gz")
+    out = tmp_path / "img_mask.nii.gz"
+    assert main(["segment", "--input", str(tmp_path / "img.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
+                 "--out", str(out), "--config", "sam2.1_hiera_micro", "--k", "2", "--quiet"]) == 0
+    vol = load_volume(tmp_path / "img.nii.gz")
+    assert load_label(out, like=vol).shape == vol.shape
+    assert main(["segment", "--input", str(tmp_path / "nope.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
+                 "--out", str(out)]) == 1
