@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import os
 import tempfile
 from collections.abc import Sequence
@@ -71,6 +70,7 @@ from medsam2kit.errors import (
     MissingFileError,
     ShapeMismatchError,
 )
+from medsam2kit._validate import check_int
 from medsam2kit.sequencer import default_axis
 from medsam2kit.volume import Volume
 
@@ -147,11 +147,11 @@ class CoarseConfig:
     norm: NormLayer = "batch"
 
     def __post_init__(self) -> None:
-        _int(self.num_labels, "num_labels", minimum=1)
-        _int(self.context, "context", minimum=0)
-        _int(self.base_channels, "base_channels", minimum=1)
-        depth = _int(self.depth, "depth", minimum=1)
-        size = _int(self.image_size, "image_size", minimum=1)
+        check_int(self.num_labels, "num_labels", minimum=1)
+        check_int(self.context, "context", minimum=0)
+        check_int(self.base_channels, "base_channels", minimum=1)
+        depth = check_int(self.depth, "depth", minimum=1)
+        size = check_int(self.image_size, "image_size", minimum=1)
         if size % (2**depth):
             raise InvalidInputError(f"image_size: expected a multiple of 2 ** depth = {2**depth}, got {size}")
         if self.normalization not in ("percentile", "zscore"):
@@ -171,7 +171,7 @@ class CoarseConfig:
         object.__setattr__(self, "percentiles", (lo, hi))
         if self.norm not in ("batch", "group", "none"):
             raise InvalidInputError(f"norm: expected 'batch', 'group' or 'none', got {self.norm!r}")
-        if self.axis is not None and _int(self.axis, "axis") not in (0, 1, 2):
+        if self.axis is not None and check_int(self.axis, "axis") not in (0, 1, 2):
             raise InvalidInputError(f"axis: expected 0, 1, 2 or None, got {self.axis}")
 
     @property
@@ -465,18 +465,6 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: float 
 # --------------------------------------------------------------------------------------------
 
 
-def _int(value: object, name: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise InvalidTypeError(f"{name}: expected an integer, got bool {value}")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidTypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise InvalidInputError(f"{name}: expected an integer >= {minimum}, got {number}")
-    return int(number)
-
-
 def _as_volume(volume: object, name: str) -> Volume:
     if isinstance(volume, torch.Tensor):
         volume = volume.detach().cpu().numpy()
@@ -546,7 +534,7 @@ def _generator(generator: GeneratorLike) -> torch.Generator:
         g = torch.Generator()
         g.seed()
         return g
-    return torch.Generator().manual_seed(_int(generator, "generator"))
+    return torch.Generator().manual_seed(check_int(generator, "generator"))
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -727,7 +715,7 @@ class CoarseSegmenter:
             raise InvalidInputError(f"lr: expected a finite number > 0, got {lr!r}")
         if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
             raise InvalidInputError(f"weight_decay: expected a finite number >= 0, got {weight_decay!r}")
-        bs = _int(batch_size, "batch_size", minimum=1)
+        bs = check_int(batch_size, "batch_size", minimum=1)
         dev = _device(device)
         gen = _generator(generator)
         if warm_start and self.network is None:
@@ -751,9 +739,9 @@ class CoarseSegmenter:
         num = images.shape[0]
         per_epoch = math.ceil(num / bs)
         if steps is not None:
-            total = _int(steps, "steps", minimum=1)
+            total = check_int(steps, "steps", minimum=1)
         elif epochs is not None:
-            total = _int(epochs, "epochs", minimum=1) * per_epoch
+            total = check_int(epochs, "epochs", minimum=1) * per_epoch
         else:
             total = 200
 
@@ -812,7 +800,7 @@ class CoarseSegmenter:
             raise InvalidInputError(
                 "model: expected a fitted or loaded CoarseSegmenter; call fit() or load() first"
             )
-        bs = _int(batch_size, "batch_size", minimum=1)
+        bs = check_int(batch_size, "batch_size", minimum=1)
         vol = _as_volume(volume, "volume")
         prep = self._prepare(vol, None)
         n = prep.images.shape[0]

@@ -52,7 +52,6 @@ Example:
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal
@@ -69,6 +68,7 @@ from medsam2kit.errors import (
     ShapeMismatchError,
 )
 from medsam2kit.sequencer import default_axis
+from medsam2kit._validate import check_int
 from medsam2kit.volume import Volume
 
 if TYPE_CHECKING:  # the predictor imports sam2 (slow); import it only when prompts are built
@@ -132,7 +132,7 @@ class SliceFilterConfig:
             value = getattr(self, f.name)
             if f.name in ("k", "min_gap_slices", "entropy_margin", "connectivity"):
                 minimum = 0 if f.name == "entropy_margin" else 1
-                object.__setattr__(self, f.name, _int(value, f.name, minimum=minimum))
+                object.__setattr__(self, f.name, check_int(value, f.name, minimum=minimum))
             else:
                 object.__setattr__(self, f.name, _real(value, f.name))
         if not 0.0 < self.threshold < 1.0:
@@ -280,18 +280,6 @@ class SliceSelection:
 # --------------------------------------------------------------------------------------------
 
 
-def _int(value: object, name: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise InvalidTypeError(f"{name}: expected an integer, got bool {value}")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidTypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise InvalidInputError(f"{name}: expected an integer >= {minimum}, got {number}")
-    return int(number)
-
-
 def _real(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise InvalidTypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
@@ -338,7 +326,7 @@ def _check_spacing(spacing: object) -> tuple[float, float, float]:
 
 
 def _check_axis(axis: object) -> int:
-    ax = _int(axis, "axis")
+    ax = check_int(axis, "axis")
     if ax not in (0, 1, 2):
         raise InvalidInputError(f"axis: expected 0, 1 or 2, got {ax}")
     return ax
@@ -522,8 +510,8 @@ def choose_slices(
         >>> choose_slices(score_slices(prob, config=SliceFilterConfig(min_area_mm2=0)), k=3, min_gap_slices=2)
         (2, 4, 0)
     """
-    kk = _int(k, "k", minimum=1)
-    gap = _int(min_gap_slices, "min_gap_slices", minimum=1)
+    kk = check_int(k, "k", minimum=1)
+    gap = check_int(min_gap_slices, "min_gap_slices", minimum=1)
     gap_mm, step, floor = (
         _real(min_gap_mm, "min_gap_mm"),
         _real(slice_spacing, "slice_spacing"),
@@ -631,7 +619,7 @@ def select_slices(
     cfg = SliceFilterConfig() if config is None else config
     if not isinstance(cfg, SliceFilterConfig):
         raise InvalidTypeError(f"config: expected a SliceFilterConfig or None, got {type(cfg).__name__}")
-    lab = _int(label, "label")
+    lab = check_int(label, "label")
     arr, sp, ax = _resolve(prob, spacing, axis)
     scores = _score(arr, sp, ax, cfg)
     chosen = choose_slices(
@@ -722,7 +710,7 @@ def select_slices_multilabel(
                 f"proba: expected shape (L + 1, *{like.shape}) to match like, got {arr.shape}"
             )
     num = arr.shape[0] - 1
-    wanted = list(range(1, num + 1)) if labels is None else [_int(v, "labels") for v in labels]
+    wanted = list(range(1, num + 1)) if labels is None else [check_int(v, "labels") for v in labels]
     bad = [v for v in wanted if not 1 <= v <= num]
     if bad:
         raise InvalidInputError(f"labels: expected values in [1, {num}], got {bad}")
@@ -781,7 +769,7 @@ def to_predictor_prompts(
         raise InvalidTypeError(f"seq: expected a FrameSequence, got {type(seq).__name__}")
     if kind not in ("mask", "box", "box+point", "point"):
         raise InvalidInputError(f"kind: expected 'mask', 'box', 'box+point' or 'point', got {kind!r}")
-    oid = selection.label if obj_id is None else _int(obj_id, "obj_id")
+    oid = selection.label if obj_id is None else check_int(obj_id, "obj_id")
     layout = seq.layout
     if tuple(layout.volume_shape) != selection.volume_shape:
         raise ShapeMismatchError(

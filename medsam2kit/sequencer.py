@@ -51,7 +51,6 @@ Example:
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -69,6 +68,7 @@ from medsam2kit.errors import (
     MedSAM2KitError,
     ShapeMismatchError,
 )
+from medsam2kit._validate import check_int
 from medsam2kit.volume import Volume, VolumeKind, check_affine
 
 ResizeMode = Literal["pad", "squash"]
@@ -387,13 +387,13 @@ def frame_order(
         >>> frame_order(4, "reverse")
         ((3, 2, 1, 0),)
     """
-    n = _check_int(num_slices, "num_slices", minimum=1)
+    n = check_int(num_slices, "num_slices", minimum=1)
     if mode not in ("forward", "reverse", "centre_out"):
         raise InvalidInputError(f"mode: expected 'forward', 'reverse' or 'centre_out', got {mode!r}")
     if starts is None:
         starts_list = [{"forward": 0, "reverse": n - 1, "centre_out": n // 2}[mode]]
     else:
-        starts_list = [_check_int(s, "starts", minimum=0) for s in starts]
+        starts_list = [check_int(s, "starts", minimum=0) for s in starts]
         if not starts_list:
             raise InvalidInputError("starts: expected at least one start slice, got none")
         bad = [s for s in starts_list if s >= n]
@@ -470,7 +470,7 @@ class SliceLayout:
             >>> make_layout((4, 8, 8), axis=0, image_size=32, order=[3, 1]).frame_of_slice(1)
             1
         """
-        s = _check_int(slice_index, "slice_index")
+        s = check_int(slice_index, "slice_index")
         try:
             return self.slice_indices.index(s)
         except ValueError:
@@ -1278,7 +1278,7 @@ def check_image_size(image_size: int) -> int:
         >>> check_image_size(1024)
         1024
     """
-    size = _check_int(image_size, "image_size", minimum=1)
+    size = check_int(image_size, "image_size", minimum=1)
     if size % SIZE_MULTIPLE:
         raise InvalidInputError(
             f"image_size: expected a positive multiple of {SIZE_MULTIPLE} (SAM2's image encoder stride), "
@@ -1287,20 +1287,8 @@ def check_image_size(image_size: int) -> int:
     return size
 
 
-def _check_int(value: object, name: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise InvalidTypeError(f"{name}: expected an integer, got bool {value}")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidTypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise InvalidInputError(f"{name}: expected an integer >= {minimum}, got {number}")
-    return int(number)
-
-
 def _check_axis(axis: object) -> int:
-    ax = _check_int(axis, "axis")
+    ax = check_int(axis, "axis")
     if ax not in (0, 1, 2):
         raise InvalidInputError(f"axis: expected 0, 1 or 2, got {ax}")
     return ax
@@ -1309,7 +1297,7 @@ def _check_axis(axis: object) -> int:
 def _frame_index(
     t: object, count: int, *, name: str = "t", cls: type[MedSAM2KitError] = InvalidInputError
 ) -> int:
-    idx = _check_int(t, name)
+    idx = check_int(t, name)
     if idx < 0:
         idx += count
     if not 0 <= idx < count:
@@ -1327,7 +1315,7 @@ def _check_order(order: Sequence[int] | str | None, n: int) -> tuple[int, ...]:
             f"order: expected 'forward', 'reverse' or a sequence of slice indices "
             f"(use frame_order() for {order!r} and build one sequence per run), got {order!r}"
         )
-    slices = tuple(_check_int(s, "order") for s in _as_index_list(order))
+    slices = tuple(check_int(s, "order") for s in _as_index_list(order))
     if not slices:
         raise InvalidInputError("order: expected at least one slice index, got an empty sequence")
     bad = [s for s in slices if not 0 <= s < n]
