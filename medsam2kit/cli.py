@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from medsam2kit._files import atomic_write
 from medsam2kit.errors import InvalidInputError, MedSAM2KitError
 
 _FEWSHOT_EXAMPLE = """example:
@@ -254,9 +255,7 @@ def _demo(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - start, 2),
         "torch_threads": torch.get_num_threads(),
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "summary.json")
+    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     _say(args, json.dumps(summary, indent=2) if args.verbose else
          f"wrote {out}/mask.nii.gz ({len(seq)} frames, {session.encoder_calls} encoder calls, "
          f"Dice vs ground truth {dice:.3f}, {summary['weights']}, {summary['seconds']} s)")

@@ -49,7 +49,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,6 +69,7 @@ from medsam2kit.errors import (
     MissingFileError,
     ShapeMismatchError,
 )
+from medsam2kit._files import atomic_write, load_torch
 from medsam2kit._validate import check_int
 from medsam2kit.sequencer import default_axis
 from medsam2kit.volume import Volume
@@ -869,16 +869,7 @@ class CoarseSegmenter:
             "config": self.config.to_json(),
             "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return target
+        return atomic_write(target, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> CoarseSegmenter:
@@ -890,12 +881,7 @@ class CoarseSegmenter:
             CheckpointError: the weights do not fit the stored configuration.
         """
         source = Path(path)
-        if not source.is_file():
-            raise MissingFileError(f"path: coarse model file {str(source)!r} does not exist")
-        try:
-            payload = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-            raise FileFormatError(f"path: {str(source)!r} is not a readable torch file ({err})") from None
+        payload = load_torch(source, what="coarse model file")
         if not isinstance(payload, dict) or not {"format_version", "config", "state_dict"} <= set(payload):
             raise FileFormatError(
                 f"path: {str(source)!r} is not a CoarseSegmenter file (expected keys format_version, config, state_dict)"

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from medsam2kit._files import atomic_write
 from medsam2kit.errors import InvalidInputError, MissingFileError
 from medsam2kit.io import load_label, load_volume
 from medsam2kit.metrics import SegmentationScores, per_label
@@ -274,14 +275,7 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(buffer.getvalue())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
 
 
 __all__ = ["METRICS", "EvaluationReport", "Summary", "box_plot", "case_name", "evaluate", "pair_cases", "summarise"]

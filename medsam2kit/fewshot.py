@@ -43,12 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medsam2kit._files import atomic_write, load_torch
 from medsam2kit.errors import (
     CheckpointError,
     FileFormatError,
     InvalidInputError,
     InvalidTypeError,
-    MissingFileError,
     ShapeMismatchError,
 )
 from medsam2kit.predictor import FeatureCache, SAM2Predictor
@@ -223,9 +223,6 @@ class SupportBank:
             >>> import tempfile, os
             >>> # bank.save(os.path.join(tempfile.mkdtemp(), "bank.pt"))
         """
-        dest = Path(path)
-        if not dest.parent.is_dir():
-            raise MissingFileError(f"path: the folder {dest.parent} does not exist")
         payload = {
             "format": _FORMAT_VERSION,
             "slices": [[s.volume, s.slice_index, s.position, list(s.labels)] for s in self.slices],
@@ -236,25 +233,13 @@ class SupportBank:
             "slice_direction": torch.from_numpy(self.slice_direction),
             "fingerprint": self.fingerprint,
         }
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        try:
-            torch.save(payload, tmp)
-            tmp.replace(dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return dest
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> SupportBank:
         """Read a bank written by :meth:`save` (``torch.load(weights_only=True)``)."""
         src = Path(path)
-        if not src.is_file():
-            raise MissingFileError(f"path: support bank not found: {src}")
-        try:
-            obj = torch.load(src, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle/zip errors of several kinds
-            raise FileFormatError(f"path: {src} is not a readable support bank: {err}") from err
+        obj = load_torch(src, what="support bank")
         if not isinstance(obj, dict) or obj.get("format") != _FORMAT_VERSION:
             raise FileFormatError(f"path: {src} is not a medsam2kit support bank (format {_FORMAT_VERSION})")
         return cls(

@@ -33,9 +33,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +44,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from medsam2kit._files import atomic_write
 from medsam2kit.errors import (
     FileFormatError,
     GeometryError,
@@ -296,15 +295,7 @@ def save_volume(volume: Volume, path: str | os.PathLike[str]) -> Path:
 
 def _save_atomic(img: nib.Nifti1Image, dest: Path) -> Path:
     """Write to a temporary file beside ``dest`` and move it into place; never a partial file."""
-    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.tmp{_nifti_suffix(dest)}"
-    try:
-        _write_nifti(img, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return dest
+    return atomic_write(dest, lambda tmp: _write_nifti(img, tmp), suffix=f".tmp{_nifti_suffix(dest)}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,14 +43,13 @@ import torch.nn.functional as F
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 from scipy import ndimage
 
+from medsam2kit._files import load_torch
 from medsam2kit.errors import (
     CheckpointError,
     ConfigError,
     DeviceError,
-    FileFormatError,
     InvalidInputError,
     InvalidTypeError,
-    MissingFileError,
     ShapeMismatchError,
 )
 
@@ -233,12 +232,7 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: str | Path) -> None:
         >>> load_checkpoint(m, p)
     """
     path = Path(checkpoint)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint: file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle/zip errors of several kinds
-        raise FileFormatError(f"checkpoint: {path} is not a readable torch checkpoint: {err}") from err
+    obj = load_torch(path, what="torch checkpoint", name="checkpoint")
     state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from medsam2kit.errors import InvalidInputError, MissingFileError, ShapeMismatchError
+from medsam2kit._files import atomic_write
+from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.volume import Volume
 
 #: Outline colours per overlay (RGB), cycled.
@@ -148,20 +149,10 @@ def overlay_montage(
 
 def save_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write an RGB uint8 picture as PNG atomically (temporary file, then rename)."""
-    dest = Path(path)
-    if not dest.parent.is_dir():
-        raise MissingFileError(f"path: the folder {dest.parent} does not exist")
     arr = np.asarray(rgb)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
         raise InvalidInputError(f"rgb: expected (H, W, 3) uint8, got {arr.shape} {arr.dtype}")
-    tmp = dest.with_name(f".{dest.name}.tmp.png")
-    try:
-        Image.fromarray(arr).save(tmp)
-        tmp.replace(dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
+    return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
 __all__ = ["PALETTE", "outline", "overlay_montage", "overlay_slice", "save_png", "to_uint8"]
