@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, timed, write_json  # noqa: E402
+from common import count_encoder, print_table, timed, write_json  # noqa: E402
 
 from medsam2kit._data import shared_data_dir  # noqa: E402
 from medsam2kit.fewshot import SupportBank, SupportMemoryAssembler  # noqa: E402
@@ -54,18 +54,6 @@ def uint8_slices(volume: Volume) -> np.ndarray:
     """Slices along axis 0 windowed to uint8 as our sequencer does (same pixels for both methods)."""
     window = resolve_window(PercentileWindow(), volume.array)
     return apply_window(volume.array, window)
-
-
-def count_encoder(model: Any) -> list[int]:
-    calls = [0]
-    original = model.forward_image
-
-    def counting(img: torch.Tensor) -> Any:
-        calls[0] += img.shape[0]
-        return original(img)
-
-    model.forward_image = counting
-    return calls
 
 
 def count_by_frame(model: Any, nq: int) -> dict[str, int]:

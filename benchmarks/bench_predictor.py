@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, timed, write_json  # noqa: E402
+from common import count_encoder, print_table, timed, write_json  # noqa: E402
 
 from medsam2kit.predictor import DEFAULT_CACHE_BUDGET_MB, SAM2Predictor, build_model  # noqa: E402
 from medsam2kit.sequencer import sequence_frames  # noqa: E402
@@ -50,18 +50,6 @@ def phantom(slices: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 def write_jpegs(volume: np.ndarray, folder: Path) -> None:
     for t, img in enumerate(volume):
         Image.fromarray(np.stack([img] * 3, -1)).save(folder / f"{t:05d}.jpg", quality=95)
-
-
-def count_encoder(model: Any) -> list[int]:
-    calls = [0]
-    original = model.forward_image
-
-    def counting(img: torch.Tensor) -> Any:
-        calls[0] += img.shape[0]
-        return original(img)
-
-    model.forward_image = counting
-    return calls
 
 
 def one_encoder_pass(model: Any, size: int, repeats: int = 8) -> float:

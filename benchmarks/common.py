@@ -26,6 +26,19 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
+def count_encoder(model: Any) -> list[int]:
+    """Wrap ``model.forward_image`` to count frames through the image encoder; returns ``[count]``."""
+    calls = [0]
+    original = model.forward_image
+
+    def counting(img: torch.Tensor) -> Any:
+        calls[0] += img.shape[0]
+        return original(img)
+
+    model.forward_image = counting
+    return calls
+
+
 def machine() -> dict[str, Any]:
     """Facts that make a figure comparable: CPU count, torch threads, versions, GPU."""
     return {
