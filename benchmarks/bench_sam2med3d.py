@@ -45,11 +45,13 @@ def case() -> tuple[str, Volume, Volume]:
 def run(size: int, image: Volume, coarse: CoarseSegmenter, propagation: str) -> dict[str, Any]:
     torch.manual_seed(0)
     pred = SAM2Predictor(build_model(CONFIG, device="auto", image_size=size))
-    cfg = SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=3, min_gap_slices=2), propagation=propagation)  # type: ignore[arg-type]
+    cfg = SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=3), propagation=propagation)  # type: ignore[arg-type]
     pipe = SAM2Med3DPipeline(coarse, pred, cfg)
     pipe.run(image)  # warm-up (allocator, RoPE tables)
     total, result = timed(lambda: pipe.run(image))
     prompts = sum(len(o.selection.indices) for o in result.outcomes.values())
+    if prompts == 0:
+        raise SystemExit("the coarse network found no reliable slice: nothing to propagate, nothing measured")
     slices = image.shape[result.outcomes[1].selection.axis]
     return {
         "image_size": size,
@@ -69,8 +71,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = parser.parse_args()
     name, image, label = case()
-    coarse = CoarseSegmenter(CoarseConfig(num_labels=1, image_size=64, base_channels=8, depth=2))
-    coarse.fit([image], [label.with_array((label.array > 0).astype("uint8"))], steps=60, generator=0)
+    coarse = CoarseSegmenter(CoarseConfig(num_labels=1, context=1, image_size=96, base_channels=12, depth=3))
+    coarse.fit([image], [label.with_array((label.array > 0).astype("uint8"))], steps=200, generator=0)
     rows, records = [], []
     for size in args.sizes:
         for propagation in ("joint", "separate"):

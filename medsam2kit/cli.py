@@ -124,6 +124,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--images", type=Path, default=None, help="images (file or folder) for the montages")
     evaluate.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
+    from medsam2kit.train.cli import add_finetune_parser
+
+    add_finetune_parser(sub)
+
     segment = sub.add_parser(
         "segment",
         parents=[verbosity],
@@ -176,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _segment(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "finetune":
+            from medsam2kit.train.cli import run_finetune
+
+            return run_finetune(args)
     except MedSAM2KitError as err:
         print(f"medsam2kit {args.command}: error: {err}", file=sys.stderr)
         return 1
