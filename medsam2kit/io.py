@@ -179,6 +179,16 @@ def load_label(path: str | os.PathLike[str], *, like: Volume, key: str | None = 
         npz_keys=_NPZ_LABEL_KEYS + _NPZ_IMAGE_KEYS,
     )
     like_name = like.source or "<the in-memory image>"
+    if vol.modality == "SEG" and not vol.same_grid(like, atol=_LABEL_ATOL_MM):
+        # a DICOM SEG stores only the planes it marks: place them on the image's grid
+        placed = _onto_grid(vol, like)
+        if placed is None:
+            raise GeometryError(
+                f"label {src} (DICOM SEG, {vol.shape}) does not lie on the grid of image {like_name} "
+                f"({like.shape}): SEG affine {np.round(vol.affine, 4).tolist()}, image "
+                f"{np.round(like.affine, 4).tolist()}"
+            )
+        vol = Volume(placed.array, like.affine, source=src, modality="SEG")
     if vol.shape != like.shape:
         raise ShapeMismatchError(
             f"label {src} has shape {vol.shape} but image {like_name} has shape {like.shape}"
@@ -926,6 +936,8 @@ def _load_dicom_file(p: Path, *, color: ColorMode, source: str | None = None) ->
     if "Rows" not in ds:
         raise FileFormatError(f"{p}: a DICOM file without an image (SOP class {ds.get('SOPClassUID', '?')})")
     frames = _frame_pixels(ds, color=color, source=str(p))
+    if str(ds.get("SOPClassUID", "")) == _SEG_SOP_CLASS:
+        return _segmentation_volume(ds, frames, src)
     n = frames.shape[0]
     modality = _modality(ds)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -968,6 +980,84 @@ def _load_dicom_file(p: Path, *, color: ColorMode, source: str | None = None) ->
     )
     affine = _placeholder_affine(_slice_step_fallback(ds, str(p)), float(spacing[0]), float(spacing[1]))
     return _volume(frames, affine, src, modality=modality)
+
+
+_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"  # DICOM Segmentation Storage
+
+
+def _segmentation_volume(ds: Any, frames: np.ndarray, source: str) -> Volume:
+    """A DICOM SEG as a label map: frame ``i`` marks segment ``ReferencedSegmentNumber`` at its plane.
+
+    Frames are placed on a regular grid along the slice normal (step: SpacingBetweenSlices, else
+    the smallest gap between stored planes), so planes without any segment are empty slices.
+    Overlapping segments: the higher segment number wins. FRACTIONAL segments are thresholded at
+    half their maximum value.
+    """
+    n = frames.shape[0]
+    if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
+        masks = frames >= float(ds.get("MaximumFractionalValue", 255)) / 2.0
+    else:
+        masks = frames > 0
+    segments, positions = [], []
+    for i in range(n):
+        ident = _functional(ds, i, "SegmentIdentificationSequence")
+        plane = _functional(ds, i, "PlanePositionSequence")
+        ipp = _floats(plane, "ImagePositionPatient", 3, f"{source} frame {i + 1}") if plane is not None else None
+        if ident is None or ipp is None:
+            raise GeometryError(f"{source}: SEG frame {i + 1} has no segment number or plane position")
+        segments.append(int(ident.ReferencedSegmentNumber))
+        positions.append(ipp)
+    orient = _functional(ds, 0, "PlaneOrientationSequence")
+    iop = _floats(orient, "ImageOrientationPatient", 6, source) if orient is not None else None
+    measures = _functional(ds, 0, "PixelMeasuresSequence")
+    spacing = _floats(measures, "PixelSpacing", 2, source) if measures is not None else None
+    if iop is None or spacing is None:
+        raise GeometryError(f"{source}: SEG without plane orientation or pixel spacing")
+    row, col = _orientation(iop, source)
+    normal = np.cross(row, col)
+    pos = np.stack(positions)
+    proj = pos @ normal
+    planes = np.unique(np.round(proj, 3))
+    given = _floats(measures, "SpacingBetweenSlices", 1, source) if measures is not None else None
+    gaps = np.diff(planes)
+    step = float(given[0]) if given is not None else (float(gaps.min()) if gaps.size else _slice_step_fallback(measures, source))
+    index = (proj - planes[0]) / step
+    if np.any(np.abs(index - np.round(index)) > 1e-2):
+        raise GeometryError(f"{source}: SEG planes are not on a regular grid of step {step:.4g} mm")
+    index = np.round(index).astype(int)
+    origin = pos[int(np.argmin(proj))]
+    if np.max(np.linalg.norm(pos - (origin + index[:, None] * step * normal), axis=1)) > 1e-2 * max(step, 1.0):
+        raise GeometryError(f"{source}: SEG planes are not on one line along the slice normal")
+    dtype = np.uint8 if max(segments) <= 255 else np.uint16
+    labels = np.zeros((int(index.max()) + 1, *frames.shape[1:]), dtype)
+    for i in np.argsort(segments, kind="stable"):
+        labels[index[i]][masks[i]] = segments[i]
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = normal * step
+    affine_lps[:3, 1] = col * float(spacing[0])
+    affine_lps[:3, 2] = row * float(spacing[1])
+    affine_lps[:3, 3] = origin
+    return _volume(labels, _LPS_TO_RAS @ affine_lps, source, modality="SEG")
+
+
+def _onto_grid(label: Volume, like: Volume) -> Volume | None:
+    """``label`` resampled exactly onto ``like``'s grid when its voxels are a subset of it (same
+    spacing and axes up to order and sign, integer offset); ``None`` otherwise."""
+    m = np.linalg.solve(like.affine, label.affine)
+    lin = m[:3, :3]
+    if not (np.allclose(np.abs(lin).sum(axis=0), 1.0, atol=1e-3) and np.allclose(np.abs(lin), np.round(np.abs(lin)), atol=1e-3)):
+        return None
+    if not np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-2):
+        return None
+    idx = np.indices(label.shape).reshape(3, -1)
+    target = np.round(lin @ idx + m[:3, 3:4]).astype(int)
+    inside = np.all((target >= 0) & (target < np.array(like.shape)[:, None]), axis=0)
+    values = label.array.reshape(-1)
+    if np.any(values[~inside] != 0):
+        return None
+    out = np.zeros(like.shape, label.array.dtype)
+    out[tuple(target[:, inside])] = values[inside]
+    return like.with_array(out)
 
 
 def _placeholder_affine(step: float, dr: float, dc: float) -> np.ndarray:

@@ -906,3 +906,81 @@ def test_save_volume_round_trip_and_atomic(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match=r"\.nii"):
         save_volume(vol, tmp_path / "img.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.nii.gz"]
+
+
+def _seg_dataset(path: Path, frames: list[tuple[int, int, np.ndarray]], *, iop: Sequence[float],
+                 origin: np.ndarray, step: float, spacing: tuple[float, float]) -> None:
+    """A minimal BINARY DICOM SEG: frames are (slice index, segment number, bool mask)."""
+    from pydicom.pixels import pack_bits
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    seg_uid = "1.2.840.10008.5.1.4.1.1.66.4"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = seg_uid
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = seg_uid
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "SEG"
+    ds.SegmentationType = "BINARY"
+    rows, cols = frames[0][2].shape
+    ds.Rows, ds.Columns = rows, cols
+    ds.NumberOfFrames = len(frames)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 1
+    ds.HighBit = 0
+    ds.PixelRepresentation = 0
+    row_cos, col_cos = np.array(iop[:3]), np.array(iop[3:])
+    normal = np.cross(row_cos, col_cos)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = DicomSequence([_item(ImageOrientationPatient=_ds(iop))])
+    shared.PixelMeasuresSequence = DicomSequence(
+        [_item(PixelSpacing=_ds(spacing), SliceThickness=str(step), SpacingBetweenSlices=str(step))]
+    )
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    per_frame = []
+    for z, seg, _ in frames:
+        item = Dataset()
+        item.PlanePositionSequence = DicomSequence([_item(ImagePositionPatient=_ds(origin + z * step * normal))])
+        ident = Dataset()
+        ident.ReferencedSegmentNumber = seg
+        item.SegmentIdentificationSequence = DicomSequence([ident])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.PixelData = pack_bits(np.stack([m for _, _, m in frames]).astype(np.uint8))
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_dicom_seg_as_label_on_the_image_grid(tmp_path: Path) -> None:
+    iop = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]  # sagittal
+    origin, step, spacing = np.array([10.0, -20.0, 30.0]), 2.5, (0.8, 0.6)
+    row_cos, col_cos = np.array(iop[:3]), np.array(iop[3:])
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = np.cross(row_cos, col_cos) * step
+    affine_lps[:3, 1] = col_cos * spacing[0]
+    affine_lps[:3, 2] = row_cos * spacing[1]
+    affine_lps[:3, 3] = origin
+    image = Volume(np.zeros((6, 12, 10), np.float32), FLIP @ affine_lps, source="image.nii.gz")
+    expected = np.zeros((6, 12, 10), np.uint8)
+    rng = np.random.default_rng(0)
+    frames = []
+    for z in (2, 3, 4):
+        m = rng.random((12, 10)) > 0.6
+        expected[z][m] = 1
+        frames.append((z, 1, m))
+    m2 = rng.random((12, 10)) > 0.8
+    expected[3][m2] = 2  # the higher segment wins where they overlap
+    frames.append((3, 2, m2))
+    _seg_dataset(tmp_path / "seg.dcm", frames, iop=iop, origin=origin, step=step, spacing=spacing)
+    own = load_volume(tmp_path / "seg.dcm")
+    assert own.modality == "SEG" and own.shape == (3, 12, 10)  # only the planes the SEG marks
+    np.testing.assert_allclose(own.affine[:3, 3], (FLIP @ affine_lps)[:3, 3] + 2 * (FLIP @ affine_lps)[:3, 0])
+    placed = load_label(tmp_path / "seg.dcm", like=image)
+    np.testing.assert_array_equal(placed.array, expected)
+    # a SEG on another grid is an error naming both
+    shifted = Volume(image.array, image.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0.5], [0, 0, 1, 0], [0, 0, 0, 1.0]]),
+                     source="shifted.nii.gz")
+    with pytest.raises(GeometryError, match=r"seg\.dcm.*shifted\.nii\.gz"):
+        load_label(tmp_path / "seg.dcm", like=shifted)
