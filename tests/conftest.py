@@ -3,12 +3,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from medsam2kit._data import shared_data_dir
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+# In CI the property tests draw a fixed sequence of examples (reproducible runs); locally they
+# explore new examples on every run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
