@@ -51,7 +51,7 @@ from medsam2kit.errors import (
     InvalidTypeError,
     ShapeMismatchError,
 )
-from medsam2kit.predictor import FeatureCache, SAM2Predictor
+from medsam2kit.predictor import FeatureCache, SAM2Predictor, track_frame
 from medsam2kit.sequencer import PercentileWindow, WindowSpec, sequence_volume
 from medsam2kit.volume import Volume
 
@@ -481,16 +481,8 @@ class SupportMemoryAssembler:
                             "object_score_logits": mem["object_score_logits"][e : e + 1].to(device),
                         }
                     recent = {u: history[u] for u in history if v - u <= self.max_volumetric}
-                    current, _ = model._run_single_frame_inference(
-                        inference_state=state,
-                        output_dict={"cond_frame_outputs": cond, "non_cond_frame_outputs": recent},
-                        frame_idx=v,
-                        batch_size=1,
-                        is_init_cond_frame=False,
-                        point_inputs=None,
-                        mask_inputs=None,
-                        reverse=False,
-                        run_mem_encoder=True,
+                    current = track_frame(
+                        model, state, {"cond_frame_outputs": cond, "non_cond_frame_outputs": recent}, v
                     )
                     history[v] = current
                     done[t] = current

@@ -912,27 +912,45 @@ class Session:
         """One object on one frame, as the body of sam2's ``propagate_in_video`` (without its
         per-frame resize to the video size, which we leave to the caller)."""
         outs = self.state["output_dict_per_obj"][obj_idx]
-        out = outs["cond_frame_outputs"].get(frame_idx)
+        out: dict[str, Any] | None = outs["cond_frame_outputs"].get(frame_idx)
         if out is None:
-            out, _ = self._model._run_single_frame_inference(
-                inference_state=self.state,
-                output_dict=outs,
-                frame_idx=frame_idx,
-                batch_size=1,
-                is_init_cond_frame=False,
-                point_inputs=None,
-                mask_inputs=None,
-                reverse=reverse,
-                run_mem_encoder=True,
-            )
+            out = track_frame(self._model, self.state, outs, frame_idx, reverse=reverse)
             outs["non_cond_frame_outputs"][frame_idx] = out
         self.state["frames_tracked_per_obj"][obj_idx][frame_idx] = {"reverse": reverse}
-        result: dict[str, Any] = out
-        return result
+        return out
 
     def reset(self) -> None:
         """Remove all prompts and results; keep the encoded features."""
         self._model.reset_state(self.state)
+
+
+def track_frame(
+    model: MedSAM2VideoPredictor,
+    state: dict[str, Any],
+    output_dict: dict[str, dict[int, Any]],
+    frame_idx: int,
+    *,
+    reverse: bool = False,
+) -> dict[str, Any]:
+    """Track one object on one unprompted frame from the memories in ``output_dict``.
+
+    sam2's per-frame step (memory attention, mask decoder, memory encoder) as its video
+    predictor runs it; ``output_dict`` holds ``cond_frame_outputs`` and ``non_cond_frame_outputs``
+    keyed by frame index. Returns the compact frame output (memory, pointer, logits, scores).
+    """
+    out, _ = model._run_single_frame_inference(
+        inference_state=state,
+        output_dict=output_dict,
+        frame_idx=frame_idx,
+        batch_size=1,
+        is_init_cond_frame=False,
+        point_inputs=None,
+        mask_inputs=None,
+        reverse=reverse,
+        run_mem_encoder=True,
+    )
+    result: dict[str, Any] = out
+    return result
 
 
 class _FrameList:
@@ -1127,4 +1145,5 @@ __all__ = [
     "precision_policy",
     "resolve_config",
     "resolve_device",
+    "track_frame",
 ]
