@@ -25,7 +25,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, cast, get_args, get_origin, Literal, Union
 
 from medsam2kit.errors import ConfigError, MissingFileError
 
@@ -427,8 +427,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Trai
         result = _convert(TrainConfig, data, "")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    assert isinstance(result, TrainConfig)
-    return result
+    return cast(TrainConfig, result)  # _convert builds the type it is given
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
