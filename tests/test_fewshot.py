@@ -21,7 +21,7 @@ from medsam2kit.fewshot import (
     axis_along,
 )
 from medsam2kit.io import load_label, load_volume, save_mask
-from medsam2kit.phantoms import ellipsoid_phantom, rotation_affine
+from medsam2kit.phantoms import ellipsoid_phantom
 from medsam2kit.predictor import _VIDEO_POSTPROCESSING, SAM2Predictor, _compose_config, build_model
 from medsam2kit.volume import Volume
 
