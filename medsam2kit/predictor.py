@@ -675,38 +675,31 @@ class SAM2Predictor:
         )
         frames_needed = sorted({_check_frame_index(p.frame, num_frames) for p in prompts})
         with self.policy.autocast():
-            for start in range(0, len(frames_needed), batch_size):
-                chunk = frames_needed[start : start + batch_size]
-                images = torch.cat([cache.image(t) for t in chunk])
-                backbone = self.model.forward_image(images)
-                cache.stats.encoder_calls += len(chunk)
-                for i, t in enumerate(chunk):
-                    one = {
-                        "backbone_fpn": [f[i : i + 1] for f in backbone["backbone_fpn"]],
-                        "vision_pos_enc": [p[i : i + 1] for p in backbone["vision_pos_enc"]],
-                    }
-                    _, feats, pos, sizes = self.model._prepare_backbone_features(one)
-                    for p in prompts:
-                        if p.frame != t:
-                            continue
-                        point_inputs, mask_inputs = _prompt_inputs(p, self.image_size, self.device)
-                        out = self.model.track_step(
-                            frame_idx=t,
-                            is_init_cond_frame=True,
-                            current_vision_feats=feats,
-                            current_vision_pos_embeds=pos,
-                            feat_sizes=sizes,
-                            point_inputs=point_inputs,
-                            mask_inputs=mask_inputs,
-                            output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-                            num_frames=num_frames,
-                            run_mem_encoder=False,
-                        )
-                        o = obj_ids.index(p.obj_id)
-                        iou = self.model._last_pred_iou
-                        if mask_inputs is not None and self.model.use_mask_input_as_output_without_sam:
-                            iou = torch.ones(1)
-                        _store(result, t, o, out["pred_masks"][0, 0], out["object_score_logits"].reshape(-1)[0], iou)
+            cache.fill(batch_size=batch_size, indices=frames_needed)  # within the cache budget
+            for t in frames_needed:
+                _, backbone = cache.features(t)
+                _, feats, pos, sizes = self.model._prepare_backbone_features(backbone)
+                for p in prompts:
+                    if p.frame != t:
+                        continue
+                    point_inputs, mask_inputs = _prompt_inputs(p, self.image_size, self.device)
+                    out = self.model.track_step(
+                        frame_idx=t,
+                        is_init_cond_frame=True,
+                        current_vision_feats=feats,
+                        current_vision_pos_embeds=pos,
+                        feat_sizes=sizes,
+                        point_inputs=point_inputs,
+                        mask_inputs=mask_inputs,
+                        output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+                        num_frames=num_frames,
+                        run_mem_encoder=False,
+                    )
+                    o = obj_ids.index(p.obj_id)
+                    iou = self.model._last_pred_iou
+                    if mask_inputs is not None and self.model.use_mask_input_as_output_without_sam:
+                        iou = torch.ones(1)
+                    _store(result, t, o, out["pred_masks"][0, 0], out["object_score_logits"].reshape(-1)[0], iou)
         return self._finish(result, obj_ids)
 
     def _finish(self, raw: dict[str, torch.Tensor], obj_ids: tuple[int, ...]) -> PropagationResult:
