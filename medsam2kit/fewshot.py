@@ -413,7 +413,7 @@ class SupportMemoryAssembler:
             retrieved[lab_id] = rows
             starts[lab_id] = slice_of_frame[start]
         return FewShotResult(
-            labels=volume.with_array(_label_map(logits, volume.shape)),
+            labels=volume.with_array(label_map_from_logits(logits, volume.shape)),
             logits=logits,
             retrieved=retrieved,
             start_slice=starts,
@@ -502,8 +502,17 @@ class _VirtualFrames:
         return self._cache.features(self._order[index - self._offset])
 
 
-def _label_map(logits: Mapping[int, Volume], shape: tuple[int, int, int]) -> np.ndarray:
-    """Per voxel the label of the largest positive logit, 0 where none is positive."""
+def label_map_from_logits(logits: Mapping[int, Volume], shape: tuple[int, int, int]) -> np.ndarray:
+    """Per voxel the label of the largest positive logit, 0 where none is positive.
+
+    Example:
+        >>> import numpy as np
+        >>> from medsam2kit.volume import Volume
+        >>> a = Volume(np.array([[[2.0, -1.0, 0.5]]], np.float32), np.eye(4))
+        >>> b = Volume(np.array([[[1.0, -2.0, 3.0]]], np.float32), np.eye(4))
+        >>> label_map_from_logits({1: a, 2: b}, (1, 1, 3)).tolist()
+        [[[1, 0, 2]]]
+    """
     ids = sorted(logits)
     dtype = np.uint8 if (max(ids, default=0) <= 255) else np.int32
     if not ids:
@@ -597,5 +606,6 @@ __all__ = [
     "SupportMemoryAssembler",
     "SupportSlice",
     "axis_along",
+    "label_map_from_logits",
     "model_fingerprint",
 ]

@@ -16,22 +16,30 @@ def test_info_prints_versions_and_configs(capsys: pytest.CaptureFixture[str]) ->
     assert "sam2 1.1.0" in out and "sam2.1_hiera_micro" in out and "device auto ->" in out
 
 
-def test_demo_writes_masks_with_the_input_geometry(tmp_path: Path) -> None:
+def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--quiet"]) == 0
-    image = nib.load(out / "image.nii.gz")
-    mask = nib.load(out / "mask.nii.gz")
-    truth = nib.load(out / "ground_truth.nii.gz")
-    for other in (mask, truth):
+    assert main(["demo", "--out", str(out), "--no-data", "--quiet"]) == 0
+    case = out / "phantom_0"
+    image = nib.load(case / "image.nii.gz")
+    methods = ("propagation", "fewshot", "coarse", "sam2med3d")
+    for name in ("ground_truth", *methods):
+        other = nib.load(case / f"{name}.nii.gz")
         assert other.shape == image.shape
         np.testing.assert_allclose(other.affine, image.affine, atol=1e-5)
         assert nib.aff2axcodes(other.affine) == nib.aff2axcodes(image.affine)
+    assert all((case / f"overlay_{m}.png").stat().st_size > 1000 for m in methods)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["encoder_calls"] == summary["frames"]  # every slice encoded exactly once
-    assert np.asarray(truth.dataobj).max() == 2
-    assert sorted(p.name for p in out.iterdir()) == [
-        "ground_truth.nii.gz", "image.nii.gz", "mask.nii.gz", "overlay.png", "summary.json"
-    ]
+    assert summary["cases"] == ["phantom_0"] and summary["model"].startswith("bundled reference model")
+    rows = (out / "dice_table.csv").read_text().splitlines()
+    assert rows[0] == "task,case,label,method,dice"
+    assert len(rows) - 1 == len(summary["rows"]) >= 10  # 2 labels x (fate-sam, coarse, fused) + propagation x 2
+    assert all(0.0 <= float(r.rsplit(",", 1)[1]) <= 1.0 for r in rows[1:])
+    table = (out / "dice_table.md").read_text()
+    for column in ("propagation: sam2", "propagation: copy prompt", "fewshot: fate-sam", "sam2med3d: coarse",
+                   "sam2med3d: fused"):
+        assert column in table
+    assert set(summary["mean_dice"]) == {"propagation/sam2", "propagation/copy prompt", "fewshot/fate-sam",
+                                         "sam2med3d/coarse", "sam2med3d/fused"}
 
 
 def test_demo_errors_exit_1_and_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

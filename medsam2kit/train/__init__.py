@@ -51,6 +51,7 @@ from medsam2kit.train.data import (
     filter_duration,
     load_videos,
     make_video,
+    phantom_volume_videos,
     synthetic_videos,
     take_fraction,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "prepare_model",
     "preset",
     "save_checkpoint",
+    "phantom_volume_videos",
     "synthetic_videos",
     "take_fraction",
 ]

@@ -31,6 +31,7 @@ from medsam2kit.errors import ConfigError, MissingFileError
 
 DatasetKind = Literal["cine", "frames", "images", "volume", "synthetic"]
 Duration = Literal["all", "short", "long"]
+PhantomKind = Literal["ultrasound", "volume"]
 AugmentName = Literal["none", "ultrasound", "generic", "combined"]
 PromptMode = Literal["mixed", "mask", "box", "point"]
 Paradigm = Literal["task_specific", "intermediate", "joint"]
@@ -52,7 +53,7 @@ class DatasetSpec:
             frame images with a ``masks/`` subfolder or ``*<mask_suffix>.png`` masks: one video),
             ``"images"`` (the same layout, each image its own one-frame clip), ``"volume"`` (a 3D
             image plus a label map, sliced along ``axis`` into a sequence) or ``"synthetic"``
-            (``count`` ultrasound-like phantom clips, :func:`medsam2kit.phantoms.ultrasound_clip`).
+            (``count`` phantoms made by :mod:`medsam2kit.phantoms`, see ``phantom``).
         path: a file or folder, or a glob pattern (``"data/*.npz"``); one video per match.
         name: label in logs (default: the kind and the path).
         mask_path: the label file for ``cine``/``volume`` when it is not ``path`` itself; may
@@ -65,6 +66,9 @@ class DatasetSpec:
             one recording); ``None`` keeps all.
         axis: slicing axis of a volume (default: the through-plane axis).
         count: number of synthetic clips; ``frames``: their length; ``seed``: their seed.
+        phantom: what ``synthetic`` makes: ``"ultrasound"`` clips
+            (:func:`~medsam2kit.phantoms.ultrasound_clip`, ``frames`` long) or ``"volume"``
+            phantoms sliced into sequences (:func:`~medsam2kit.phantoms.random_phantom`).
     """
 
     kind: DatasetKind
@@ -80,6 +84,7 @@ class DatasetSpec:
     count: int = 8
     frames: int = 12
     seed: int = 0
+    phantom: PhantomKind = "ultrasound"
 
     @property
     def label(self) -> str:

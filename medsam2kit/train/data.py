@@ -216,6 +216,29 @@ def synthetic_videos(count: int, *, frames: int = 12, image_size: int = 128, see
     return out
 
 
+def phantom_volume_videos(count: int, *, image_size: int = 128, seed: int = 0) -> list[Video]:
+    """3D phantoms (:func:`medsam2kit.phantoms.random_phantom`) as slice sequences along their
+    through-plane axis, one object per label present (1 shell, 2 core, 3 tube).
+
+    Example:
+        >>> vids = phantom_volume_videos(1, image_size=64)
+        >>> vids[0].obj_ids[:2], vids[0].frames.shape[1:]
+        ((1, 2), torch.Size([64, 64]))
+    """
+    from medsam2kit.phantoms import random_phantom
+
+    if count < 1:
+        raise InvalidInputError(f"count: expected >= 1, got {count}")
+    out = []
+    for i in range(count):
+        image, label = random_phantom(np.random.default_rng([seed, i]))
+        video = make_video(image.array, np.asarray(label.array), image_size=image_size, name=f"phantom[{seed}:{i}]",
+                           is_volume=True, affine=image.affine)
+        if video is not None:
+            out.append(video)
+    return out
+
+
 def load_videos(spec: DatasetSpec, *, image_size: int) -> list[Video]:
     """Every video of a dataset spec, at model resolution.
 
@@ -229,6 +252,8 @@ def load_videos(spec: DatasetSpec, *, image_size: int) -> list[Video]:
         >>> len(load_videos(DatasetSpec(kind="synthetic", count=2, frames=3), image_size=64))
         2
     """
+    if spec.kind == "synthetic" and spec.phantom == "volume":
+        return [_crop(v, spec.frame_range) for v in phantom_volume_videos(spec.count, image_size=image_size, seed=spec.seed)]
     if spec.kind == "synthetic":
         vids = synthetic_videos(spec.count, frames=spec.frames, image_size=image_size, seed=spec.seed)
         return [_crop(v, spec.frame_range) for v in vids]
@@ -561,6 +586,7 @@ __all__ = [
     "load_videos",
     "make_augmenter",
     "make_video",
+    "phantom_volume_videos",
     "synthetic_videos",
     "take_fraction",
 ]

@@ -1,0 +1,128 @@
+"""Semantic end-to-end tests: the bundled reference model segments held-out phantoms.
+
+Every phantom here comes from :func:`medsam2kit.reference.heldout_phantoms` (generator seeds that
+training and validation never used). The thresholds are the issue's targets; the figures reached
+are in docs/reference_model.md. Marked ``semantic``; ``pytest --durations`` shows their times.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsam2kit.demo import keep_labels, one_prompt_propagation, phantom_case, weak_coarse
+from medsam2kit.fewshot import FewShotPipeline
+from medsam2kit.metrics import dice
+from medsam2kit.pipelines import SAM2Med3DPipeline
+from medsam2kit.predictor import SAM2Predictor
+from medsam2kit.reference import (
+    REFERENCE_CONFIG,
+    heldout_phantoms,
+    reference_checkpoint,
+    reference_predictor,
+    reference_train_config,
+)
+from medsam2kit.volume import Volume
+
+pytestmark = pytest.mark.semantic
+
+
+@pytest.fixture(scope="module")
+def predictor() -> SAM2Predictor:
+    return reference_predictor()
+
+
+def test_the_shipped_weights_are_small_and_load_into_sam2(predictor: SAM2Predictor) -> None:
+    from sam2.build_sam import build_sam2
+
+    from medsam2kit.predictor import resolve_config
+
+    path = reference_checkpoint()
+    assert path.stat().st_size <= 10 * 2**20
+    upstream = build_sam2(resolve_config(REFERENCE_CONFIG), str(path), device="cpu")
+    ours = predictor.model.state_dict()
+    theirs = upstream.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # trained, not random: a fresh random model differs
+    fresh = SAM2Predictor.from_config(REFERENCE_CONFIG, device="cpu").model.state_dict()
+    assert not torch.equal(ours["sam_mask_decoder.iou_token.weight"], fresh["sam_mask_decoder.iou_token.weight"])
+
+
+def test_propagation_from_one_prompted_slice_beats_copying_the_prompt(predictor: SAM2Predictor) -> None:
+    ours, copied = [], []
+    for image, label in heldout_phantoms(1, 4):
+        prop = one_prompt_propagation(predictor, image, label)
+        for lab in prop.prompt_slices:
+            truth = label.array == lab
+            ours.append(dice(prop.labels == lab, truth))
+            copied.append(dice(prop.baseline[lab], truth))
+    assert np.mean(ours) >= 0.80, (ours, copied)
+    assert np.mean(ours) >= np.mean(copied) + 0.2, (ours, copied)
+    assert np.mean(np.array(ours) > np.array(copied)) == 1.0, (ours, copied)
+
+
+def _swap_labels(label: Volume) -> Volume:
+    arr = np.asarray(label.array)
+    return label.with_array(np.select([arr == 1, arr == 2], [2, 1], 0).astype(arr.dtype))
+
+
+def test_fewshot_from_two_support_phantoms_and_worse_with_shuffled_labels(predictor: SAM2Predictor) -> None:
+    right, shuffled = [], []
+    for seed in (1, 2):
+        case = phantom_case(seed)
+        image, label = case.query
+        supports = [(img, keep_labels(lab, (1, 2))) for img, lab in case.supports]
+        swapped = [(img, _swap_labels(lab)) for img, lab in supports]
+        for bank, scores in ((supports, right), (swapped, shuffled)):
+            pred = FewShotPipeline(predictor, bank)(image).array
+            scores += [dice(pred == lab, label.array == lab) for lab in (1, 2)]
+    assert np.mean(right) >= 0.60, (right, shuffled)
+    assert np.mean(shuffled) <= np.mean(right) - 0.2, (right, shuffled)
+
+
+def test_sam2med3d_fusion_is_at_least_the_weak_coarse_network(predictor: SAM2Predictor) -> None:
+    coarse_dice, fused_dice = [], []
+    for seed in (1, 2):
+        case = phantom_case(seed)
+        image, label = case.query
+        supports = [(img, keep_labels(lab, (1, 2))) for img, lab in case.supports]
+        coarse = weak_coarse(supports, num_labels=2, steps=25, seed=seed)
+        result = SAM2Med3DPipeline(coarse, predictor).run(image)
+        coarse_map = np.argmax(result.coarse, axis=0)
+        for lab in (1, 2):
+            coarse_dice.append(dice(coarse_map == lab, label.array == lab))
+            fused_dice.append(dice(result.labels.array == lab, label.array == lab))
+    assert np.mean(coarse_dice) < 0.85, coarse_dice  # the coarse network is indeed weak
+    assert np.mean(fused_dice) >= np.mean(coarse_dice), (coarse_dice, fused_dice)
+
+
+def test_finetuning_on_an_ultrasound_phantom_task_raises_validation_dice(tmp_path: Path) -> None:
+    from medsam2kit.predictor import build_model
+    from medsam2kit.train import fit
+    from medsam2kit.train.config import config_from_dict
+    from medsam2kit.train.data import synthetic_videos
+    from medsam2kit.train.loop import evaluate
+
+    base = reference_train_config()
+    cfg = config_from_dict({
+        "model": {"config": REFERENCE_CONFIG, "checkpoint": str(reference_checkpoint()), "disable_dropout": True},
+        "data": {"train": [{"kind": "synthetic", "count": 16, "frames": 8, "seed": 11}],
+                 "val": [{"kind": "synthetic", "count": 4, "frames": 8, "seed": 12}],
+                 "clip_length": 6, "batch_size": 2},
+        "prompts": {"mode": "mask"},
+        "optim": {"lr": 3e-4, "encoder_lr": 3e-4, "grad_clip": base.optim.grad_clip, "weight_decay": 0.0},
+        "schedule": {"steps": 40, "steps_per_epoch": 40},
+        "log": {"progress": False, "plot": False},
+        "output_dir": str(tmp_path / "run"),
+    })
+    val = synthetic_videos(4, frames=8, image_size=128, seed=12)
+    before = evaluate(build_model(REFERENCE_CONFIG, reference_checkpoint(), device="cpu"), val,
+                      device=torch.device("cpu"))["val_dice"]
+    result = fit(cfg)
+    assert result.val is not None
+    after = result.val["val_dice"]
+    assert after >= before + 0.05, (before, after)
