@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -163,6 +164,9 @@ class SAM2Med3DPipeline:
                 sam_prob, scores, ious = sam.probability, sam.object_scores, sam.ious
             fused = fuse(prob[lab], sam_prob, scores, ious, prompt_slices=list(sel.indices) or None, axis=axis,
                          spacing=volume.spacing, params=cfg.fusion, consistency=cfg.consistency)
+            if result is None:  # the coarse segmentation itself (its argmax: with several labels a
+                # winning probability may lie below the fusion threshold)
+                fused = dataclasses.replace(fused, mask=np.argmax(prob, axis=0) == lab)
             outcomes[lab] = LabelOutcome(lab, sel, result, fused)
         labels = _label_map({lab: o.fusion for lab, o in outcomes.items()}, volume.shape)
         seconds["fuse"] = time.perf_counter() - t0

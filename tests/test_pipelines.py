@@ -116,3 +116,15 @@ def test_hippocampus_coarse_then_fusion_with_a_second_estimate(pred: SAM2Predict
     assert result.encoder_calls <= images[2].shape[result.outcomes[1].selection.axis]
     consistency = inter_slice_consistency(result.labels.array > 0, axis=result.outcomes[1].selection.axis)
     print(f"pipeline with random SAM2 weights: Dice {dice(result.labels.array > 0, truth):.3f}, {consistency}")
+
+
+def test_a_label_without_reliable_slices_keeps_the_coarse_argmax(pred: SAM2Predictor) -> None:
+    """Three classes at 0.2/0.45/0.35: label 1 wins the argmax below the 0.5 fusion threshold;
+    with no slice reliable enough to prompt, the pipeline must return that coarse segmentation."""
+    image, _ = ellipsoid_phantom((6, 40, 40), rng=0)
+    prob = np.empty((3, *image.shape), np.float32)
+    prob[0], prob[1], prob[2] = 0.2, 0.45, 0.35
+    prob[:, :, :5] = np.array([0.9, 0.05, 0.05], np.float32)[:, None, None, None]
+    result = SAM2Med3DPipeline(lambda v: prob, pred).run(image)  # nothing > 0.5: no prompt slice
+    assert all(not o.selection.indices for o in result.outcomes.values())
+    np.testing.assert_array_equal(result.labels.array, np.argmax(prob, axis=0))
