@@ -73,12 +73,18 @@ def _swap_labels(label: Volume) -> Volume:
     return label.with_array(np.select([arr == 1, arr == 2], [2, 1], 0).astype(arr.dtype))
 
 
-def test_fewshot_from_two_support_phantoms_and_worse_with_shuffled_labels(predictor: SAM2Predictor) -> None:
-    right, shuffled = [], []
+def _cases() -> list[tuple[int, Volume, Volume, list[tuple[Volume, Volume]]]]:
+    """Two held-out cases: (seed, query image, query label, supports with labels 1 and 2)."""
+    out = []
     for seed in (1, 2):
         case = phantom_case(seed)
-        image, label = case.query
-        supports = [(img, keep_labels(lab, (1, 2))) for img, lab in case.supports]
+        out.append((seed, *case.query, [(img, keep_labels(lab, (1, 2))) for img, lab in case.supports]))
+    return out
+
+
+def test_fewshot_from_two_support_phantoms_and_worse_with_shuffled_labels(predictor: SAM2Predictor) -> None:
+    right, shuffled = [], []
+    for _, image, label, supports in _cases():
         swapped = [(img, _swap_labels(lab)) for img, lab in supports]
         for bank, scores in ((supports, right), (swapped, shuffled)):
             pred = FewShotPipeline(predictor, bank)(image).array
@@ -89,10 +95,7 @@ def test_fewshot_from_two_support_phantoms_and_worse_with_shuffled_labels(predic
 
 def test_sam2med3d_fusion_is_at_least_the_weak_coarse_network(predictor: SAM2Predictor) -> None:
     coarse_dice, fused_dice = [], []
-    for seed in (1, 2):
-        case = phantom_case(seed)
-        image, label = case.query
-        supports = [(img, keep_labels(lab, (1, 2))) for img, lab in case.supports]
+    for seed, image, label, supports in _cases():
         coarse = weak_coarse(supports, num_labels=2, steps=25, seed=seed)
         result = SAM2Med3DPipeline(coarse, predictor).run(image)
         coarse_map = np.argmax(result.coarse, axis=0)
