@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from medsam2kit._files import atomic_write
 from medsam2kit.errors import InvalidInputError, MedSAM2KitError
