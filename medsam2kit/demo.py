@@ -305,7 +305,7 @@ def _labels_of(label: Volume) -> tuple[int, ...]:
 
 
 def _check_pair(image: Volume, label: Volume, name: str) -> None:
-    if label.shape != image.shape or not np.allclose(label.affine, image.affine, atol=1e-4):
+    if not image.same_grid(label):
         raise InvalidInputError(f"{name}: expected a label map on the image's grid {image.shape}, got {label.shape} "
                                 "or another affine")
 
