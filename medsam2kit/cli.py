@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 
-from medsam2kit._files import atomic_write
 from medsam2kit.errors import InvalidInputError, MedSAM2KitError
 
 _FEWSHOT_EXAMPLE = """example:
@@ -235,22 +233,17 @@ def _demo(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--out: expected a folder, got the file {out}")
     if args.data is not None and not args.data.is_dir():
         raise InvalidInputError(f"--data: expected a folder, got {args.data}")
-    start = time.perf_counter()
     reference = args.checkpoint is None and str(args.config) == REFERENCE_CONFIG
     if reference:
         args.checkpoint = reference_checkpoint()
     predictor = _predictor(args)
     data_dir = None if args.no_data else (args.data or shared_data_dir())
-    summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,
-                       say=lambda line: _say(args, line))
     model = ("bundled reference model (phantoms only)" if reference else
              str(args.checkpoint) if args.checkpoint else "random init (the run is real, the masks are not meaningful)")
-    summary.update({
-        "config": str(args.config), "model": model, "device": str(predictor.device),
-        "data_dir": None if data_dir is None else str(data_dir),
-        "seconds_total": round(time.perf_counter() - start, 2), "torch_threads": torch.get_num_threads(),
-    })
-    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    info = {"config": str(args.config), "model": model, "device": str(predictor.device),
+            "data_dir": None if data_dir is None else str(data_dir), "torch_threads": torch.get_num_threads()}
+    summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,
+                       info=info, say=lambda line: _say(args, line))
     _say(args, f"model: {model}; wrote {out}/ ({len(summary['cases'])} cases, {summary['seconds_total']} s)")
     return 0
 

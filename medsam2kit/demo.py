@@ -220,14 +220,17 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
 
 
 def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Path | None = None,
-             coarse_steps: int = 40, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every case, write the outputs and the Dice table to ``out``; returns the summary.
+             coarse_steps: int = 40, info: Mapping[str, Any] | None = None,
+             say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every case, write the outputs and the Dice table to ``out``; returns the summary
+    (also written to ``summary.json``, with ``info``: facts about the run such as the model).
 
     Raises:
         InvalidInputError: ``out`` is an existing file.
     """
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: expected a folder, got the file {out}")
+    begin = time.perf_counter()
     cases = [phantom_case(seed)] + (hippocampus_cases(data_dir) if data_dir is not None else [])
     out.mkdir(parents=True, exist_ok=True)
     rows: list[DiceRow] = []
@@ -240,7 +243,8 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     table = dice_table(rows)
     _write_text(out / "dice_table.md", table)
     _write_text(out / "dice_table.csv", _csv(rows))
-    summary = {"cases": [c.name for c in cases], "seconds": seconds, "rows": [asdict(r) for r in rows],
+    summary = {**(info or {}), "cases": [c.name for c in cases], "seconds": seconds,
+               "seconds_total": round(time.perf_counter() - begin, 2), "rows": [asdict(r) for r in rows],
                "mean_dice": mean_dice(rows)}
     _write_text(out / "summary.json", json.dumps(summary, indent=2))
     say(table)
