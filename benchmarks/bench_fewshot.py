@@ -150,7 +150,7 @@ def main() -> None:
     upstream.load_state_dict(model.state_dict())
     # In fp32 upstream crashes here (supports keyed after the query lose their pointers, and the
     # bf16 memory then meets fp32 layers); give it the same one-line dtype fix our wrapper has.
-    from medsam2kit.predictor import _cast_memory_to_query_dtype
+    from medsam2kit.backend.model import _cast_memory_to_query_dtype
 
     upstream.memory_attention.register_forward_pre_hook(_cast_memory_to_query_dtype, with_kwargs=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)

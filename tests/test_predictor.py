@@ -24,12 +24,11 @@ from medsam2kit.errors import (
     MissingFileError,
     ShapeMismatchError,
 )
+from medsam2kit.predictor.checkpoints import VIDEO_POSTPROCESSING, compose_config
 from medsam2kit.predictor import (
     MaskPrompt,
     PointPrompt,
     SAM2Predictor,
-    _compose_config,
-    _VIDEO_POSTPROCESSING,
     build_model,
     fill_small_holes,
     load_checkpoint,
@@ -55,9 +54,9 @@ def _seeded_model(**overrides: Any) -> torch.nn.Module:
 
 def _upstream_like(model: torch.nn.Module, **overrides: Any) -> SAM2VideoPredictor:
     """sam2's own SAM2VideoPredictor class with the same config and weights."""
-    cfg = _compose_config(
+    cfg = compose_config(
         CONFIG,
-        {**_VIDEO_POSTPROCESSING, "model._target_": "sam2.sam2_video_predictor.SAM2VideoPredictor", **overrides},
+        {**VIDEO_POSTPROCESSING, "model._target_": "sam2.sam2_video_predictor.SAM2VideoPredictor", **overrides},
     )
     up = instantiate(cfg.model, _recursive_=True)
     up.load_state_dict(model.state_dict())

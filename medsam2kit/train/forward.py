@@ -1,11 +1,12 @@
 """The training forward pass of SAM2 over a batch of clips (SAM2Train's, on the model's own methods).
 
 :func:`forward_clips` encodes every frame of the batch once, then tracks the objects frame by
-frame in SAM2's order (conditioning frames first, then the others): ``model._track_step`` (memory
-attention + SAM heads, or the mask-as-output path for mask prompts), the correction clicks through
-``model._forward_sam_heads``, and ``model._encode_memory_in_output`` for the memory of later
-frames. It returns what :class:`~medsam2kit.train.loss.MultiStepLoss` needs and the final logits.
-No ``sam2`` import: only the model object :func:`medsam2kit.predictor.build_model` returns.
+frame in SAM2's order (conditioning frames first, then the others), as sam2's ``SAM2Train`` does:
+:func:`medsam2kit.backend.track_step_parts` (memory attention + SAM heads, or the mask-as-output
+path for mask prompts), the correction clicks through :func:`medsam2kit.backend.forward_sam_heads`,
+and :func:`medsam2kit.backend.encode_memory_in_output` for the memory of later frames. It returns
+what :class:`~medsam2kit.train.loss.MultiStepLoss` needs and the final logits. sam2 is reached only
+through :mod:`medsam2kit.backend`.
 
 :class:`ClipForward` wraps the model as an ``nn.Module`` whose ``forward`` returns the loss parts,
 so that ``DistributedDataParallel`` sees the whole computation.
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from medsam2kit import backend
 from medsam2kit.train.config import LossConfig
 from medsam2kit.train.data import Batch
 from medsam2kit.train.loss import MultiStepLoss
@@ -46,7 +48,7 @@ def _concat_points(old: dict[str, torch.Tensor] | None, coords: torch.Tensor, la
 
 
 def encode_frames(model: Any, images: torch.Tensor, *, chunk: int | None = None,
-                  grad: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
+                  grad: bool = True) -> backend.BackboneFeatures:
     """Image features of ``(T, B, 3, S, S)`` frames, flattened as sam2 does: ``(HW, T*B, C)`` per level.
 
     Args:
@@ -59,15 +61,14 @@ def encode_frames(model: Any, images: torch.Tensor, *, chunk: int | None = None,
     ctx = contextlib.nullcontext() if grad else torch.no_grad()
     with ctx:
         if chunk is None or chunk >= flat.shape[0]:
-            backbone = model.forward_image(flat)
+            backbone = backend.encode_images(model, flat)
         else:
-            parts = [model.forward_image(flat[i : i + chunk]) for i in range(0, flat.shape[0], chunk)]
+            parts = [backend.encode_images(model, flat[i : i + chunk]) for i in range(0, flat.shape[0], chunk)]
             backbone = {
                 "backbone_fpn": [torch.cat([p["backbone_fpn"][k] for p in parts]) for k in range(len(parts[0]["backbone_fpn"]))],
                 "vision_pos_enc": [torch.cat([p["vision_pos_enc"][k] for p in parts]) for k in range(len(parts[0]["vision_pos_enc"]))],
             }
-        _, feats, pos, sizes = model._prepare_backbone_features(backbone)
-    return feats, pos, sizes
+        return backend.prepare_backbone_features(model, backbone_out=backbone)
 
 
 def forward_clips(model: Any, batch: Batch, plan: PromptPlan, *, encoder_grad: bool = True,
@@ -87,7 +88,7 @@ def forward_clips(model: Any, batch: Batch, plan: PromptPlan, *, encoder_grad: b
     """
     num_frames, num_clips = batch.images.shape[:2]
     gt = batch.masks
-    feats, pos, sizes = encode_frames(model, batch.images, chunk=encode_chunk, grad=encoder_grad)
+    features = encode_frames(model, batch.images, chunk=encode_chunk, grad=encoder_grad)
     seeds = list(batch.obj_seeds)
     output_dict: dict[str, dict[int, Any]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     cond = set(plan.init_cond_frames)
@@ -96,8 +97,7 @@ def forward_clips(model: Any, batch: Batch, plan: PromptPlan, *, encoder_grad: b
     results: dict[int, dict[str, Any]] = {}
     for t in order:
         ids = t * num_clips + batch.obj_to_clip
-        cur_feats = [x[:, ids] for x in feats]
-        cur_pos = [x[:, ids] for x in pos]
+        cur = features.select(ids)
         is_cond = t in cond
         point_inputs: dict[str, torch.Tensor] | None = None
         mask_inputs: torch.Tensor | None = None
@@ -110,35 +110,50 @@ def forward_clips(model: Any, batch: Batch, plan: PromptPlan, *, encoder_grad: b
             else:
                 coords, labels = click_prompt(gt[t], None, seeds=seeds, salt=(t, 0))
                 point_inputs = _concat_points(None, coords, labels)
-        current_out, sam_out, high_res_features, pix_feat = model._track_step(
-            t, is_cond, cur_feats, cur_pos, sizes, point_inputs, mask_inputs, output_dict, num_frames, False, None
+        step = backend.track_step_parts(
+            model,
+            frame_idx=t,
+            is_init_cond_frame=is_cond,
+            features=cur,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            output_dict=output_dict,
+            num_frames=num_frames,
         )
-        low_mm, high_mm, ious, low, high, obj_ptr, obj_score = sam_out
-        steps_masks, steps_ious, steps_scores = [high_mm], [ious], [obj_score]
+        heads = step.heads
+        steps_masks, steps_ious, steps_scores = [heads.high_res_multimasks], [heads.ious], [heads.object_score_logits]
         if t in correct:
             for j in range(plan.correction_clicks):
-                coords, labels = click_prompt(gt[t], high[:, 0] > 0, seeds=seeds, salt=(t, j + 1))
+                coords, labels = click_prompt(gt[t], heads.high_res_masks[:, 0] > 0, seeds=seeds, salt=(t, j + 1))
                 point_inputs = _concat_points(point_inputs, coords, labels)
-                multimask = model._use_multimask(is_cond, point_inputs)
-                low_mm, high_mm, ious, low, high, obj_ptr, obj_score = model._forward_sam_heads(
-                    backbone_features=pix_feat,
+                heads = backend.forward_sam_heads(
+                    model,
+                    backbone_features=step.pix_feat,
                     point_inputs=point_inputs,
-                    mask_inputs=low,
-                    high_res_features=high_res_features,
-                    multimask_output=multimask,
+                    mask_inputs=heads.low_res_masks,
+                    high_res_features=step.high_res_features,
+                    multimask_output=backend.use_multimask(model, is_init_cond_frame=is_cond, point_inputs=point_inputs),
                 )
-                steps_masks.append(high_mm)
-                steps_ious.append(ious)
-                steps_scores.append(obj_score)
-        current_out["pred_masks"] = low
-        current_out["pred_masks_high_res"] = high
-        current_out["obj_ptr"] = obj_ptr
-        model._encode_memory_in_output(cur_feats, sizes, point_inputs, True, high, obj_score, current_out)
+                steps_masks.append(heads.high_res_multimasks)
+                steps_ious.append(heads.ious)
+                steps_scores.append(heads.object_score_logits)
+        current_out = step.current_out
+        current_out["pred_masks"] = heads.low_res_masks
+        current_out["pred_masks_high_res"] = heads.high_res_masks
+        current_out["obj_ptr"] = heads.obj_ptr
+        backend.encode_memory_in_output(
+            model,
+            features=cur,
+            point_inputs=point_inputs,
+            run_mem_encoder=True,
+            high_res_masks=heads.high_res_masks,
+            object_score_logits=heads.object_score_logits,
+            current_out=current_out,
+        )
         as_cond = is_cond or (plan.add_corrected_as_cond and t in correct)
         output_dict["cond_frame_outputs" if as_cond else "non_cond_frame_outputs"][t] = current_out
-        results[t] = {"multimasks": steps_masks, "ious": steps_ious, "object_scores": steps_scores, "pred": high}
-    if hasattr(model, "_last_pred_iou"):
-        model._last_pred_iou = None  # the predictor's IoU hook keeps a graph reference otherwise
+        results[t] = {"multimasks": steps_masks, "ious": steps_ious, "object_scores": steps_scores,
+                      "pred": heads.high_res_masks}
     return [results[t] for t in range(num_frames)]
 
 

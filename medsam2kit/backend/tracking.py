@@ -1,0 +1,308 @@
+"""Typed, keyword-only wrappers of sam2's per-frame steps.
+
+sam2's private methods take many positional arguments and return bare tuples; these wrappers
+call them with keyword arguments and return frozen dataclasses, so that the rest of medsam2kit
+(the session, FATE-SAM's memory assembler, fine-tuning) never depends on argument order.
+
+Shapes follow sam2: flattened features are ``(HW, B, C)`` per FPN level, mask logits
+``(B, 1, S/4, S/4)`` (low-res) and ``(B, 1, S, S)`` (high-res), object pointers ``(B, C)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from medsam2kit.backend.model import SAM2Model
+
+#: sam2's per-object memory: ``{"cond_frame_outputs": {t: out}, "non_cond_frame_outputs": {t: out}}``.
+MemoryDict = dict[str, dict[int, Any]]
+
+#: A frame output as sam2 stores it in its memory (``maskmem_features``, ``maskmem_pos_enc``,
+#: ``pred_masks``, ``obj_ptr``, ``object_score_logits``), plus ``pred_iou`` ``(B,)`` here.
+FrameOutput = dict[str, Any]
+
+
+@dataclass(frozen=True, eq=False)
+class BackboneFeatures:
+    """Image features of one frame (or a batch) as sam2's heads consume them.
+
+    Attributes:
+        vision_feats: per FPN level, ``(H_l * W_l, B, C_l)`` features.
+        vision_pos_embeds: per level, ``(H_l * W_l, B, C)`` positional encodings.
+        feat_sizes: per level, ``(H_l, W_l)``.
+    """
+
+    vision_feats: list[torch.Tensor]
+    vision_pos_embeds: list[torch.Tensor]
+    feat_sizes: list[tuple[int, int]]
+
+    def select(self, index: torch.Tensor | slice) -> BackboneFeatures:
+        """The features of some batch entries (``index`` over the batch axis)."""
+        return BackboneFeatures(
+            vision_feats=[x[:, index] for x in self.vision_feats],
+            vision_pos_embeds=[x[:, index] for x in self.vision_pos_embeds],
+            feat_sizes=self.feat_sizes,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class HeadsOutput:
+    """What sam2's SAM heads return (``_forward_sam_heads``), named.
+
+    Attributes:
+        low_res_multimasks: ``(B, M, S/4, S/4)`` logits of every candidate mask.
+        high_res_multimasks: ``(B, M, S, S)``.
+        ious: ``(B, M)`` predicted IoU of each candidate.
+        low_res_masks: ``(B, 1, S/4, S/4)`` logits of the chosen mask.
+        high_res_masks: ``(B, 1, S, S)``.
+        obj_ptr: ``(B, C)`` object pointer.
+        object_score_logits: ``(B, 1)`` (> 0: object present).
+    """
+
+    low_res_multimasks: torch.Tensor
+    high_res_multimasks: torch.Tensor
+    ious: torch.Tensor
+    low_res_masks: torch.Tensor
+    high_res_masks: torch.Tensor
+    obj_ptr: torch.Tensor
+    object_score_logits: torch.Tensor
+
+    @property
+    def chosen_iou(self) -> torch.Tensor:
+        """``(B,)`` predicted IoU of the chosen mask (the best candidate, or the only one)."""
+        return self.ious.float().max(dim=-1).values
+
+
+@dataclass(frozen=True, eq=False)
+class TrackStep:
+    """sam2's ``_track_step`` result: the partial frame output, the heads' output, and the
+    features a correction click needs (``high_res_features``, ``pix_feat``)."""
+
+    current_out: dict[str, Any]
+    heads: HeadsOutput
+    high_res_features: list[torch.Tensor] | None
+    pix_feat: torch.Tensor
+
+
+def encode_images(model: SAM2Model, images: torch.Tensor) -> dict[str, Any]:
+    """sam2's image encoder on ``(B, 3, S, S)`` normalised frames: ``{"backbone_fpn",
+    "vision_pos_enc", ...}`` with ``(B, C_l, H_l, W_l)`` tensors per level."""
+    out: dict[str, Any] = model.forward_image(images)
+    return out
+
+
+def prepare_backbone_features(model: SAM2Model, *, backbone_out: dict[str, Any]) -> BackboneFeatures:
+    """Flatten the encoder output as sam2's heads expect (``_prepare_backbone_features``)."""
+    _, feats, pos, sizes = model._prepare_backbone_features(backbone_out)
+    return BackboneFeatures(vision_feats=list(feats), vision_pos_embeds=list(pos), feat_sizes=list(sizes))
+
+
+def _heads(out: tuple[torch.Tensor, ...]) -> HeadsOutput:
+    low_mm, high_mm, ious, low, high, obj_ptr, score = out
+    return HeadsOutput(
+        low_res_multimasks=low_mm,
+        high_res_multimasks=high_mm,
+        ious=ious,
+        low_res_masks=low,
+        high_res_masks=high,
+        obj_ptr=obj_ptr,
+        object_score_logits=score,
+    )
+
+
+def track_step_parts(
+    model: SAM2Model,
+    *,
+    frame_idx: int,
+    is_init_cond_frame: bool,
+    features: BackboneFeatures,
+    point_inputs: dict[str, torch.Tensor] | None,
+    mask_inputs: torch.Tensor | None,
+    output_dict: MemoryDict,
+    num_frames: int,
+    track_in_reverse: bool = False,
+    prev_sam_mask_logits: torch.Tensor | None = None,
+) -> TrackStep:
+    """Memory attention and SAM heads on one frame (sam2's ``_track_step``), memory not encoded."""
+    current_out, sam_out, high_res, pix_feat = model._track_step(
+        frame_idx=frame_idx,
+        is_init_cond_frame=is_init_cond_frame,
+        current_vision_feats=features.vision_feats,
+        current_vision_pos_embeds=features.vision_pos_embeds,
+        feat_sizes=features.feat_sizes,
+        point_inputs=point_inputs,
+        mask_inputs=mask_inputs,
+        output_dict=output_dict,
+        num_frames=num_frames,
+        track_in_reverse=track_in_reverse,
+        prev_sam_mask_logits=prev_sam_mask_logits,
+    )
+    return TrackStep(current_out=current_out, heads=_heads(sam_out), high_res_features=high_res, pix_feat=pix_feat)
+
+
+def forward_sam_heads(
+    model: SAM2Model,
+    *,
+    backbone_features: torch.Tensor,
+    point_inputs: dict[str, torch.Tensor] | None,
+    mask_inputs: torch.Tensor | None,
+    high_res_features: list[torch.Tensor] | None,
+    multimask_output: bool,
+) -> HeadsOutput:
+    """Prompt encoder and mask decoder on ``(B, C, H, W)`` memory-conditioned features."""
+    return _heads(
+        model._forward_sam_heads(
+            backbone_features=backbone_features,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            high_res_features=high_res_features,
+            multimask_output=multimask_output,
+        )
+    )
+
+
+def use_multimask(model: SAM2Model, *, is_init_cond_frame: bool, point_inputs: dict[str, torch.Tensor] | None) -> bool:
+    """Whether sam2 asks its mask decoder for several candidate masks on this frame."""
+    return bool(model._use_multimask(is_init_cond_frame=is_init_cond_frame, point_inputs=point_inputs))
+
+
+def encode_memory_in_output(
+    model: SAM2Model,
+    *,
+    features: BackboneFeatures,
+    point_inputs: dict[str, torch.Tensor] | None,
+    run_mem_encoder: bool,
+    high_res_masks: torch.Tensor,
+    object_score_logits: torch.Tensor,
+    current_out: dict[str, Any],
+) -> None:
+    """Run the memory encoder on a frame's mask and store ``maskmem_features`` and
+    ``maskmem_pos_enc`` in ``current_out`` (``None`` when ``run_mem_encoder`` is false)."""
+    model._encode_memory_in_output(
+        current_vision_feats=features.vision_feats,
+        feat_sizes=features.feat_sizes,
+        point_inputs=point_inputs,
+        run_mem_encoder=run_mem_encoder,
+        high_res_masks=high_res_masks,
+        object_score_logits=object_score_logits,
+        current_out=current_out,
+    )
+
+
+def track_frame(
+    model: SAM2Model,
+    *,
+    features: BackboneFeatures,
+    output_dict: MemoryDict,
+    frame_idx: int,
+    num_frames: int,
+    is_init_cond_frame: bool = False,
+    point_inputs: dict[str, torch.Tensor] | None = None,
+    mask_inputs: torch.Tensor | None = None,
+    reverse: bool = False,
+    run_mem_encoder: bool = True,
+    prev_sam_mask_logits: torch.Tensor | None = None,
+    storage_device: torch.device | None = None,
+    constants: MutableMapping[str, Any] | None = None,
+) -> tuple[FrameOutput, torch.Tensor]:
+    """One tracking step as sam2's video predictor runs it (``_run_single_frame_inference``),
+    keeping the predicted IoU.
+
+    Args:
+        model: the SAM2 model.
+        features: the frame's features, batch ``B`` (one entry per object).
+        output_dict: the memories the frame attends to.
+        frame_idx: the frame's index in the (possibly virtual) video.
+        num_frames: the video length (for the object-pointer temporal encoding).
+        is_init_cond_frame, point_inputs, mask_inputs: a prompt on this frame, as in sam2.
+        reverse: tracking backwards in time.
+        run_mem_encoder: encode the frame's memory.
+        prev_sam_mask_logits: earlier low-res logits fed with new clicks.
+        storage_device: where the memory features are kept (default: the features' device).
+        constants: a dict shared by a session to hold one copy of the memory positional
+            encoding (sam2's ``inference_state["constants"]``); ``None`` keeps each frame's own.
+
+    Returns:
+        The compact frame output (bf16 ``maskmem_features`` on ``storage_device``, low-res
+        ``pred_masks``, ``obj_ptr``, ``object_score_logits``, ``maskmem_pos_enc``, and
+        ``pred_iou`` ``(B,)``) and the low-res logits on the compute device (``fill_hole_area``
+        applied as sam2 does).
+    """
+    if point_inputs is not None and mask_inputs is not None:
+        raise ValueError("track_frame: point_inputs and mask_inputs cannot both be given on one frame")
+    step = track_step_parts(
+        model,
+        frame_idx=frame_idx,
+        is_init_cond_frame=is_init_cond_frame,
+        features=features,
+        point_inputs=point_inputs,
+        mask_inputs=mask_inputs,
+        output_dict=output_dict,
+        num_frames=num_frames,
+        track_in_reverse=reverse,
+        prev_sam_mask_logits=prev_sam_mask_logits,
+    )
+    heads = step.heads
+    current_out = step.current_out
+    encode_memory_in_output(
+        model,
+        features=features,
+        point_inputs=point_inputs,
+        run_mem_encoder=run_mem_encoder,
+        high_res_masks=heads.high_res_masks,
+        object_score_logits=heads.object_score_logits,
+        current_out=current_out,
+    )
+    device = storage_device if storage_device is not None else heads.low_res_masks.device
+    memory = current_out["maskmem_features"]
+    if memory is not None:
+        memory = memory.to(torch.bfloat16).to(device, non_blocking=True)
+    pred_masks_gpu = heads.low_res_masks
+    if model.fill_hole_area > 0:
+        from sam2.utils.misc import fill_holes_in_mask_scores
+
+        pred_masks_gpu = fill_holes_in_mask_scores(pred_masks_gpu, model.fill_hole_area)
+    compact: FrameOutput = {
+        "maskmem_features": memory,
+        "maskmem_pos_enc": _shared_pos_enc(current_out["maskmem_pos_enc"], constants),
+        "pred_masks": pred_masks_gpu.to(device, non_blocking=True),
+        "obj_ptr": heads.obj_ptr,
+        "object_score_logits": heads.object_score_logits,
+        "pred_iou": heads.chosen_iou,
+    }
+    return compact, pred_masks_gpu
+
+
+def _shared_pos_enc(
+    pos_enc: list[torch.Tensor] | None, constants: MutableMapping[str, Any] | None
+) -> list[torch.Tensor] | None:
+    """sam2's ``_get_maskmem_pos_enc``: the memory positional encoding is the same for every
+    frame and object, so a session keeps one copy (one object's slice) and expands it."""
+    if pos_enc is None:
+        return None
+    if constants is None:
+        return pos_enc
+    if "maskmem_pos_enc" not in constants:
+        constants["maskmem_pos_enc"] = [x[0:1].clone() for x in pos_enc]
+    batch = pos_enc[0].size(0)
+    return [x.expand(batch, -1, -1, -1) for x in constants["maskmem_pos_enc"]]
+
+
+__all__ = [
+    "BackboneFeatures",
+    "FrameOutput",
+    "HeadsOutput",
+    "MemoryDict",
+    "TrackStep",
+    "encode_images",
+    "encode_memory_in_output",
+    "forward_sam_heads",
+    "prepare_backbone_features",
+    "track_frame",
+    "track_step_parts",
+    "use_multimask",
+]
