@@ -32,7 +32,7 @@ from medsam2kit._data import shared_data_dir  # noqa: E402
 from medsam2kit.fewshot import SupportBank, SupportMemoryAssembler  # noqa: E402
 from medsam2kit.io import load_label, load_volume  # noqa: E402
 from medsam2kit.phantoms import ellipsoid_phantom  # noqa: E402
-from medsam2kit.predictor import SAM2Predictor, build_model  # noqa: E402
+from medsam2kit.predictor import SAM2Predictor, build_model, resolve_device  # noqa: E402
 from medsam2kit.sequencer import PercentileWindow, apply_window, resolve_window  # noqa: E402
 from medsam2kit.volume import Volume  # noqa: E402
 
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=3)
     args = parser.parse_args()
     name, supports, query = cases()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device("auto"))
     torch.manual_seed(0)
     model = build_model(CONFIG, device=device, image_size=args.size)
     from sam2.build_sam import build_sam2_video_predictor

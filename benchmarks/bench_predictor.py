@@ -30,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import count_encoder, print_table, timed, write_json  # noqa: E402
 
-from medsam2kit.predictor import DEFAULT_CACHE_BUDGET_MB, SAM2Predictor, build_model  # noqa: E402
+from medsam2kit.predictor import DEFAULT_CACHE_BUDGET_MB, SAM2Predictor, build_model, resolve_device  # noqa: E402
 from medsam2kit.sequencer import sequence_frames  # noqa: E402
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -214,7 +214,7 @@ def main() -> None:
     from sam2.build_sam import build_sam2_video_predictor
 
     torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device("auto"))
     upstream = build_sam2_video_predictor(
         CONFIG, ckpt_path=None, device=device, hydra_overrides_extra=[f"++model.image_size={args.size}"]
     )

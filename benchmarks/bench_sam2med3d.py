@@ -72,7 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     name, image, label = case()
     coarse = CoarseSegmenter(CoarseConfig(num_labels=1, context=1, image_size=96, base_channels=12, depth=3))
-    coarse.fit([image], [label.with_array((label.array > 0).astype("uint8"))], steps=200, generator=0)
+    coarse.fit([image], [label.with_array((label.array > 0).astype("uint8"))], steps=200,
+               generator=torch.Generator().manual_seed(0))
     rows, records = [], []
     for size in args.sizes:
         for propagation in ("joint", "separate"):

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from medsam2kit._data import shared_data_dir
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
@@ -55,7 +56,8 @@ def main() -> None:
     print(source, image.shape, "spacing", tuple(round(s, 3) for s in image.spacing))
 
     coarse = CoarseSegmenter(CoarseConfig(num_labels=1, context=1, image_size=96, base_channels=12, depth=3))
-    coarse.fit([image], [label.with_array(truth.astype(np.uint8))], steps=args.steps, generator=0)
+    coarse.fit([image], [label.with_array(truth.astype(np.uint8))], steps=args.steps,
+               generator=torch.Generator().manual_seed(0))
     predictor = SAM2Predictor.from_config(args.config, args.checkpoint, device=args.device, image_size=args.image_size)
     pipeline = SAM2Med3DPipeline(coarse, predictor, SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=3)))
     result = pipeline.run(image)

@@ -1,9 +1,15 @@
 """The ``medsam2kit`` command line.
 
-Subcommands: ``info`` (versions, device, configs found), ``demo`` (propagation, FATE-SAM and
-SAM2Med3D with the bundled reference model on held-out phantoms, see :mod:`medsam2kit.demo`),
-``segment``, ``fewshot``, ``finetune`` and ``evaluate``. Exit codes: 0 success, 1 a medsam2kit error (the
+Subcommands: ``info`` (versions, device, configs found, where the weights are), ``models`` (the
+model zoo, see :mod:`medsam2kit.models`), ``demo`` (propagation, FATE-SAM and SAM2Med3D with the
+bundled reference model on held-out phantoms, see :mod:`medsam2kit.demo`), ``segment``,
+``fewshot``, ``finetune`` and ``evaluate``. Exit codes: 0 success, 1 a medsam2kit error (the
 message says what was wrong), 2 bad command-line usage.
+
+The commands that run SAM2 take ``--model NAME|PATH`` (a zoo name, downloaded and checked on first
+use, or a checkpoint file); without it they use the bundled reference model (phantoms only) and
+say so in one line. ``--config``/``--checkpoint`` are the expert form; random weights only with
+``--random-init``.
 
 Example:
     >>> from medsam2kit.cli import main
@@ -25,20 +31,28 @@ from medsam2kit.errors import InvalidInputError, MedSAM2KitError
 
 _FEWSHOT_EXAMPLE = """example:
   medsam2kit fewshot --support a_img.nii.gz a_label.nii.gz --support b_img.nii.gz b_label.nii.gz \\
-      --query c_img.nii.gz --out c_mask.nii.gz --checkpoint sam2.1_hiera_tiny.pt --device cuda
+      --query c_img.nii.gz --out c_mask.nii.gz --model medsam2_latest --device cuda
   torchrun --nproc_per_node 4 -m medsam2kit.cli fewshot --bank bank.pt --query cohort/ --out masks/ \\
-      --checkpoint sam2.1_hiera_tiny.pt      # cases split across the 4 processes
+      --model medsam2_latest      # cases split across the 4 processes
 """
 
 _SEGMENT_EXAMPLE = """example:
   medsam2kit segment --input breast1_img.nii.gz --coarse coarse.pt --out breast1_mask.nii.gz \\
-      --config sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --device cuda
-  torchrun --nproc_per_node 2 -m medsam2kit.cli segment --input cohort/ --coarse coarse.pt --out masks/
+      --model sam2.1_hiera_tiny --device cuda
+  torchrun --nproc_per_node 2 -m medsam2kit.cli segment --input cohort/ --coarse coarse.pt --out masks/ \\
+      --model medsam2_latest
 """
 
 _DEMO_EXAMPLE = """example:
-  medsam2kit demo --out demo_out
-  medsam2kit demo --out demo_out --config sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --device cuda
+  medsam2kit demo --out demo_out                                   # bundled reference model
+  medsam2kit demo --out demo_out --model medsam2_latest --device cuda
+  medsam2kit demo --out demo_out --config sam2.1_hiera_t --checkpoint my_finetuned.pt
+"""
+
+_MODELS_EXAMPLE = """example:
+  medsam2kit models                  # name, config, image size, cached?, licence, path
+  medsam2kit models --verbose        # also the description and where each file comes from
+  HF_HUB_OFFLINE=1 medsam2kit segment ... --model medsam2_latest   # cached files only, no network
 """
 
 
@@ -53,9 +67,25 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "info",
         parents=[verbosity],
-        help="versions, device and SAM2 configs found",
-        description="Print versions, the device 'auto' picks, and the SAM2 configs found.",
+        help="versions, device, SAM2 configs found, where the weights are",
+        description=("Print versions, the device 'auto' picks, the SAM2 configs found, where the bundled "
+                     "reference weights are and the model cache folder."),
         epilog="example:\n  medsam2kit info",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    sub.add_parser(
+        "models",
+        parents=[verbosity],
+        help="list the model zoo (SAM 2/2.1, MedSAM2, Medical-SAM2, the bundled reference model)",
+        description=(
+            "List the checkpoints --model accepts by name: config, input size, whether the file is "
+            "already on this machine and where, and its licence. A name not yet cached is downloaded "
+            "from the Hugging Face hub on first use (into the model cache folder: $MEDSAM2KIT_HOME/models, "
+            "else the platform cache folder) and checked against its sha256; HF_HUB_OFFLINE=1 forbids "
+            "downloading."
+        ),
+        epilog=_MODELS_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
@@ -70,8 +100,8 @@ def _parser() -> argparse.ArgumentParser:
             "deliberately weak coarse network (beside the coarse network alone). Writes NIfTI "
             "masks with each input's geometry, PNG overlays, dice_table.md/.csv and summary.json "
             "to --out. The default model is the bundled micro reference model, trained on "
-            "phantoms only (not for clinical use); with another --config and no --checkpoint "
-            "the weights are random: the run is real, the masks are not meaningful."
+            "phantoms only (not for clinical use); --model picks another (see 'medsam2kit models'); "
+            "--random-init runs with random weights: the run is real, the masks are not meaningful."
         ),
         epilog=_DEMO_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -108,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="output label map (.nii or .nii.gz), or a folder for a cohort")
     fewshot.add_argument("--top-k", type=int, default=3, help="supports per query slice and label (default 3)")
     fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
-    _model_options(fewshot, default_config="sam2.1_hiera_t")
+    _model_options(fewshot)
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -156,29 +186,86 @@ def _parser() -> argparse.ArgumentParser:
                          help="prompt kind from each chosen slice (default mask)")
     segment.add_argument("--propagation", choices=("joint", "separate"), default="joint",
                          help="all prompts in one propagation, or each separately (default joint)")
-    _model_options(segment, default_config="sam2.1_hiera_t")
+    _model_options(segment)
     return parser
 
 
-def _model_options(parser: argparse.ArgumentParser, *, default_config: str = "sam2.1_hiera_micro") -> None:
-    parser.add_argument("--config", default=default_config, help=f"SAM2 config name or YAML path (default {default_config})")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="SAM2 checkpoint (.pt); none: random init")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
-    parser.add_argument("--image-size", type=int, default=None, help="model input size (default: config's)")
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (default: the bundled reference model, phantoms only)")
+    group.add_argument("--model", default=None, metavar="NAME|PATH",
+                       help="a model zoo name ('medsam2kit models' lists them; downloaded and checked on first "
+                            "use) or a checkpoint file (config guessed from its keys)")
+    group.add_argument("--config", default=None,
+                       help="expert form: SAM2 config name or YAML path, with --checkpoint (or --random-init)")
+    group.add_argument("--checkpoint", type=Path, default=None,
+                       help="expert form: checkpoint file for --config (without --config: guessed from its keys)")
+    group.add_argument("--random-init", action="store_true",
+                       help="random weights (of --config, default sam2.1_hiera_micro): tests the pipeline, "
+                            "the masks are not meaningful")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="model input size (default: the model's, e.g. 512 for MedSAM2, 1024 for SAM 2)")
+
+
+def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) of the model options."""
+    if getattr(args, "random_init", None) is None:
+        return
+    if args.model is not None and (args.config is not None or args.checkpoint is not None or args.random_init):
+        parser.error(f"{args.command}: --model conflicts with --config/--checkpoint/--random-init "
+                     "(use --model NAME|PATH, or the expert form --config CONFIG --checkpoint FILE)")
+    if args.random_init and args.checkpoint is not None:
+        parser.error(f"{args.command}: --random-init conflicts with --checkpoint")
 
 
 def _predictor(args: argparse.Namespace) -> Any:
-    from medsam2kit.predictor import SAM2Predictor
+    """The predictor the model options ask for; prints one line saying which model it is."""
+    return _load_predictor(args)[0]
 
-    return SAM2Predictor.from_config(args.config, args.checkpoint, device=args.device, image_size=args.image_size)
+
+def _load_predictor(args: argparse.Namespace) -> tuple[Any, str, str]:
+    """(predictor, one line saying which model, its config); prints the line (a warning for random init)."""
+    from medsam2kit.predictor import SAM2Predictor, resolve_config
+    from medsam2kit.reference import REFERENCE_CONFIG
+
+    size = args.image_size
+    if args.random_init:
+        config = args.config or REFERENCE_CONFIG
+        predictor = SAM2Predictor.from_config(config, None, device=args.device, image_size=size)
+        print(f"medsam2kit {args.command}: warning: random weights ({config}, --random-init): the run is real, "
+              "the masks are not meaningful", file=sys.stderr)
+        return predictor, f"random init {config} (the run is real, the masks are not meaningful)", str(config)
+    if args.config is not None and args.checkpoint is None:
+        resolve_config(args.config)  # a wrong name is reported as such
+        raise InvalidInputError(
+            f"--config: {args.config} without --checkpoint would have random weights; add --checkpoint FILE, "
+            "or --random-init to use random weights on purpose, or use --model NAME|PATH"
+        )
+    from medsam2kit.models import REFERENCE, load_model
+
+    if args.config is not None:
+        predictor = SAM2Predictor.from_config(args.config, args.checkpoint, device=args.device, image_size=size)
+        line, config = f"{args.checkpoint} ({args.config}, {predictor.image_size} px)", str(args.config)
+    else:
+        target = args.model if args.model is not None else (args.checkpoint or REFERENCE)
+        loaded = load_model(target, image_size=size, device=args.device)
+        predictor = SAM2Predictor(loaded.model)
+        line, config = loaded.describe(), loaded.config
+    default = args.model is None and args.checkpoint is None
+    _say(args, f"model: {line}" + ("; use --model for another" if default else ""))
+    return predictor, line, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_model_args(parser, args)
     try:
         if args.command == "info":
             return _info(args)
+        if args.command == "models":
+            return _models(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "fewshot":
@@ -217,6 +304,38 @@ def _info(args: argparse.Namespace) -> int:
     lines.append(f"device auto -> {resolve_device('auto')} (cuda available: {torch.cuda.is_available()})")
     lines.append(f"sam2 CUDA extension (_C): {'yes' if has_c else 'no (hole filling done with scipy)'}")
     lines.append(f"configs: {', '.join(available_configs())}")
+    from medsam2kit.models import model_cache_dir
+    from medsam2kit.reference import reference_checkpoint
+
+    try:
+        lines.append(f"bundled reference weights: {reference_checkpoint()}")
+    except MedSAM2KitError as err:
+        lines.append(f"bundled reference weights: missing ({err})")
+    lines.append(f"model cache: {model_cache_dir()} ('medsam2kit models' lists the zoo)")
+    _say(args, "\n".join(lines))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from medsam2kit.models import cached_checkpoint, expected_path, hub_offline, list_models, model_cache_dir
+
+    rows = [("name", "config", "size", "cached", "licence", "path")]
+    entries = list_models()
+    for entry in entries:
+        found = cached_checkpoint(entry)
+        where = found if found is not None else expected_path(entry)
+        rows.append((entry.name, entry.config, str(entry.image_size), "yes" if found is not None else "no",
+                     entry.licence, str(where) if found is not None else f"(not yet: {where})"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    if args.verbose:
+        lines.append("")
+        for entry in entries:
+            source = ", ".join(entry.download_urls) or "bundled with medsam2kit"
+            lines += [f"{entry.name}: {entry.description}", f"  source: {source}",
+                      f"  sha256: {entry.sha256 or 'not verified (recorded on first use)'}",
+                      f"  notes: {entry.notes}"]
+    lines.append(f"cache folder: {model_cache_dir()}" + (" (HF_HUB_OFFLINE set: no downloads)" if hub_offline() else ""))
     _say(args, "\n".join(lines))
     return 0
 
@@ -226,25 +345,19 @@ def _demo(args: argparse.Namespace) -> int:
 
     from medsam2kit._data import shared_data_dir
     from medsam2kit.demo import run_demo
-    from medsam2kit.reference import REFERENCE_CONFIG, reference_checkpoint
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out: expected a folder, got the file {out}")
     if args.data is not None and not args.data.is_dir():
         raise InvalidInputError(f"--data: expected a folder, got {args.data}")
-    reference = args.checkpoint is None and str(args.config) == REFERENCE_CONFIG
-    if reference:
-        args.checkpoint = reference_checkpoint()
-    predictor = _predictor(args)
+    predictor, model, config = _load_predictor(args)
     data_dir = None if args.no_data else (args.data or shared_data_dir())
-    model = ("bundled reference model (phantoms only)" if reference else
-             str(args.checkpoint) if args.checkpoint else "random init (the run is real, the masks are not meaningful)")
-    info = {"config": str(args.config), "model": model, "device": str(predictor.device),
+    info = {"config": config, "model": model, "device": str(predictor.device),
             "data_dir": None if data_dir is None else str(data_dir), "torch_threads": torch.get_num_threads()}
     summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,
                        info=info, say=lambda line: _say(args, line))
-    _say(args, f"model: {model}; wrote {out}/ ({len(summary['cases'])} cases, {summary['seconds_total']} s)")
+    _say(args, f"wrote {out}/ ({len(summary['cases'])} cases, {summary['seconds_total']} s)")
     return 0
 
 

@@ -6,8 +6,9 @@ prompts. The paper gives no architecture; this module is our design:
 
 * **Network.** A small 2D U-Net (:class:`UNet2D`) applied slice by slice along a slicing axis,
   optionally 2.5D: ``context`` neighbouring slices on each side are extra input channels (edge
-  slices are replicated). GroupNorm instead of BatchNorm, so training and inference behave
-  the same with tiny batches.
+  slices are replicated). BatchNorm by default (it converges fastest in short CPU fits);
+  ``CoarseConfig(norm="group")`` gives GroupNorm, which behaves the same in training and
+  inference with tiny batches.
 * **Output.** Softmax over background + ``L`` labels: :meth:`CoarseSegmenter.predict_proba`
   returns float32 ``(L + 1, D, H, W)`` on the input's exact voxel grid, summing to 1 over axis 0
   (channel 0 = background, channel ``l`` = label ``l``).
@@ -16,11 +17,11 @@ prompts. The paper gives no architecture; this module is our design:
   aspect not kept) to a fixed working size ``S x S``; labels are resized by exact nearest
   neighbour for training; predicted logits are resized back bilinearly to the slice's own
   ``(h, w)`` before the softmax, so the probabilities lie on the exact voxel grid.
-* **Axis.** From the geometry (:func:`medsam2kit.sequencer.default_axis`: largest spacing) unless
-  the configuration fixes one.
+* **Axis.** From the geometry (:func:`medsam2kit.sequencer.default_axis`: largest spacing, then
+  fewest slices, then nearest superior-inferior) unless the configuration fixes one.
 * **Loss.** Cross-entropy + soft Dice over the foreground labels (:func:`soft_dice_loss`).
 * **Reproducibility.** :meth:`CoarseSegmenter.fit` draws the initial weights and the slice
-  shuffling from one ``torch.Generator`` (an ``int`` seeds a fresh one); no global seed is
+  shuffling from one ``torch.Generator`` (``None``: a fresh one seeded by the OS); no global seed is
   touched, and the modules are built on the ``meta`` device so that construction does not even
   consume the global RNG. On the CPU the same seed gives bitwise-identical weights.
 * **Persistence.** :meth:`CoarseSegmenter.save` writes the state dict plus a JSON configuration
@@ -30,7 +31,7 @@ Any callable ``volume -> probabilities`` with the same output layout can replace
 the pipelines: see :class:`CoarseModel`.
 
 Example:
-    >>> import numpy as np
+    >>> import numpy as np, torch
     >>> from medsam2kit.volume import Volume
     >>> from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
     >>> rng = np.random.default_rng(0)
@@ -38,7 +39,9 @@ Example:
     >>> lab = np.zeros((6, 16, 16), np.uint8); lab[:, 4:12, 4:12] = 1; img[lab == 1] += 3
     >>> vol = Volume(img, np.eye(4))
     >>> seg = CoarseSegmenter(CoarseConfig(num_labels=1, image_size=16, base_channels=4, depth=2))
-    >>> seg = seg.fit([vol], [lab], steps=5, batch_size=4, generator=0)
+    >>> result = seg.fit([vol], [lab], steps=5, batch_size=4, generator=torch.Generator().manual_seed(0))
+    >>> result.steps, len(result.history)
+    (5, 5)
     >>> proba = seg.predict_proba(vol)
     >>> proba.shape, proba.dtype, bool(np.allclose(proba.sum(0), 1, atol=1e-5))
     ((2, 6, 16, 16), dtype('float32'), True)
@@ -61,7 +64,6 @@ from torch import nn
 
 from medsam2kit.errors import (
     CheckpointError,
-    DeviceError,
     FileFormatError,
     GeometryError,
     InvalidInputError,
@@ -70,14 +72,13 @@ from medsam2kit.errors import (
     ShapeMismatchError,
 )
 from medsam2kit._files import atomic_write, load_torch
-from medsam2kit._validate import check_int
+from medsam2kit._validate import check_axis, check_generator, check_int, check_label_map
 from medsam2kit.sequencer import default_axis
 from medsam2kit.volume import Volume
 
 NormMode = Literal["percentile", "zscore"]
 NormLayer = Literal["batch", "group", "none"]
 VolumeInput = Volume | np.ndarray
-GeneratorLike = torch.Generator | int | None
 
 #: Version of the file layout written by :meth:`CoarseSegmenter.save`.
 FORMAT_VERSION = 1
@@ -127,7 +128,7 @@ class CoarseConfig:
             ``[0, 1]``) or ``"zscore"`` (``(x - mean) / std`` over the volume).
         percentiles: ``(lower, upper)`` in ``[0, 100]``, used by ``"percentile"``.
         axis: slicing axis 0, 1 or 2, or ``None`` for each volume's
-            :func:`~medsam2kit.sequencer.default_axis` (largest spacing).
+            :func:`~medsam2kit.sequencer.default_axis`.
         norm: normalisation layer of the U-Net: ``"batch"`` (default; converges fastest in
             short CPU fits), ``"group"`` or ``"none"``.
 
@@ -171,8 +172,8 @@ class CoarseConfig:
         object.__setattr__(self, "percentiles", (lo, hi))
         if self.norm not in ("batch", "group", "none"):
             raise InvalidInputError(f"norm: expected 'batch', 'group' or 'none', got {self.norm!r}")
-        if self.axis is not None and check_int(self.axis, "axis") not in (0, 1, 2):
-            raise InvalidInputError(f"axis: expected 0, 1, 2 or None, got {self.axis}")
+        if self.axis is not None:
+            object.__setattr__(self, "axis", check_axis(self.axis))
 
     @property
     def in_channels(self) -> int:
@@ -510,45 +511,13 @@ def _as_labels(labels: object, like: Volume, num_labels: int, name: str) -> np.n
         )
     if arr.shape != like.shape:
         raise ShapeMismatchError(f"{name}: expected shape {like.shape} (the image's), got {arr.shape}")
-    if arr.dtype == np.bool_:
-        return arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise InvalidTypeError(f"{name}: expected integer labels, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)):
-            raise InvalidInputError(f"{name}: expected finite labels, got NaN/inf")
-        if not np.all(arr == np.round(arr)):
-            raise InvalidInputError(f"{name}: expected integral label values, got fractional ones")
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi > num_labels:
-        raise InvalidInputError(
-            f"{name}: expected label values in [0, {num_labels}] (num_labels={num_labels}), got range [{lo}, {hi}]"
-        )
-    return arr.astype(np.int64)
-
-
-def _generator(generator: GeneratorLike) -> torch.Generator:
-    if isinstance(generator, torch.Generator):
-        return generator
-    if generator is None:
-        g = torch.Generator()
-        g.seed()
-        return g
-    return torch.Generator().manual_seed(check_int(generator, "generator"))
+    return check_label_map(arr, name, maximum=num_labels)
 
 
 def _device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidInputError(
-            f"device: expected 'auto', 'cpu', 'cuda[:n]' or a torch.device, got {device!r}"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device: {device!r} requested but CUDA is not available")
-    return dev
+    from medsam2kit.predictor import resolve_device
+
+    return resolve_device(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,18 +536,30 @@ class _Prepared:
 
 
 @dataclass(frozen=True)
-class FitReport:
-    """What :meth:`CoarseSegmenter.fit` did.
+class FitResult:
+    """What :meth:`CoarseSegmenter.fit` did; the same kind of result as
+    :class:`medsam2kit.train.FitResult` (``steps`` and a ``history`` of step records).
 
     Attributes:
         steps: optimisation steps run.
-        losses: training loss (CE + soft Dice) of every step.
+        history: one record per step, ``{"kind": "step", "step": s, "epoch": e, "loss": l, "lr": lr}``
+            (``step`` counts from 1, ``loss`` is CE + soft Dice, ``lr`` the rate the step used).
         num_slices: training slices available.
+
+    Example:
+        >>> FitResult(steps=1, history=({"kind": "step", "step": 1, "epoch": 0, "loss": 0.5, "lr": 0.01},),
+        ...           num_slices=4).losses
+        (0.5,)
     """
 
     steps: int
-    losses: tuple[float, ...]
+    history: tuple[dict[str, Any], ...] = field(repr=False)
     num_slices: int
+
+    @property
+    def losses(self) -> tuple[float, ...]:
+        """The training loss of every step, in order."""
+        return tuple(float(r["loss"]) for r in self.history if r.get("kind") == "step")
 
 
 class CoarseSegmenter:
@@ -590,7 +571,6 @@ class CoarseSegmenter:
     Attributes:
         config: the configuration.
         network: the :class:`UNet2D`, or ``None`` before :meth:`fit` / :meth:`load`.
-        report: the last :class:`FitReport`, or ``None``.
 
     Example:
         >>> seg = CoarseSegmenter(CoarseConfig(num_labels=2))
@@ -603,7 +583,6 @@ class CoarseSegmenter:
             raise InvalidTypeError(f"config: expected a CoarseConfig or None, got {type(config).__name__}")
         self.config: CoarseConfig = config if config is not None else CoarseConfig()
         self.network: UNet2D | None = None
-        self.report: FitReport | None = None
         self._device = torch.device("cpu")
 
     @property
@@ -618,11 +597,7 @@ class CoarseSegmenter:
 
     def axis_for(self, volume: Volume) -> int:
         """The slicing axis used for ``volume``: ``config.axis`` or the geometry's default."""
-        return (
-            default_axis(volume.affine, kind=volume.kind)
-            if self.config.axis is None
-            else int(self.config.axis)
-        )
+        return default_axis(volume) if self.config.axis is None else int(self.config.axis)
 
     def _prepare(self, volume: Volume, labels: np.ndarray | None) -> _Prepared:
         cfg = self.config
@@ -650,10 +625,10 @@ class CoarseSegmenter:
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
         batch_size: int = 16,
-        generator: GeneratorLike = None,
+        generator: torch.Generator | None = None,
         device: str | torch.device = "cpu",
         warm_start: bool = False,
-    ) -> CoarseSegmenter:
+    ) -> FitResult:
         """Train the network on labelled volumes (from scratch unless ``warm_start``).
 
         Every slice along each volume's axis is a training sample (with its context slices).
@@ -672,25 +647,27 @@ class CoarseSegmenter:
             lr: peak learning rate (> 0).
             weight_decay: Adam L2 weight decay (>= 0).
             batch_size: slices per step (>= 1).
-            generator: ``torch.Generator`` (CPU) or an int seed for the weight initialisation and
-                the shuffling; ``None`` draws a fresh seed (not reproducible).
-            device: ``"cpu"`` (default), ``"cuda"``, ``"auto"`` or a ``torch.device``.
+            generator: CPU ``torch.Generator`` for the weight initialisation and the shuffling;
+                ``None`` draws a fresh seed (not reproducible).
+            device: ``"cpu"`` (default), ``"auto"``, ``"cuda[:N]"``, ``"mps"`` or a
+                ``torch.device`` (resolved by :func:`medsam2kit.predictor.resolve_device`).
             warm_start: keep the current weights instead of re-initialising them.
 
         Returns:
-            ``self`` (fitted); the losses are in :attr:`report`.
+            A :class:`FitResult` (steps and per-step history); the segmenter itself is fitted.
 
         Raises:
             InvalidInputError: empty input, different counts, bad ndim, non-finite values,
                 label values outside ``[0, num_labels]``, bad hyper-parameters.
             ShapeMismatchError: a label map's shape differs from its image's.
-            InvalidTypeError: wrong types.
+            InvalidTypeError: wrong types (e.g. an int as ``generator``).
+            DeviceError: the device is unknown or not available.
 
         Example:
             >>> import numpy as np
             >>> seg = CoarseSegmenter(CoarseConfig(image_size=8, base_channels=2, depth=1))
             >>> img = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
-            >>> seg.fit([img], [img > 0], steps=2, batch_size=2, generator=0).report.steps
+            >>> seg.fit([img], [img > 0], steps=2, batch_size=2, generator=torch.Generator().manual_seed(0)).steps
             2
         """
         cfg = self.config
@@ -717,7 +694,7 @@ class CoarseSegmenter:
             raise InvalidInputError(f"weight_decay: expected a finite number >= 0, got {weight_decay!r}")
         bs = check_int(batch_size, "batch_size", minimum=1)
         dev = _device(device)
-        gen = _generator(generator)
+        gen = check_generator(generator)
         if warm_start and self.network is None:
             raise InvalidInputError("warm_start: expected a fitted or loaded model, got an untrained one")
 
@@ -756,10 +733,10 @@ class CoarseSegmenter:
         opt = torch.optim.Adam(net.parameters(), lr=float(lr), weight_decay=float(weight_decay))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / total)))
         net.train()
-        losses: list[float] = []
+        history: list[dict[str, Any]] = []
         order = torch.empty(0, dtype=torch.long)
         pos = 0
-        for _ in range(total):
+        for step in range(total):
             if pos >= order.numel():
                 order, pos = torch.randperm(num, generator=gen), 0
             idx = order[pos : pos + bs].to(dev)
@@ -768,14 +745,15 @@ class CoarseSegmenter:
             y = targets[idx]
             logits = net(x)
             loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
+            lr_used = float(opt.param_groups[0]["lr"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
+            history.append({"kind": "step", "step": step + 1, "epoch": step // per_epoch,
+                            "loss": float(loss.detach()), "lr": lr_used})
         net.eval()
-        self.report = FitReport(steps=total, losses=tuple(losses), num_slices=num)
-        return self
+        return FitResult(steps=total, history=tuple(history), num_slices=num)
 
     @torch.inference_mode()
     def predict_proba(self, volume: VolumeInput, *, batch_size: int = 32) -> np.ndarray:
@@ -793,7 +771,8 @@ class CoarseSegmenter:
             >>> import numpy as np
             >>> seg = CoarseSegmenter(CoarseConfig(image_size=8, base_channels=2, depth=1))
             >>> img = np.random.default_rng(0).normal(size=(3, 5, 7)).astype(np.float32)
-            >>> seg.fit([img], [img > 0], steps=1, generator=0).predict_proba(img).shape
+            >>> _ = seg.fit([img], [img > 0], steps=1)
+            >>> seg.predict_proba(img).shape
             (2, 3, 5, 7)
         """
         if self.network is None:
@@ -829,7 +808,8 @@ class CoarseSegmenter:
             >>> import numpy as np
             >>> seg = CoarseSegmenter(CoarseConfig(image_size=8, base_channels=2, depth=1))
             >>> img = np.zeros((2, 4, 4), np.float32)
-            >>> seg.fit([img], [img > 0], steps=1, generator=0).predict_labels(img).shape
+            >>> _ = seg.fit([img], [img > 0], steps=1)
+            >>> seg.predict_labels(img).shape
             (2, 4, 4)
         """
         proba = self.predict_proba(volume)
@@ -853,7 +833,8 @@ class CoarseSegmenter:
             >>> import tempfile, pathlib, numpy as np
             >>> seg = CoarseSegmenter(CoarseConfig(image_size=8, base_channels=2, depth=1))
             >>> img = np.zeros((2, 8, 8), np.float32)
-            >>> p = seg.fit([img], [img > 0], steps=1, generator=0).save(pathlib.Path(tempfile.mkdtemp()) / "m.pt")
+            >>> _ = seg.fit([img], [img > 0], steps=1)
+            >>> p = seg.save(pathlib.Path(tempfile.mkdtemp()) / "m.pt")
             >>> CoarseSegmenter.load(p).config == seg.config
             True
         """
@@ -911,7 +892,7 @@ __all__ = [
     "CoarseConfig",
     "CoarseModel",
     "CoarseSegmenter",
-    "FitReport",
+    "FitResult",
     "UNet2D",
     "build_network",
     "context_indices",

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medsam2kit._files import atomic_write
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
@@ -120,12 +121,14 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
     return Propagated(label_map_from_logits(logits, image.shape), prompts, axis, baseline)
 
 
-def weak_coarse(supports: Sequence[Pair], *, num_labels: int, steps: int = 40, seed: int = 0) -> CoarseSegmenter:
+def weak_coarse(supports: Sequence[Pair], *, num_labels: int, steps: int = 40,
+                generator: torch.Generator | None = None) -> CoarseSegmenter:
     """A deliberately weak coarse network: a small 2D U-Net (64 px, 4 base channels, depth 2)
-    fitted for ``steps`` steps on the support volumes."""
-    config = CoarseConfig(num_labels=num_labels, image_size=64, base_channels=4, depth=2)
-    return CoarseSegmenter(config).fit([s[0] for s in supports], [s[1] for s in supports], steps=steps,
-                                       batch_size=8, generator=seed)
+    fitted for ``steps`` steps on the support volumes (initial weights and shuffling drawn from
+    ``generator``; ``None``: a fresh OS-seeded one)."""
+    seg = CoarseSegmenter(CoarseConfig(num_labels=num_labels, image_size=64, base_channels=4, depth=2))
+    seg.fit([s[0] for s in supports], [s[1] for s in supports], steps=steps, batch_size=8, generator=generator)
+    return seg
 
 
 def keep_labels(label: Volume, labels: Sequence[int]) -> Volume:
@@ -187,8 +190,9 @@ def hippocampus_cases(data_dir: Path) -> list[DemoCase]:
 
 
 def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, *,
-             coarse_steps: int = 40, seed: int = 0) -> list[DiceRow]:
-    """All three tasks on one case; with ``out``, its NIfTI files and overlays go to ``out/<name>``."""
+             coarse_steps: int = 40, generator: torch.Generator | None = None) -> list[DiceRow]:
+    """All three tasks on one case; with ``out``, its NIfTI files and overlays go to ``out/<name>``
+    (``generator`` draws the weak coarse network's weights and shuffling)."""
     image, label = case.query
     rows: list[DiceRow] = []
     maps: dict[str, np.ndarray] = {}
@@ -206,7 +210,7 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
     maps["fewshot"] = fewshot
     rows += [DiceRow("fewshot", case.name, lab, "fate-sam", dice(fewshot == lab, truth_map == lab)) for lab in case.labels]
 
-    coarse = weak_coarse(supports, num_labels=max(case.labels), steps=coarse_steps, seed=seed)
+    coarse = weak_coarse(supports, num_labels=max(case.labels), steps=coarse_steps, generator=generator)
     result = SAM2Med3DPipeline(coarse, predictor).run(image)
     coarse_map = np.argmax(result.coarse, axis=0)
     maps["coarse"], maps["sam2med3d"] = coarse_map, result.labels.array
@@ -225,6 +229,10 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
 
+    ``seed`` is the demo's configuration, recorded in the case name: it picks the held-out
+    phantom (:func:`phantom_case`) and seeds a fresh ``torch.Generator`` for each case's weak
+    coarse network, so a run is reproducible from the command line.
+
     Raises:
         InvalidInputError: ``out`` is an existing file.
     """
@@ -237,7 +245,8 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     seconds: dict[str, float] = {}
     for case in cases:
         start = time.perf_counter()
-        rows += run_case(predictor, case, out, coarse_steps=coarse_steps, seed=seed)
+        rows += run_case(predictor, case, out, coarse_steps=coarse_steps,
+                         generator=torch.Generator().manual_seed(seed))
         seconds[case.name] = round(time.perf_counter() - start, 2)
         say(f"{case.name}: done in {seconds[case.name]} s")
     table = dice_table(rows)

@@ -8,7 +8,8 @@ hold the label (mean L1 over the three FPN levels as the public FATE-SAM code do
 the paper says), injects them as SAM2 conditioning memory, adds the previously predicted
 neighbouring query slices as non-conditioning memory ("volumetric memory", up to six mask
 memories and sam2's usual object pointers), and decodes the slice. Slices are visited from the
-middle (or the best-retrieved slice) downwards, then upwards; each label is its own object.
+middle (or the best-retrieved slice) forward (increasing slice index), then in reverse, as
+:meth:`~medsam2kit.predictor.Session.propagate` does for ``"both"``; each label is its own object.
 
 Temporal keys (our design, see ``docs/fewshot.md``): each pass is laid out as sam2 would see a
 video ``[support_1 .. support_k, q_start, q_next, ...]`` tracked forward, so supports always lie
@@ -44,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from medsam2kit._files import atomic_write, load_torch
+from medsam2kit._validate import check_label_map
 from medsam2kit.errors import (
     CheckpointError,
     FileFormatError,
@@ -51,13 +53,13 @@ from medsam2kit.errors import (
     InvalidTypeError,
     ShapeMismatchError,
 )
-from medsam2kit.predictor import FeatureCache, SAM2Predictor, track_frame
+from medsam2kit import backend
+from medsam2kit.predictor import Direction, FeatureCache, SAM2Predictor
 from medsam2kit.sequencer import PercentileWindow, WindowSpec, sequence_volume
 from medsam2kit.volume import Volume
 
 Distance = Literal["l1", "cosine"]
 Start = Literal["middle", "best"]
-Direction = Literal["both", "forward", "reverse"]
 
 _FORMAT_VERSION = 1
 
@@ -186,9 +188,7 @@ class SupportBank:
                 chosen.append((z, t, present))
             if not chosen:
                 continue
-            with torch.inference_mode(), predictor.policy.autocast():
-                predictor.model.propagate_in_video_preflight(session.state)
-            obj_index = {oid: i for i, oid in enumerate(session.state["obj_ids"])}
+            memories = session.conditioning_memories()
             depth = max(lab.shape[0] - 1, 1)
             for z, t, present in chosen:
                 row = len(slices)
@@ -196,7 +196,7 @@ class SupportBank:
                 _, feats = session.cache.features(t)
                 descriptors.append([f[0].to(descriptor_dtype).cpu() for f in feats["backbone_fpn"]])
                 for lab_id in present:
-                    out = session.state["output_dict_per_obj"][obj_index[lab_id]]["cond_frame_outputs"][t]
+                    out = memories[lab_id][t]
                     entry = per_label.setdefault(lab_id, {k: [] for k in _MEMORY_KEYS})
                     entry["rows"].append(torch.tensor(row))
                     entry["maskmem_features"].append(out["maskmem_features"][0].cpu())
@@ -287,7 +287,8 @@ class SupportMemoryAssembler:
         position_weight: weight of the relative-slice-position prior added to the normalised
             distance (0 disables): ``score = d / median(d) + w * |pos_q - pos_s|``.
         start: ``"middle"`` slice, or ``"best"``: the slice whose top-k supports are closest.
-        direction: ``"both"`` (downwards from the start, then upwards), ``"forward"`` or ``"reverse"``.
+        direction: ``"both"`` (forward from the start slice, then reverse, as the predictor's
+            ``propagate``), ``"forward"`` (increasing slice index) or ``"reverse"``.
         max_volumetric: how many previously predicted query slices are kept as memory (sam2
             attends to at most six mask memories and fifteen object pointers).
     """
@@ -318,8 +319,8 @@ class SupportMemoryAssembler:
             raise InvalidInputError(f"distance: expected 'l1' or 'cosine', got {distance!r}")
         if position_weight < 0:
             raise InvalidInputError(f"position_weight: expected >= 0, got {position_weight}")
-        if direction not in ("both", "forward", "reverse"):
-            raise InvalidInputError(f"direction: expected 'both', 'forward' or 'reverse', got {direction!r}")
+        if direction not in ("forward", "reverse", "both"):
+            raise InvalidInputError(f"direction: expected 'forward', 'reverse' or 'both', got {direction!r}")
         if not isinstance(start, int) and start not in ("middle", "best"):
             raise InvalidInputError(f"start: expected 'middle', 'best' or a slice index, got {start!r}")
         if max_volumetric < 0:
@@ -439,9 +440,10 @@ class SupportMemoryAssembler:
         return int(np.argmin(mean_top))
 
     def _passes(self, start: int, depth: int) -> list[list[int]]:
-        down = list(range(start, -1, -1))
-        up = list(range(start, depth))
-        return {"both": [down, up], "reverse": [down], "forward": [up]}[self.direction]
+        """Frame orders of the passes, each from ``start``; ``"both"`` is forward, then reverse."""
+        forward = list(range(start, depth))
+        reverse = list(range(start, -1, -1))
+        return {"both": [forward, reverse], "forward": [forward], "reverse": [reverse]}[self.direction]
 
     def _segment_label(self, cache: FeatureCache, label: int, rows: np.ndarray, start: int, depth: int) -> torch.Tensor:
         """Low-res logits ``(D, S/4, S/4)`` for one label over all query frames."""
@@ -456,15 +458,8 @@ class SupportMemoryAssembler:
         done: dict[int, dict[str, Any]] = {}
         with torch.inference_mode(), self.predictor.policy.autocast():
             for order in self._passes(start, depth):
-                frames = _VirtualFrames(cache, offset=k, order=order)
-                state = {
-                    "medsam2kit_cache": frames,
-                    "num_frames": k + depth,
-                    "device": device,
-                    "storage_device": device,
-                    "constants": {},
-                }
-                history: dict[int, dict[str, Any]] = {}
+                # the pass as a video: supports at virtual frames 0..k-1, then the query slices
+                history: dict[int, backend.FrameOutput] = {}
                 for i, t in enumerate(order):
                     v = k + i
                     if t in done:  # the start slice of the second pass: reuse, as memory
@@ -481,25 +476,17 @@ class SupportMemoryAssembler:
                             "object_score_logits": mem["object_score_logits"][e : e + 1].to(device),
                         }
                     recent = {u: history[u] for u in history if v - u <= self.max_volumetric}
-                    current = track_frame(
-                        model, state, {"cond_frame_outputs": cond, "non_cond_frame_outputs": recent}, v
+                    current, _ = backend.track_frame(
+                        model,
+                        features=backend.prepare_backbone_features(model, backbone_out=cache.features(t)[1]),
+                        output_dict={"cond_frame_outputs": cond, "non_cond_frame_outputs": recent},
+                        frame_idx=v,
+                        num_frames=k + depth,
                     )
                     history[v] = current
                     done[t] = current
                     out[t] = current["pred_masks"][0, 0].float().cpu()
         return out
-
-
-class _VirtualFrames:
-    """Maps the virtual frame index of a pass (supports first) to the query frame it shows."""
-
-    def __init__(self, cache: FeatureCache, *, offset: int, order: Sequence[int]) -> None:
-        self._cache = cache
-        self._offset = offset
-        self._order = list(order)
-
-    def features(self, index: int) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        return self._cache.features(self._order[index - self._offset])
 
 
 def label_map_from_logits(logits: Mapping[int, Volume], shape: tuple[int, int, int]) -> np.ndarray:
@@ -554,7 +541,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def _default_axis(image: Volume) -> int:
     from medsam2kit.sequencer import default_axis
 
-    return default_axis(image.affine, kind=image.kind)
+    return default_axis(image)
 
 
 def _check_pair(pair: Any, index: int) -> tuple[Volume, Volume]:
@@ -565,22 +552,30 @@ def _check_pair(pair: Any, index: int) -> tuple[Volume, Volume]:
         raise InvalidTypeError(f"supports[{index}]: expected (Volume, Volume), got ({type(image).__name__}, {type(label).__name__})")
     if image.shape != label.shape:
         raise ShapeMismatchError(f"supports[{index}]: label shape {label.shape} differs from image shape {image.shape}")
-    arr = label.array
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_) or (arr.size and arr.min() < 0):
-        raise InvalidInputError(f"supports[{index}]: expected non-negative integer labels, got dtype {arr.dtype}")
+    check_label_map(label.array, f"supports[{index}] label")
     return image, label
 
 
 class FewShotPipeline:
     """FATE-SAM end to end: supports -> bank (once) -> label maps for query volumes.
 
+    Like :class:`~medsam2kit.pipelines.SAM2Med3DPipeline`: :meth:`run` gives the whole result,
+    calling the pipeline gives the label map only.
+
+    Args:
+        predictor: the frozen SAM2 predictor.
+        supports: ``(image, label)`` pairs, or a :class:`SupportBank` built before.
+        **assembler_options: keyword options of :class:`SupportMemoryAssembler`.
+
     Example:
         >>> from medsam2kit.phantoms import ellipsoid_phantom
         >>> from medsam2kit.predictor import SAM2Predictor
         >>> pred = SAM2Predictor.from_config("sam2.1_hiera_micro", device="cpu")
         >>> pipe = FewShotPipeline(pred, [ellipsoid_phantom((6, 40, 40), rng=1)])
-        >>> pipe(ellipsoid_phantom((6, 40, 40), rng=2)[0]).shape
-        (6, 40, 40)
+        >>> query, _ = ellipsoid_phantom((6, 40, 40), rng=2)
+        >>> result = pipe.run(query)
+        >>> result.labels.shape, result.encoder_calls, pipe(query).shape
+        ((6, 40, 40), 6, (6, 40, 40))
     """
 
     def __init__(
@@ -593,9 +588,17 @@ class FewShotPipeline:
         self.bank = supports if isinstance(supports, SupportBank) else SupportBank.build(predictor, supports)
         self.assembler = SupportMemoryAssembler(predictor, self.bank, **assembler_options)
 
-    def __call__(self, query: Volume) -> Volume:
-        """The label map of ``query`` on its grid and geometry."""
-        return self.assembler.segment(query).labels
+    def __call__(self, volume: Volume) -> Volume:
+        """The label map of ``volume`` (see :meth:`run` for everything else)."""
+        return self.run(volume).labels
+
+    def run(self, volume: Volume) -> FewShotResult:
+        """Segment one query volume with no prompt (see :meth:`SupportMemoryAssembler.segment`).
+
+        Returns:
+            The :class:`FewShotResult` on the query's grid and geometry.
+        """
+        return self.assembler.segment(volume)
 
 
 __all__ = [

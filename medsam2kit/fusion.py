@@ -50,7 +50,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from medsam2kit.errors import GeometryError, InvalidInputError, InvalidTypeError, ShapeMismatchError
+from medsam2kit._validate import check_spacing, resolve_axis
+from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
 from medsam2kit.volume import Volume
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -214,31 +215,6 @@ def _check_prob(t: torch.Tensor, name: str, allow_nan: torch.Tensor | None = Non
         raise InvalidInputError(f"{name}: expected probabilities in [0, 1], got values such as {vals}")
 
 
-def _check_axis(axis: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= int(axis) < 3:
-        raise InvalidInputError(f"axis: expected an integer in [-3, 2], got {axis!r}")
-    return int(axis) % 3
-
-
-def _check_spacing(
-    spacing: float | Sequence[float] | None, default: tuple[float, ...] | None
-) -> tuple[float, float, float]:
-    if spacing is None:
-        spacing = default if default is not None else (1.0, 1.0, 1.0)
-    values: tuple[float, ...]
-    if isinstance(spacing, (int, float, np.integer, np.floating)):
-        values = (float(spacing),) * 3
-    else:
-        values = tuple(float(s) for s in spacing)
-    if len(values) != 3:
-        raise GeometryError(
-            f"spacing: expected 3 values (mm per axis of (D, H, W)), got {len(values)}: {values}"
-        )
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise GeometryError(f"spacing: expected finite positive values in mm, got {values}")
-    return (values[0], values[1], values[2])
-
-
 def _prompt_distance(n: int, prompt_slices: Sequence[int] | None, step_mm: float) -> torch.Tensor:
     if prompt_slices is None:
         return torch.zeros(n, dtype=torch.float32)
@@ -264,7 +240,7 @@ class _Prepared:
     q_c: torch.Tensor  # (L, N)
     dist: torch.Tensor  # (N,)
     axis: int
-    spacing: tuple[float, float, float]
+    spacing: tuple[float, ...]
     multi: bool
 
 
@@ -303,7 +279,13 @@ def sam_confidence(object_scores: ArrayOrTensor, ious: ArrayOrTensor) -> torch.T
     return torch.where(visited, q, torch.zeros_like(q))
 
 
-def coarse_confidence(coarse: ArrayOrTensor, *, axis: int = 0, threshold: float = 0.5) -> torch.Tensor:
+def coarse_confidence(
+    coarse: ArrayOrTensor,
+    *,
+    axis: int | None = None,
+    spacing: float | Sequence[float] | None = None,
+    threshold: float = 0.5,
+) -> torch.Tensor:
     """The coarse network's per-slice confidence: one minus the mean normalised binary entropy.
 
     The mean is over the slice's coarse mask (``p > threshold``), or over the whole slice when the
@@ -311,7 +293,9 @@ def coarse_confidence(coarse: ArrayOrTensor, *, axis: int = 0, threshold: float 
 
     Args:
         coarse: float ``([L,] D, H, W)`` probabilities in ``[0, 1]``.
-        axis: slice axis of ``(D, H, W)``.
+        axis: slice axis of ``(D, H, W)`` (default: the library's default axis,
+            :func:`~medsam2kit.sequencer.default_axis`, of ``diag(spacing)`` and the shape).
+        spacing: voxel size in mm (default 1 mm); used only to choose the default axis.
         threshold: mask threshold.
 
     Returns:
@@ -327,7 +311,7 @@ def coarse_confidence(coarse: ArrayOrTensor, *, axis: int = 0, threshold: float 
     if c.ndim not in (3, 4):
         raise InvalidInputError(f"coarse: expected (D, H, W) or (L, D, H, W), got shape {tuple(c.shape)}")
     _check_prob(c, "coarse")
-    ax = _check_axis(axis)
+    ax = resolve_axis(axis, shape=c.shape[-3:], spacing=check_spacing(spacing))
     out = _coarse_conf(c if c.ndim == 4 else c[None], ax, float(threshold))
     return out if c.ndim == 4 else out[0]
 
@@ -354,14 +338,12 @@ def _prepare(
     object_scores: ArrayOrTensor,
     ious: ArrayOrTensor,
     prompt_slices: Sequence[int] | None,
-    axis: int,
+    axis: int | None,
     spacing: float | Sequence[float] | None,
     coarse_conf: ArrayOrTensor | None,
     threshold: float,
 ) -> _Prepared:
-    default_sp = (
-        coarse.spacing if isinstance(coarse, Volume) else sam.spacing if isinstance(sam, Volume) else None
-    )
+    geometry = coarse if isinstance(coarse, Volume) else sam if isinstance(sam, Volume) else None
     c, s = _to_tensor(coarse, "coarse"), _to_tensor(sam, "sam")
     if c.shape != s.shape:
         raise ShapeMismatchError(
@@ -372,8 +354,8 @@ def _prepare(
     multi = c.ndim == 4
     if not multi:
         c, s = c[None], s[None]
-    ax = _check_axis(axis)
-    sp = _check_spacing(spacing, default_sp)
+    sp = check_spacing(spacing, default=None if geometry is None else geometry.spacing)
+    ax = resolve_axis(axis, shape=c.shape[1:], spacing=sp, volume=geometry)
     n = c.shape[1 + ax]
     os_t, iou_t = _to_tensor(object_scores, "object_scores"), _to_tensor(ious, "ious")
     want = (c.shape[0], n) if multi else (n,)
@@ -455,7 +437,7 @@ def postprocess_mask(
     *,
     allowed: npt.ArrayLike | None = None,
     spacing: float | Sequence[float] | None = None,
-    axis: int = 0,
+    axis: int | None = None,
     params: ConsistencyParams = ConsistencyParams(),
 ) -> np.ndarray:
     """Volumetric consistency of a 3D mask: components, size filter, hole filling, bounded by ``allowed``.
@@ -469,8 +451,9 @@ def postprocess_mask(
     Args:
         mask: bool ``(D, H, W)``.
         allowed: bool ``(D, H, W)`` voxels the result may hold (``None``: everywhere).
-        spacing: voxel size in mm (for component volumes).
-        axis: slice axis for 2D hole filling.
+        spacing: voxel size in mm (for component volumes; default 1 mm).
+        axis: slice axis for 2D hole filling (default: the library's default axis,
+            :func:`~medsam2kit.sequencer.default_axis`, of ``diag(spacing)`` and the shape).
         params: the :class:`ConsistencyParams` (its ``threshold`` is not used here).
 
     Returns:
@@ -495,13 +478,13 @@ def postprocess_mask(
         if allow.shape != m.shape:
             raise ShapeMismatchError(f"allowed: expected the mask's shape {m.shape}, got {allow.shape}")
         allow = allow.astype(bool)
-    ax = _check_axis(axis)
-    sp = _check_spacing(spacing, None)
+    sp = check_spacing(spacing)
+    ax = resolve_axis(axis, shape=m.shape, spacing=sp)
     return _postprocess(m, allow, sp, ax, params)
 
 
 def _postprocess(
-    m: np.ndarray, allow: np.ndarray, sp: tuple[float, float, float], axis: int, params: ConsistencyParams
+    m: np.ndarray, allow: np.ndarray, sp: tuple[float, ...], axis: int, params: ConsistencyParams
 ) -> np.ndarray:
     out = m & allow if params.restrict_to_union else m.copy()
     if params.keep_largest or params.min_component_mm3 > 0:
@@ -566,7 +549,7 @@ def fuse(
     ious: ArrayOrTensor,
     *,
     prompt_slices: Sequence[int] | None,
-    axis: int = 0,
+    axis: int | None = None,
     spacing: float | Sequence[float] | None = None,
     params: FusionParams = FusionParams(),
     consistency: ConsistencyParams = ConsistencyParams(),
@@ -588,7 +571,9 @@ def fuse(
         ious: float ``([L,] N)`` SAM2 predicted IoU per slice; NaN where not visited.
         prompt_slices: indices (along ``axis``) of the prompt slices SAM2 propagated from;
             ``None`` disables the distance decay.
-        axis: slice axis of ``(D, H, W)``.
+        axis: slice axis of ``(D, H, W)`` (default: the library's default axis,
+            :func:`~medsam2kit.sequencer.default_axis`: of the :class:`Volume`'s geometry, else of
+            ``diag(spacing)`` and the shape).
         spacing: voxel size in mm (default: the :class:`Volume`'s, else 1 mm).
         params: the weight's :class:`FusionParams`.
         consistency: the :class:`ConsistencyParams` of the post-processing.
@@ -682,7 +667,7 @@ class ConfidenceFusion(nn.Module):
         object_scores: ArrayOrTensor,
         ious: ArrayOrTensor,
         prompt_slices: Sequence[int] | None,
-        axis: int,
+        axis: int | None,
         spacing: float | Sequence[float] | None,
         coarse_confidence: ArrayOrTensor | None,
     ) -> tuple[_Prepared, torch.Tensor, torch.Tensor, bool]:
@@ -710,7 +695,7 @@ class ConfidenceFusion(nn.Module):
         ious: ArrayOrTensor,
         *,
         prompt_slices: Sequence[int] | None,
-        axis: int = 0,
+        axis: int | None = None,
         spacing: float | Sequence[float] | None = None,
         coarse_confidence: ArrayOrTensor | None = None,
     ) -> torch.Tensor:
@@ -756,7 +741,7 @@ class ConfidenceFusion(nn.Module):
                 f"coarse_confidence: expected shape {tuple(q_s.shape)}, got {tuple(q_c.shape)}"
             )
         _check_prob(q_c, "coarse_confidence")
-        step = _check_spacing((float(slice_spacing_mm), 1.0, 1.0), None)[0]
+        step = check_spacing(slice_spacing_mm, ndim=1, name="slice_spacing_mm")[0]
         dist = _prompt_distance(int(q_s.shape[-1]), prompt_slices, step)
         dev = self.log_tau.device
         return _weights(q_s.to(dev), q_c.to(dev), dist.to(dev), self.log_tau, self.log_temperature, self.bias)
@@ -769,7 +754,7 @@ class ConfidenceFusion(nn.Module):
         ious: ArrayOrTensor,
         *,
         prompt_slices: Sequence[int] | None,
-        axis: int = 0,
+        axis: int | None = None,
         spacing: float | Sequence[float] | None = None,
         consistency: ConsistencyParams = ConsistencyParams(),
         coarse_confidence: ArrayOrTensor | None = None,

@@ -57,8 +57,10 @@ from medsam2kit.errors import (
 )
 from medsam2kit.volume import Volume, VolumeKind, check_affine
 
-ColorMode = Literal["luma", "mean", "error"]
-"""How colour (RGB/YBR) frames become gray: ITU-R BT.601 luma, channel mean, or an error."""
+RgbToGray = Literal["luma", "mean", "error"]
+"""How colour (RGB/YBR) frames become gray on loading: ITU-R BT.601 luma, channel mean, or an
+error (the ``color`` argument of :func:`load_volume`; not to be confused with
+:data:`medsam2kit.sequencer.FrameColor`, which says whether frames are kept in colour)."""
 
 _COLOR_MODES = ("luma", "mean", "error")
 _BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -78,7 +80,7 @@ _SUPPORTED = ".nii, .nii.gz, .nrrd, .nhdr, .npz, .dcm (or any DICOM file) or a D
 def load_volume(
     path: str | os.PathLike[str],
     *,
-    color: ColorMode = "luma",
+    color: RgbToGray = "luma",
     key: str | None = None,
     series_uid: str | None = None,
     allow_nonfinite: bool = False,
@@ -316,7 +318,7 @@ def _save_atomic(img: nib.Nifti1Image, dest: Path) -> Path:
 def _load(
     path: str | os.PathLike[str],
     *,
-    color: ColorMode,
+    color: RgbToGray,
     key: str | None,
     series_uid: str | None,
     allow_nonfinite: bool,
@@ -567,7 +569,7 @@ def _nrrd_geometry(header: dict[str, Any], ndim: int, p: Path) -> tuple[list[np.
 # --------------------------------------------------------------------------------------------
 
 
-def _load_npz(p: Path, *, key: str | None, candidates: Sequence[str], color: ColorMode) -> Volume:
+def _load_npz(p: Path, *, key: str | None, candidates: Sequence[str], color: RgbToGray) -> Volume:
     try:
         with np.load(p, allow_pickle=False) as archive:
             names = list(archive.files)
@@ -672,7 +674,7 @@ def _floats(ds: Any, keyword: str, count: int, source: str) -> np.ndarray | None
     return out
 
 
-def _frame_pixels(ds: Any, *, color: ColorMode, source: str) -> np.ndarray:
+def _frame_pixels(ds: Any, *, color: RgbToGray, source: str) -> np.ndarray:
     """All frames as ``(F, rows, cols)`` float32, gray, before rescale."""
     try:
         arr = np.asarray(ds.pixel_array)
@@ -702,7 +704,7 @@ def _frame_pixels(ds: Any, *, color: ColorMode, source: str) -> np.ndarray:
     return arr
 
 
-def _to_gray(arr: np.ndarray, *, color: ColorMode, source: str) -> np.ndarray:
+def _to_gray(arr: np.ndarray, *, color: RgbToGray, source: str) -> np.ndarray:
     if color == "error":
         raise InvalidInputError(f"{source}: has colour (RGB/YBR) frames; pass color='luma' or 'mean'")
     if arr.shape[-1] != 3:
@@ -815,7 +817,7 @@ def _pixel_spacing(ds: Any, source: str, required: bool) -> np.ndarray:
     return np.ones(2)
 
 
-def _load_dicom_folder(folder: Path, *, color: ColorMode, series_uid: str | None) -> Volume:
+def _load_dicom_folder(folder: Path, *, color: RgbToGray, series_uid: str | None) -> Volume:
     headers: dict[str, list[tuple[Path, Any]]] = {}
     for f in sorted(folder.iterdir()):
         if not f.is_file() or f.name.startswith(".") or f.name.upper() == "DICOMDIR":
@@ -857,7 +859,7 @@ def _load_dicom_folder(folder: Path, *, color: ColorMode, series_uid: str | None
     return _stack_series(folder, [f for f, _ in files], color=color)
 
 
-def _stack_series(folder: Path, files: list[Path], *, color: ColorMode) -> Volume:
+def _stack_series(folder: Path, files: list[Path], *, color: RgbToGray) -> Volume:
     source = str(folder)
     slices: list[np.ndarray] = []
     positions: list[np.ndarray] = []
@@ -930,7 +932,7 @@ def _functional(ds: Any, index: int, sequence: str) -> Any:
     return None
 
 
-def _load_dicom_file(p: Path, *, color: ColorMode, source: str | None = None) -> Volume:
+def _load_dicom_file(p: Path, *, color: RgbToGray, source: str | None = None) -> Volume:
     src = source or str(p)
     ds = _read_dicom(p, header_only=False)
     if "Rows" not in ds:
@@ -1179,4 +1181,4 @@ def _as_label_array(array: np.ndarray, *, name: str) -> np.ndarray:
     raise InvalidInputError(f"{name}: label values too large ({hi})")  # pragma: no cover
 
 
-__all__ = ["ColorMode", "load_label", "load_volume", "save_mask", "save_volume"]
+__all__ = ["RgbToGray", "load_label", "load_volume", "save_mask", "save_volume"]

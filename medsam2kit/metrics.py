@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from medsam2kit._validate import check_label_ids, check_label_map, check_spacing, resolve_axis
 from medsam2kit.errors import GeometryError, InvalidInputError, InvalidTypeError, ShapeMismatchError
 from medsam2kit.volume import Volume
 
@@ -79,25 +80,6 @@ def _binary(arr: np.ndarray, name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
-def _check_spacing(spacing: SpacingLike, ndim: int, name: str = "spacing") -> tuple[float, ...]:
-    if spacing is None:
-        return (1.0,) * ndim
-    if isinstance(spacing, (int, float, np.integer, np.floating)):
-        values: tuple[float, ...] = (float(spacing),) * ndim
-    else:
-        try:
-            values = tuple(float(s) for s in spacing)
-        except TypeError as err:
-            raise GeometryError(f"{name}: expected a number or {ndim} numbers, got {spacing!r}") from err
-        if len(values) != ndim:
-            raise GeometryError(
-                f"{name}: expected {ndim} values (one per array axis), got {len(values)}: {values}"
-            )
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise GeometryError(f"{name}: expected finite positive values in mm, got {values}")
-    return values
-
-
 def _pair(
     pred: MaskLike,
     ref: MaskLike,
@@ -119,7 +101,7 @@ def _pair(
         if sp_p is not None and sp_r is not None and not np.allclose(sp_p, sp_r, rtol=1e-4, atol=0):
             raise GeometryError(f"pred and ref: the volumes' spacings differ: {sp_p} vs {sp_r}")
         spacing = sp_p if sp_p is not None else sp_r
-    sp = _check_spacing(spacing, p.ndim)
+    sp = check_spacing(spacing, ndim=p.ndim)
     if binary:
         p, r = _binary(p, "pred"), _binary(r, "ref")
     return p, r, sp
@@ -451,7 +433,6 @@ def surface_dice(pred: MaskLike, ref: MaskLike, *, tolerance_mm: float, spacing:
     return _nsd(_surface_distances(p, r, sp), _check_tolerance(tolerance_mm))
 
 
-normalized_surface_dice = surface_dice
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,19 +557,12 @@ def per_label(
         {1: 1.0, 2: 1.0}
     """
     p, r, sp = _pair(pred, ref, spacing, binary=False)
-    for arr, name in ((p, "pred"), (r, "ref")):
-        is_int = arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer)
-        if not is_int and not bool(np.all(np.mod(arr, 1) == 0)):
-            raise InvalidInputError(
-                f"{name}: expected an integer label map, got non-integer values ({arr.dtype})"
-            )
+    p, r = check_label_map(p, "pred"), check_label_map(r, "ref")
     if labels is None:
         found = np.union1d(np.unique(p), np.unique(r))
         label_list = [int(v) for v in found if v != 0]
     else:
-        label_list = [int(v) for v in labels]
-        if any(v == 0 for v in label_list):
-            raise InvalidInputError(f"labels: 0 is background and cannot be scored, got {label_list}")
+        label_list = check_label_ids(labels)
     tol, meth, empty = (
         _check_tolerance(tolerance_mm),
         _check_method(method),
@@ -794,14 +768,17 @@ class SliceConsistency:
 
 
 def inter_slice_consistency(
-    mask: MaskLike, *, axis: int = 0, spacing: SpacingLike = None
+    mask: MaskLike, *, axis: int | None = None, spacing: SpacingLike = None
 ) -> SliceConsistency:
     """Inter-slice consistency of a 3D mask (or a 2D+time mask stack) along ``axis``.
 
     Args:
-        mask: bool ``(D, H, W)``.
-        axis: the slicing axis (0, 1, 2 or negative).
-        spacing: voxel size in mm per axis (only scales ``areas_mm2``; the two ratios are unitless).
+        mask: bool ``(D, H, W)`` (or a :class:`Volume`).
+        axis: the slicing axis (0, 1, 2 or negative; default: the library's default axis,
+            :func:`~medsam2kit.sequencer.default_axis`: of the :class:`Volume`'s geometry, else of
+            ``diag(spacing)`` and the shape, 1 mm when ``spacing`` is ``None``).
+        spacing: voxel size in mm per axis (scales ``areas_mm2``, and picks the default axis;
+            the two ratios are unitless).
 
     Returns:
         A :class:`SliceConsistency`.
@@ -817,10 +794,8 @@ def inter_slice_consistency(
     if arr.ndim != 3:
         raise InvalidInputError(f"mask: expected a 3D (D, H, W) array, got shape {arr.shape}")
     m = _binary(arr, "mask")
-    if not isinstance(axis, (int, np.integer)) or not -3 <= int(axis) < 3:
-        raise InvalidInputError(f"axis: expected an integer in [-3, 2], got {axis!r}")
-    ax = int(axis) % 3
-    sp = _check_spacing(spacing if spacing is not None else sp_v, 3)
+    sp = check_spacing(spacing if spacing is not None else sp_v)
+    ax = resolve_axis(axis, shape=m.shape, spacing=sp, volume=mask if isinstance(mask, Volume) else None)
     m = np.moveaxis(m, ax, 0)
     pixel_area = float(np.prod([sp[a] for a in range(3) if a != ax]))
     counts = m.reshape(m.shape[0], -1).sum(axis=1).astype(np.float64)
@@ -856,7 +831,6 @@ __all__ = [
     "inter_slice_consistency",
     "iou",
     "j_and_f",
-    "normalized_surface_dice",
     "per_label",
     "seg2bmap",
     "segmentation_scores",

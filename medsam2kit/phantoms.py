@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from medsam2kit._validate import check_rng
 from medsam2kit.errors import InvalidInputError
 from medsam2kit.volume import Volume
-
-
-def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
 def rotation_affine(spacing: tuple[float, float, float], angles_deg: tuple[float, float, float]) -> np.ndarray:
@@ -70,7 +67,7 @@ def ellipsoid_phantom(
         raise InvalidInputError(f"spacing: expected three positive values, got {spacing}")
     if noise < 0:
         raise InvalidInputError(f"noise: expected >= 0, got {noise}")
-    gen = _rng(rng)
+    gen = check_rng(rng)
     extent = np.array(shape) * np.array(spacing)
     centre = extent * gen.uniform(0.42, 0.58, 3)
     radii = extent * gen.uniform(0.22, 0.32, 3)
@@ -104,7 +101,7 @@ def random_phantom(rng: np.random.Generator | int | None = None) -> tuple[Volume
         >>> image.array.ndim, bool(label.array.any())
         (3, True)
     """
-    gen = _rng(rng)
+    gen = check_rng(rng)
     shape = (int(gen.integers(12, 33)), int(gen.integers(56, 129)), int(gen.integers(56, 129)))
     pixel = float(gen.uniform(0.6, 1.2))
     spacing = (float(gen.uniform(1.5, 4.0)), pixel, pixel)
@@ -146,7 +143,7 @@ def ultrasound_clip(
     h, w = size
     if frames < 1 or h < 32 or w < 32:
         raise InvalidInputError(f"frames, size: expected frames >= 1 and both sides >= 32, got {frames}, {size}")
-    gen = _rng(rng)
+    gen = check_rng(rng)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     apex_x, apex_y = w / 2 + gen.uniform(-0.05, 0.05) * w, -0.12 * h
     half = gen.uniform(0.5, 0.7)

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ class SAM2Med3DConfig:
         fusion: parameters of the confidence-driven fusion weight.
         consistency: the volumetric post-processing (largest component, small components, holes).
         window: intensity window of the frames (see :mod:`medsam2kit.sequencer`).
-        axis: slicing axis (default: the largest-spacing axis).
+        axis: slicing axis (default: :func:`~medsam2kit.sequencer.default_axis` of the volume).
     """
 
     slice_filter: SliceFilterConfig = field(default_factory=SliceFilterConfig)
@@ -128,7 +127,13 @@ class SAM2Med3DPipeline:
         return self.run(volume).labels
 
     def run(self, volume: Volume) -> SAM2Med3DResult:
-        """Coarse -> select -> propagate -> fuse on one volume."""
+        """Coarse -> select -> propagate -> fuse on one volume.
+
+        Each label is fused on its own (a label with no reliable slice keeps the coarse
+        probability as the fusion's only source); the label map then gives each voxel the label
+        of highest fused probability among the labels whose fused mask holds it, background
+        where none does.
+        """
         if not isinstance(volume, Volume):
             raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
         cfg = self.config
@@ -138,7 +143,7 @@ class SAM2Med3DPipeline:
         seconds["coarse"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        axis = cfg.axis if cfg.axis is not None else default_axis(volume.affine, kind=volume.kind)
+        axis = cfg.axis if cfg.axis is not None else default_axis(volume)
         selections = {
             lab: select_slices(prob[lab], spacing=volume.spacing, axis=axis, config=cfg.slice_filter, label=lab)
             for lab in range(1, prob.shape[0])
@@ -148,7 +153,6 @@ class SAM2Med3DPipeline:
         t0 = time.perf_counter()
         seq = sequence_volume(volume, axis=axis, image_size=self.predictor.image_size, window=cfg.window)
         session = self.predictor.start(seq)
-        timer = _EncoderTimer(session)
         propagations = self._propagate(session, seq, selections)
         seconds["propagate"] = time.perf_counter() - t0
 
@@ -156,17 +160,9 @@ class SAM2Med3DPipeline:
         outcomes: dict[int, LabelOutcome] = {}
         for lab, sel in selections.items():
             result = propagations.get(lab)
-            if result is None:  # no reliable slice: the coarse estimate stands alone
-                n = volume.shape[axis]
-                sam_prob, scores, ious = np.zeros(volume.shape, np.float32), np.full(n, np.nan), np.full(n, np.nan)
-            else:
-                sam = sam_inputs_from_propagation(result, seq, obj_index=result.obj_ids.index(lab))
-                sam_prob, scores, ious = sam.probability, sam.object_scores, sam.ious
+            sam_prob, scores, ious = _sam_inputs(result, seq, lab)
             fused = fuse(prob[lab], sam_prob, scores, ious, prompt_slices=list(sel.indices) or None, axis=axis,
                          spacing=volume.spacing, params=cfg.fusion, consistency=cfg.consistency)
-            if result is None:  # the coarse segmentation itself (its argmax: with several labels a
-                # winning probability may lie below the fusion threshold)
-                fused = dataclasses.replace(fused, mask=np.argmax(prob, axis=0) == lab)
             outcomes[lab] = LabelOutcome(lab, sel, result, fused)
         labels = _label_map({lab: o.fusion for lab, o in outcomes.items()}, volume.shape)
         seconds["fuse"] = time.perf_counter() - t0
@@ -176,7 +172,7 @@ class SAM2Med3DPipeline:
             outcomes=outcomes,
             seconds=seconds,
             encoder_calls=session.encoder_calls,
-            encoder_seconds=timer.seconds,
+            encoder_seconds=session.cache.stats.encoder_seconds,
         )
 
     def _propagate(
@@ -204,23 +200,6 @@ class SAM2Med3DPipeline:
         return out
 
 
-class _EncoderTimer:
-    """Wraps a session's encoder to add up the time spent in it."""
-
-    def __init__(self, session: Session) -> None:
-        self.seconds = 0.0
-        cache = session.cache
-        inner = cache._encode
-
-        def timed(images: object) -> dict[str, object]:
-            t0 = time.perf_counter()
-            out = inner(images)  # type: ignore[arg-type]
-            self.seconds += time.perf_counter() - t0
-            return out
-
-        cache._encode = timed
-
-
 def _nearest_prompt_merge(runs: list[tuple[int, PropagationResult]]) -> PropagationResult:
     """One result per frame: from the run whose prompt frame is nearest (ties: the earlier prompt)."""
     first = runs[0][1]
@@ -235,6 +214,19 @@ def _nearest_prompt_merge(runs: list[tuple[int, PropagationResult]]) -> Propagat
     return PropagationResult(obj_ids=first.obj_ids, image_size=first.image_size, **pick)
 
 
+def _sam_inputs(
+    result: PropagationResult | None, seq: FrameSequence, label: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SAM2's probability and per-slice scores of ``label`` for :func:`fuse`. Without a
+    propagation (no reliable slice) SAM2 visited no slice: NaN scores, so the fusion gives SAM2
+    weight 0 and the coarse probability is its only source (probability and mask both from it)."""
+    if result is None:
+        shape, n = seq.geometry.shape, seq.layout.num_slices
+        return np.zeros(shape, np.float32), np.full(n, np.nan), np.full(n, np.nan)
+    sam = sam_inputs_from_propagation(result, seq, obj_index=result.obj_ids.index(label))
+    return sam.probability, sam.object_scores, sam.ious
+
+
 def _check_coarse(prob: object, shape: tuple[int, int, int]) -> np.ndarray:
     arr = np.asarray(prob, dtype=np.float32)
     if arr.ndim != 4 or arr.shape[1:] != shape or arr.shape[0] < 2:
@@ -247,7 +239,9 @@ def _check_coarse(prob: object, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _label_map(fusions: Mapping[int, FusionResult], shape: tuple[int, int, int]) -> np.ndarray:
-    """Per voxel the label of highest fused probability among the labels whose mask holds it."""
+    """The one exclusive rule: per voxel the label of highest fused probability among the labels
+    whose fused mask holds it; background where no label's mask does. So every voxel of label
+    ``l`` lies in ``l``'s :attr:`FusionResult.mask` (and thus in its union)."""
     if not fusions:
         return np.zeros(shape, np.uint8)
     ids = sorted(fusions)

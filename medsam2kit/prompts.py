@@ -67,8 +67,7 @@ from medsam2kit.errors import (
     InvalidTypeError,
     ShapeMismatchError,
 )
-from medsam2kit.sequencer import default_axis
-from medsam2kit._validate import check_int
+from medsam2kit._validate import check_int, check_label_ids, check_spacing, resolve_axis
 from medsam2kit.volume import Volume
 
 if TYPE_CHECKING:  # the predictor imports sam2 (slow); import it only when prompts are built
@@ -315,23 +314,6 @@ def _check_prob(prob: object, name: str) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
-def _check_spacing(spacing: object) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(s) for s in spacing)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        raise InvalidTypeError(f"spacing: expected three numbers (mm), got {spacing!r}") from None
-    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise GeometryError(f"spacing: expected three finite values > 0 (mm), got {spacing!r}")
-    return (values[0], values[1], values[2])
-
-
-def _check_axis(axis: object) -> int:
-    ax = check_int(axis, "axis")
-    if ax not in (0, 1, 2):
-        raise InvalidInputError(f"axis: expected 0, 1 or 2, got {ax}")
-    return ax
-
-
 def _resolve(
     prob: ProbInput, spacing: Sequence[float] | None, axis: int | None, name: str = "prob"
 ) -> tuple[np.ndarray, tuple[float, float, float], int]:
@@ -340,13 +322,10 @@ def _resolve(
         if spacing is not None:
             raise InvalidInputError("spacing: expected None when prob is a Volume (it has its own geometry)")
         arr = _check_prob(prob.array, name)
-        sp = prob.spacing
-        ax = default_axis(prob.affine, kind=prob.kind) if axis is None else _check_axis(axis)
-        return arr, sp, ax
+        return arr, prob.spacing, resolve_axis(axis, shape=arr.shape, volume=prob)
     arr = _check_prob(prob, name)
-    sp = (1.0, 1.0, 1.0) if spacing is None else _check_spacing(spacing)
-    ax = default_axis(np.diag([*sp, 1.0])) if axis is None else _check_axis(axis)
-    return arr, sp, ax
+    s0, s1, s2 = check_spacing(spacing)
+    return arr, (s0, s1, s2), resolve_axis(axis, shape=arr.shape, spacing=(s0, s1, s2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,7 +486,7 @@ def choose_slices(
     Example:
         >>> import numpy as np
         >>> prob = np.zeros((6, 4, 4)); prob[:, 1:3, 1:3] = 0.9
-        >>> choose_slices(score_slices(prob, config=SliceFilterConfig(min_area_mm2=0)), k=3, min_gap_slices=2)
+        >>> choose_slices(score_slices(prob, axis=0, config=SliceFilterConfig(min_area_mm2=0)), k=3, min_gap_slices=2)
         (2, 4, 0)
     """
     kk = check_int(k, "k", minimum=1)
@@ -597,7 +576,8 @@ def select_slices(
     Args:
         prob: float ``(D, H, W)`` in ``[0, 1]`` (bool accepted), or a :class:`Volume` of them.
         spacing: voxel size in mm along axes 0, 1, 2 for a bare array (default 1 mm).
-        axis: slicing axis (default from the geometry: the largest spacing).
+        axis: slicing axis (default: :func:`~medsam2kit.sequencer.default_axis` of the
+            :class:`Volume`, else of ``diag(spacing)`` and the shape).
         config: :class:`SliceFilterConfig` (default one).
         label: the label id recorded in the result (and the default SAM2 object id).
 
@@ -710,10 +690,7 @@ def select_slices_multilabel(
                 f"proba: expected shape (L + 1, *{like.shape}) to match like, got {arr.shape}"
             )
     num = arr.shape[0] - 1
-    wanted = list(range(1, num + 1)) if labels is None else [check_int(v, "labels") for v in labels]
-    bad = [v for v in wanted if not 1 <= v <= num]
-    if bad:
-        raise InvalidInputError(f"labels: expected values in [1, {num}], got {bad}")
+    wanted = list(range(1, num + 1)) if labels is None else check_label_ids(labels, maximum=num)
     out: dict[int, SliceSelection] = {}
     for lab in wanted:
         channel: ProbInput = like.with_array(arr[lab]) if like is not None else arr[lab]

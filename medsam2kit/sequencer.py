@@ -10,8 +10,9 @@ Conventions (see ``docs/sequencer.md`` for the full guide):
 * **Slicing.** Frames are slices along ``axis``; a frame's rows (``y``) run along the lower of
   the two remaining array axes, its columns (``x``) along the higher one. No reorientation: the
   file's voxel order is kept, so the inverse is a pure index mapping.
-* **Default axis.** The axis with the largest spacing (relative tolerance ``1e-4``; ties go to the
-  lowest axis, so an isotropic volume uses axis 0). A cine always uses axis 0 (time).
+* **Default axis.** :func:`default_axis`: the axis with the largest spacing (relative tolerance
+  ``1e-3``); ties go to the axis with the fewest slices, then to the axis nearest the world
+  superior-inferior direction. A cine always uses axis 0 (time).
 * **Windowing.** To uint8 through one window for the whole volume (all frames share it):
   ``u8 = rint(clip((x - low) * 255 / (high - low), 0, 255))``. The default is percentile
   clipping 0.5 / 99.5 % for every modality; CT presets are used only when asked for
@@ -68,12 +69,14 @@ from medsam2kit.errors import (
     MedSAM2KitError,
     ShapeMismatchError,
 )
-from medsam2kit._validate import check_int
+from medsam2kit._validate import SPACING_RTOL, check_axis, check_int, largest_spacing_axis
 from medsam2kit.volume import Volume, VolumeKind, check_affine
 
 ResizeMode = Literal["pad", "squash"]
 OrderMode = Literal["forward", "reverse", "centre_out"]
-ColorMode = Literal["gray", "keep"]
+FrameColor = Literal["gray", "keep"]
+"""Whether RGB input frames are converted to gray (BT.601 luma, then replicated to SAM2's three
+channels) or kept in colour (the ``color`` argument of :func:`sequence_frames`)."""
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 #: SAM2's image size must be a multiple of 32: Hiera embeds 4x4 patches and pools 2x three times
@@ -98,9 +101,6 @@ WINDOW_PRESETS: Mapping[str, tuple[float, float]] = MappingProxyType(
         "mediastinum": (50.0, 350.0),
     }
 )
-
-#: Relative tolerance under which two spacings count as equal when choosing the default axis.
-SPACING_RTOL = 1e-4
 
 _CHUNK = 32  # frames resized at once (bounds temporary float32 memory)
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, for colour frames converted to gray
@@ -332,32 +332,71 @@ def apply_window(array: ArrayLike, window: Window | None) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def default_axis(affine: npt.ArrayLike, *, kind: VolumeKind = "volume") -> int:
-    """The slicing axis chosen from the geometry.
+def default_axis(
+    geometry: Volume | npt.ArrayLike, *, shape: Sequence[int] | None = None, kind: VolumeKind | None = None
+) -> int:
+    """The library's default slicing axis, chosen from the geometry.
 
-    A cine uses axis 0 (time). A volume uses the axis of largest spacing (the column norms of
-    the affine); spacings within a relative :data:`SPACING_RTOL` of the largest count as tied and
-    the lowest such axis wins, so an isotropic volume uses axis 0.
+    A cine uses axis 0 (time). A volume uses, in this order:
+
+    1. the axis of largest spacing (column norms of the affine); spacings within a relative
+       :data:`SPACING_RTOL` (``1e-3``) of the largest count as tied;
+    2. among tied axes, the one with the fewest slices (needs the shape: a :class:`Volume` has
+       it, with an affine pass ``shape=``), so an isotropic ``(384, 384, 10)`` scan gives
+       ``384 x 384`` frames, not ``384 x 10`` ones;
+    3. among axes still tied, the one nearest the world superior-inferior direction (the unit
+       affine column with the largest ``|z|``), then the lowest axis.
+
+    A bare array with spacing but no affine follows the same rule with the affine
+    ``diag(spacing)`` (array axes taken as world x, y, z), as :func:`sequence_volume` does.
 
     Args:
-        affine: ``(4, 4)`` voxel-to-world matrix.
-        kind: ``"volume"`` or ``"cine"``.
+        geometry: a :class:`Volume`, or its ``(4, 4)`` voxel-to-world matrix.
+        shape: the ``(D, H, W)`` shape with an affine (not allowed with a :class:`Volume`).
+        kind: ``"volume"`` or ``"cine"`` (default: the :class:`Volume`'s, else ``"volume"``).
 
     Returns:
         0, 1 or 2.
 
+    Raises:
+        InvalidTypeError: ``geometry`` is neither a :class:`Volume` nor an array-like matrix.
+        GeometryError: the matrix is not a valid 4x4 affine.
+
     Example:
         >>> import numpy as np
-        >>> default_axis(np.diag([0.7, 0.7, 5.0, 1.0])), default_axis(np.eye(4))
-        (2, 0)
+        >>> default_axis(np.diag([0.7, 0.7, 5.0, 1.0])), default_axis(np.eye(4), shape=(384, 384, 10))
+        (2, 2)
+        >>> default_axis(Volume(np.zeros((4, 5, 6)), np.diag([3.0, 1.0, 1.0, 1.0])))
+        0
     """
-    matrix = np.asarray(affine, dtype=np.float64)
-    check_affine(matrix, name="affine")
+    if kind not in (None, "volume", "cine"):
+        raise InvalidInputError(f"kind: expected 'volume' or 'cine', got {kind!r}")
+    dims: tuple[int, int, int] | None
+    if isinstance(geometry, Volume):
+        if shape is not None:
+            raise InvalidInputError("shape: expected None when geometry is a Volume (it has its own shape)")
+        matrix, dims, kind = geometry.affine, geometry.shape, kind or geometry.kind
+    elif isinstance(geometry, (np.ndarray, list, tuple, torch.Tensor)):
+        matrix = np.asarray(geometry, dtype=np.float64)
+        check_affine(matrix, name="affine")
+        dims = None if shape is None else _check_shape(shape)
+    else:
+        raise InvalidTypeError(
+            f"geometry: expected a Volume or a (4, 4) affine matrix, got {type(geometry).__name__}"
+        )
     if kind == "cine":
         return 0
-    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    largest = float(spacing.max())
-    return int(np.flatnonzero(spacing >= largest * (1.0 - SPACING_RTOL))[0])
+    return largest_spacing_axis(matrix, dims)
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    try:
+        dims = tuple(check_int(s, "shape", minimum=1) for s in shape)
+    except TypeError:
+        raise InvalidTypeError(f"shape: expected three positive integers, got {shape!r}") from None
+    if len(dims) != 3:
+        raise InvalidInputError(f"shape: expected three positive integers (D, H, W), got {shape!r}")
+    return (dims[0], dims[1], dims[2])
 
 
 def frame_order(
@@ -631,7 +670,7 @@ def make_layout(
     shape = tuple(int(s) for s in volume_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise InvalidInputError(f"volume_shape: expected 3 sizes >= 1 (D, H, W), got {tuple(volume_shape)}")
-    ax = _check_axis(axis)
+    ax = check_axis(axis)
     size = check_image_size(image_size)
     if resize not in ("pad", "squash"):
         raise InvalidInputError(f"resize: expected 'pad' or 'squash', got {resize!r}")
@@ -1169,7 +1208,7 @@ def sequence_volume(
             raise InvalidInputError(f"axis: a cine is sliced along axis 0 (time), got axis={axis}")
         ax = 0
     else:
-        ax = default_axis(vol.affine) if axis is None else _check_axis(axis)
+        ax = default_axis(vol) if axis is None else check_axis(axis)
     return _build(vol, vol.array[None], axis=ax, image_size=image_size, window=window, resize=resize, order=order)
 
 
@@ -1180,7 +1219,7 @@ def sequence_frames(
     window: WindowSpec = PercentileWindow(),
     resize: ResizeMode = "pad",
     order: Sequence[int] | Literal["forward", "reverse"] | None = None,
-    color: ColorMode = "gray",
+    color: FrameColor = "gray",
     affine: npt.ArrayLike | None = None,
     frame_times: Sequence[float] | None = None,
 ) -> FrameSequence:
@@ -1287,13 +1326,6 @@ def check_image_size(image_size: int) -> int:
     return size
 
 
-def _check_axis(axis: object) -> int:
-    ax = check_int(axis, "axis")
-    if ax not in (0, 1, 2):
-        raise InvalidInputError(f"axis: expected 0, 1 or 2, got {ax}")
-    return ax
-
-
 def _frame_index(
     t: object, count: int, *, name: str = "t", cls: type[MedSAM2KitError] = InvalidInputError
 ) -> int:
@@ -1375,6 +1407,7 @@ __all__ = [
     "SIZE_MULTIPLE",
     "SPACING_RTOL",
     "WINDOW_PRESETS",
+    "FrameColor",
     "FrameIndexError",
     "FrameSequence",
     "PercentileWindow",

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from medsam2kit._files import atomic_write
+from medsam2kit._validate import resolve_axis
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.volume import Volume
 
@@ -89,7 +90,7 @@ def overlay_montage(
     Args:
         image: the volume.
         overlays: name -> label map of ``image.shape`` (e.g. ``{"truth": ..., "prediction": ...}``).
-        axis: slicing axis (default the largest-spacing axis).
+        axis: slicing axis (default: :func:`~medsam2kit.sequencer.default_axis` of ``image``).
         slices: slice indices to show (default ``count`` slices spread over the overlays' extent).
         count: number of slices when ``slices`` is not given.
         columns: tiles per row.
@@ -103,9 +104,7 @@ def overlay_montage(
             raise ShapeMismatchError(f"overlays[{name!r}]: expected shape {image.shape}, got {np.shape(arr)}")
     if columns < 1 or count < 1 or tile < 16:
         raise InvalidInputError(f"columns, count, tile: expected >= 1, >= 1, >= 16, got {columns}, {count}, {tile}")
-    ax = int(np.argmax(image.spacing)) if axis is None else axis
-    if ax not in (0, 1, 2):
-        raise InvalidInputError(f"axis: expected 0, 1 or 2, got {axis}")
+    ax = resolve_axis(axis, shape=image.shape, volume=image)
     depth = image.shape[ax]
     if slices is None:
         union = np.zeros(depth, bool)

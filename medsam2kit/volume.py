@@ -82,6 +82,36 @@ class Volume:
         norms = np.linalg.norm(self.affine[:3, :3], axis=0)
         return (float(norms[0]), float(norms[1]), float(norms[2]))
 
+    @property
+    def orientation(self) -> str:
+        """Axis codes of the array axes in RAS+ world terms (e.g. ``"RAS"``, ``"LPS"``), from
+        :func:`nibabel.orientations.aff2axcodes`.
+
+        Example:
+            >>> import numpy as np
+            >>> Volume(np.zeros((2, 3, 4)), np.diag([-1.0, -1.0, 1.0, 1.0])).orientation
+            'LPS'
+        """
+        from nibabel.orientations import aff2axcodes
+
+        return "".join(str(c) for c in aff2axcodes(self.affine))
+
+    def __repr__(self) -> str:
+        """A one-line summary (never the voxels): shape, dtype, spacing, orientation, kind, and
+        the modality and source when known.
+
+        Example:
+            >>> import numpy as np
+            >>> Volume(np.zeros((4, 5, 6), np.float32), np.diag([2.0, 1.0, 0.5, 1.0]))
+            Volume(shape=(4, 5, 6), dtype=float32, spacing=(2, 1, 0.5) mm, orientation='RAS', kind='volume')
+        """
+        spacing = ", ".join(f"{s:.4g}" for s in self.spacing)
+        extra = "".join(f", {k}={v!r}" for k, v in (("modality", self.modality), ("source", self.source)) if v)
+        return (
+            f"Volume(shape={self.shape}, dtype={self.array.dtype}, spacing=({spacing}) mm, "
+            f"orientation={self.orientation!r}, kind={self.kind!r}{extra})"
+        )
+
     def with_array(self, array: np.ndarray) -> Volume:
         """A volume on the same grid with another array (same shape required).
 

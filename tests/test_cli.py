@@ -10,10 +10,76 @@ import pytest
 from medsam2kit.cli import main
 
 
-def test_info_prints_versions_and_configs(capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_prints_versions_and_configs(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("MEDSAM2KIT_HOME", str(tmp_path))
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "sam2 1.1.0" in out and "sam2.1_hiera_micro" in out and "device auto ->" in out
+    assert "bundled reference weights: " in out and "sam2.1_hiera_micro_phantoms.pt" in out
+    assert f"model cache: {tmp_path / 'models'}" in out
+
+
+@pytest.fixture
+def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty medsam2kit home and huggingface_hub cache, HF_HUB_OFFLINE=1; returns the model folder."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("MEDSAM2KIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    return tmp_path / "home" / "models"
+
+
+def test_models_lists_the_entries(offline_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medsam2kit.models import list_models
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+    for entry in list_models():
+        assert entry.name in rows and entry.config in rows[entry.name] and str(entry.image_size) in rows[entry.name]
+    assert rows["medsam2_latest"].split()[1:4] == ["sam2.1_hiera_t", "512", "no"]
+    assert str(offline_home / "MedSAM2_latest.pt") in rows["medsam2_latest"] and "CC-BY-SA-4.0" in rows["medsam2_latest"]
+    assert rows["reference"].split()[1:4] == ["sam2.1_hiera_micro", "128", "yes"]
+    assert main(["models", "--verbose"]) == 0
+    assert "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt" in capsys.readouterr().out
+
+
+def test_model_name_not_cached_fails_with_the_download_hint(offline_home: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-data", "--model", "sam2.1_hiera_large"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("medsam2kit demo: error: model 'sam2.1_hiera_large'")
+    assert "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt" in err
+    assert f"put it at {offline_home / 'sam2.1_hiera_large.pt'}" in err
+    assert not out.exists()
+
+
+def test_model_option_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "demo")
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", out, "--model", "reference", "--config", "sam2.1_hiera_t"])
+    assert exc.value.code == 2 and "--model conflicts with" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", out, "--random-init", "--checkpoint", "x.pt"])
+    assert exc.value.code == 2
+    # --config alone would mean random weights: refused, saying how to ask for them
+    assert main(["demo", "--out", out, "--config", "sam2.1_hiera_t"]) == 1
+    assert "--random-init" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+def test_finetune_model_option_sets_the_config_model() -> None:
+    from medsam2kit.reference import reference_checkpoint
+    from medsam2kit.train.cli import _model_changes
+    from medsam2kit.train.config import TrainConfig
+
+    changes = _model_changes("reference")
+    assert changes == {"model.config": "sam2.1_hiera_micro", "model.checkpoint": str(reference_checkpoint()),
+                       "model.image_size": 128}
+    assert TrainConfig().replace(**changes).model.image_size == 128
 
 
 def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
@@ -136,20 +202,30 @@ def test_fewshot_cohort_split_across_ranks(tmp_path: Path, monkeypatch: pytest.M
     assert sorted(p.name for p in (tmp_path / "out1").iterdir()) == ["case3_labels.nii.gz"]
 
 
-def test_segment_command(tmp_path: Path) -> None:
+def test_segment_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
     from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
     from medsam2kit.io import load_label, load_volume, save_volume
     from medsam2kit.phantoms import ellipsoid_phantom
 
     image, label = ellipsoid_phantom((8, 40, 36), rng=1)
     seg = CoarseSegmenter(CoarseConfig(num_labels=2, image_size=32, base_channels=4, depth=2))
-    seg.fit([image], [label], steps=5, generator=0)
+    seg.fit([image], [label], steps=5, generator=torch.Generator().manual_seed(0))
     seg.save(tmp_path / "coarse.pt")
     save_volume(image, tmp_path / "img.nii.gz")
     out = tmp_path / "img_mask.nii.gz"
     assert main(["segment", "--input", str(tmp_path / "img.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
-                 "--out", str(out), "--config", "sam2.1_hiera_micro", "--k", "2", "--quiet"]) == 0
+                 "--out", str(out), "--k", "2"]) == 0
     vol = load_volume(tmp_path / "img.nii.gz")
     assert load_label(out, like=vol).shape == vol.shape
+    # no model option: the bundled reference model, said in one line
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model:")]
+    assert lines == ["model: bundled reference model sam2.1_hiera_micro (phantom-trained, not for clinical use); "
+                     "use --model for another"]
+    assert main(["segment", "--input", str(tmp_path / "img.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
+                 "--out", str(out), "--k", "2", "--random-init", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: random weights (sam2.1_hiera_micro, --random-init)" in captured.err and not captured.out
     assert main(["segment", "--input", str(tmp_path / "nope.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
                  "--out", str(out)]) == 1

@@ -15,6 +15,7 @@ from PIL import Image
 from medsam2kit.errors import CheckpointError, InvalidInputError, ShapeMismatchError
 from medsam2kit.fewshot import (
     FewShotPipeline,
+    FewShotResult,
     MissingLabelWarning,
     SupportBank,
     SupportMemoryAssembler,
@@ -22,7 +23,8 @@ from medsam2kit.fewshot import (
 )
 from medsam2kit.io import load_label, load_volume, save_mask
 from medsam2kit.phantoms import ellipsoid_phantom
-from medsam2kit.predictor import _VIDEO_POSTPROCESSING, SAM2Predictor, _compose_config, build_model
+from medsam2kit.predictor import SAM2Predictor, build_model
+from medsam2kit.predictor.checkpoints import VIDEO_POSTPROCESSING, compose_config
 from medsam2kit.volume import Volume
 
 S = 128
@@ -71,9 +73,9 @@ def test_assembler_equals_upstream_video_predictor(pred: SAM2Predictor, tmp_path
     decoded = np.stack([np.array(Image.open(tmp_path / f"{t:05d}.jpg"))[..., None][..., 0] for t in range(k + z)])
     sup_labels = _labels(k)
 
-    cfg = _compose_config(
+    cfg = compose_config(
         "sam2.1_hiera_micro",
-        {**_VIDEO_POSTPROCESSING, "model._target_": "sam2.sam2_video_predictor.SAM2VideoPredictor"},
+        {**VIDEO_POSTPROCESSING, "model._target_": "sam2.sam2_video_predictor.SAM2VideoPredictor"},
     )
     up = instantiate(cfg.model, _recursive_=True).eval()
     up.load_state_dict(pred.model.state_dict())
@@ -116,11 +118,39 @@ def test_supports_matter_and_pointers_are_kept(pred: SAM2Predictor) -> None:
     assert len(tokens) == 8  # every query slice once (the start slice is not redone)
     # each slice attends to the 3 support pointers in both passes, plus earlier query slices
     assert min(tokens) >= 3 * split
-    assert tokens == sorted(tokens[:5]) + sorted(tokens[5:])  # the history grows within each pass
+    # the history grows within each pass: forward from the start (slices 4..7), then in reverse (3..0)
+    assert tokens == sorted(tokens[:4]) + sorted(tokens[4:])
 
     shifted = label.with_array(np.roll(label.array, 6, axis=2))
     other = SupportMemoryAssembler(pred, SupportBank.build(pred, [(image, shifted)]), top_k=3).segment(query, labels=[1])
     assert not np.array_equal(res.logits[1].array, other.logits[1].array)
+
+
+def test_both_is_forward_then_reverse_as_in_the_predictor(pred: SAM2Predictor) -> None:
+    """"both" means what it means in ``Session.propagate``: forward, then reverse. Each pass starts
+    at the start slice (computed once, by the first pass), so the order of the passes does not
+    change the result: the old order (reverse first) gives the same logits."""
+    image, label = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=1)
+    query, _ = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=2)
+    bank = SupportBank.build(pred, [(image, label)])
+    both = SupportMemoryAssembler(pred, bank, direction="both")
+    assert both._passes(4, 8) == [[4, 5, 6, 7], [4, 3, 2, 1, 0]]
+    result = both.segment(query, labels=[1])
+    forward = SupportMemoryAssembler(pred, bank, direction="forward").segment(query, labels=[1])
+    np.testing.assert_array_equal(result.logits[1].array[4:], forward.logits[1].array[4:])
+    old_order = SupportMemoryAssembler(pred, bank, direction="both")
+    old_order._passes = lambda start, depth: [list(range(start, -1, -1)), list(range(start, depth))]  # type: ignore[method-assign]
+    np.testing.assert_array_equal(old_order.segment(query, labels=[1]).logits[1].array, result.logits[1].array)
+
+
+def test_pipeline_run_gives_the_result_and_call_the_label_map(pred: SAM2Predictor) -> None:
+    image, label = ellipsoid_phantom((6, 40, 40), rng=1)
+    query, _ = ellipsoid_phantom((6, 40, 40), rng=2)
+    pipe = FewShotPipeline(pred, [(image, label)])
+    result = pipe.run(query)
+    assert isinstance(result, FewShotResult) and set(result.logits) == {1, 2}
+    assert result.encoder_calls == query.shape[0]
+    np.testing.assert_array_equal(pipe(query).array, result.labels.array)
 
 
 def test_shuffled_labels_change_the_result(pred: SAM2Predictor) -> None:

@@ -165,7 +165,7 @@ def test_weight_decays_with_distance_in_mm() -> None:
     r3 = fuse(coarse, sam, scores, ious, prompt_slices=[0, 10], spacing=(2.0, 1.0, 1.0))
     np.testing.assert_allclose(r3.distance_mm, 2.0 * np.minimum(np.arange(n), 10 - np.arange(n)))
     for kw in ({"prompt_slices": None}, {"prompt_slices": [5], "params": FusionParams(tau_mm=math.inf)}):
-        flat = fuse(coarse, sam, scores, ious, **kw).sam_weight
+        flat = fuse(coarse, sam, scores, ious, spacing=(2.0, 1.0, 1.0), **kw).sam_weight
         assert np.all(flat == flat[0])
 
 
@@ -483,3 +483,29 @@ def test_real_breast_mri(shared_data: Path) -> None:
     r = fuse(coarse, sam, scores, ious, prompt_slices=[mid], axis=axis, spacing=sp)
     assert not np.any(r.mask & ~r.union)
     assert dice(r.mask, lab) > max(0.9, dice(coarse > 0.5, lab) - 1e-9)
+
+
+def test_default_axis_is_the_library_rule() -> None:
+    """axis=None: sequencer.default_axis of the Volume, else of diag(spacing) with the shape."""
+    from medsam2kit.sequencer import default_axis
+
+    c = np.full((4, 6, 10), 0.7, np.float32)
+
+    def run(coarse: Any, n: int, **kw: Any) -> int:
+        return fuse(coarse, coarse, np.full(n, 2.0), np.full(n, 0.9), prompt_slices=None, **kw).axis
+
+    assert run(c, 10, spacing=(1.0, 1.0, 3.0)) == 2  # the thick axis
+    assert run(c, 4) == 0  # 1 mm everywhere: the fewest slices
+    cube = np.full((6, 6, 6), 0.7, np.float32)
+    assert run(cube, 6) == 2  # a cube: nearest world z (array axes taken as x, y, z)
+    z_first = Volume(cube, np.eye(4)[:, [2, 0, 1, 3]])
+    assert run(z_first, 6) == 0 == default_axis(z_first)  # a Volume: its own geometry
+    assert fu.coarse_confidence(c, spacing=(1.0, 1.0, 3.0)).shape == (10,)
+    assert fu.coarse_confidence(c).shape == (4,)
+    # 2D hole filling works slice by slice along the default axis: a tunnel through all of axis 0
+    # is a hole in every axis-0 slice but open (it reaches the border) in the axis-2 slices
+    m = np.zeros((5, 7, 7), bool)
+    m[:, 1:6, 1:6] = True
+    m[:, 3, 3] = False
+    assert postprocess_mask(m, spacing=(3.0, 1.0, 1.0))[:, 3, 3].all()  # default axis 0
+    assert not postprocess_mask(m, spacing=(1.0, 1.0, 3.0))[:, 3, 3].any()  # default axis 2

@@ -436,3 +436,13 @@ def test_inter_slice_consistency_brute_force(seed: int, axis: int) -> None:
         assert c.mean_adjacent_dice == pytest.approx(np.mean(dices))
         assert c.area_variation == pytest.approx(num / den)
     np.testing.assert_array_equal(c.areas_mm2, s.reshape(s.shape[0], -1).sum(1))
+
+
+def test_inter_slice_consistency_default_axis_is_the_library_rule() -> None:
+    m = np.zeros((4, 6, 10), bool)
+    m[1:3, 1:5, 2:8] = True
+    assert mt.inter_slice_consistency(m, spacing=(1.0, 1.0, 3.0)).areas_mm2.shape == (10,)  # thick axis
+    assert mt.inter_slice_consistency(m).areas_mm2.shape == (4,)  # 1 mm: fewest slices
+    vol = Volume(m.transpose(2, 0, 1).copy(), np.diag([3.0, 1.0, 1.0, 1.0]))
+    assert mt.inter_slice_consistency(vol).areas_mm2.shape == (10,)  # a Volume: its geometry
+    assert mt.inter_slice_consistency(m, axis=1).areas_mm2.shape == (6,)

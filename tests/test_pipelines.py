@@ -10,7 +10,7 @@ import torch
 
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.errors import ShapeMismatchError
-from medsam2kit.fusion import fuse
+from medsam2kit.fusion import FusionResult, fuse
 from medsam2kit.io import load_label, load_volume, save_mask
 from medsam2kit.metrics import dice, inter_slice_consistency
 from medsam2kit.phantoms import ellipsoid_phantom
@@ -92,9 +92,12 @@ def test_hippocampus_coarse_then_fusion_with_a_second_estimate(pred: SAM2Predict
     truth = labels[2].array > 0
 
     def fit(context: int, seed: int) -> CoarseSegmenter:
-        seg = CoarseSegmenter(CoarseConfig(num_labels=1, context=context, image_size=48, base_channels=8, depth=2))
+        # axis 0 as calibrated (1 mm isotropic, identity affine: the default would be axis 2)
+        seg = CoarseSegmenter(CoarseConfig(num_labels=1, context=context, image_size=48, base_channels=8, depth=2,
+                                           axis=0))
         binary = [lab.with_array((lab.array > 0).astype(np.uint8)) for lab in labels[:2]]
-        return seg.fit(images[:2], binary, steps=120, batch_size=16, generator=seed)
+        seg.fit(images[:2], binary, steps=120, batch_size=16, generator=torch.Generator().manual_seed(seed))
+        return seg
 
     first, second = fit(0, 1), fit(1, 2)
     p1, p2 = first.predict_proba(images[2])[1], second.predict_proba(images[2])[1]
@@ -118,13 +121,50 @@ def test_hippocampus_coarse_then_fusion_with_a_second_estimate(pred: SAM2Predict
     print(f"pipeline with random SAM2 weights: Dice {dice(result.labels.array > 0, truth):.3f}, {consistency}")
 
 
-def test_a_label_without_reliable_slices_keeps_the_coarse_argmax(pred: SAM2Predictor) -> None:
-    """Three classes at 0.2/0.45/0.35: label 1 wins the argmax below the 0.5 fusion threshold;
-    with no slice reliable enough to prompt, the pipeline must return that coarse segmentation."""
+def _assert_fusion_invariant(fusion: FusionResult, threshold: float) -> None:
+    """FusionResult's documented invariant: the mask lies in the union of the thresholded inputs,
+    and every mask voxel either passes the threshold on the fused probability or is a filled hole
+    (which lies in the union)."""
+    assert not (fusion.mask & ~fusion.union).any()
+    below = fusion.mask & ~(fusion.probability > threshold)
+    assert not (below & ~fusion.union).any()
+
+
+def test_a_label_without_reliable_slices_keeps_a_consistent_coarse_fusion(pred: SAM2Predictor) -> None:
+    """Three classes at 0.2/0.45/0.35 (8,400 voxels, none above 0.5) and a background block: no slice
+    is reliable enough to prompt, so each label's fusion has the coarse probability as its only
+    source; its mask follows the fusion's own rule (empty here) and the label map follows the
+    masks: never a voxel outside its label's fused mask (the coarse argmax used to be pasted in)."""
     image, _ = ellipsoid_phantom((6, 40, 40), rng=0)
     prob = np.empty((3, *image.shape), np.float32)
     prob[0], prob[1], prob[2] = 0.2, 0.45, 0.35
     prob[:, :, :5] = np.array([0.9, 0.05, 0.05], np.float32)[:, None, None, None]
-    result = SAM2Med3DPipeline(lambda v: prob, pred).run(image)  # nothing > 0.5: no prompt slice
-    assert all(not o.selection.indices for o in result.outcomes.values())
-    np.testing.assert_array_equal(result.labels.array, np.argmax(prob, axis=0))
+    cfg = SAM2Med3DConfig()
+    result = SAM2Med3DPipeline(lambda v: prob, pred, cfg).run(image)  # nothing > 0.5: no prompt slice
+    assert int((prob[1:] > 0.5).sum()) == 0 and int((np.argmax(prob, axis=0) == 1).sum()) == 8400
+    for lab, outcome in result.outcomes.items():
+        assert not outcome.selection.indices and outcome.propagation is None
+        fusion = outcome.fusion
+        np.testing.assert_array_equal(fusion.probability, prob[lab])  # the coarse probability alone
+        assert not fusion.sam_weight.any()
+        _assert_fusion_invariant(fusion, cfg.consistency.threshold)
+        assert not fusion.mask.any()
+        assert ((result.labels.array == lab) <= fusion.mask).all()
+    assert not result.labels.array.any()
+
+
+def test_label_map_is_one_exclusive_rule_over_the_fused_masks(pred: SAM2Predictor) -> None:
+    """With one label above the threshold (no prompt: coarse only) the label map is exactly that
+    label's fused mask; a second label below the threshold gets no voxel."""
+    image, _ = ellipsoid_phantom((6, 40, 40), rng=0)
+    prob = np.zeros((3, *image.shape), np.float32)
+    prob[0] = 1.0
+    prob[:, 2:4, 10:30, 10:30] = np.array([0.1, 0.6, 0.3], np.float32)[:, None, None, None]
+    cfg = SAM2Med3DConfig(slice_filter=SliceFilterConfig(min_score=1.0))  # no slice qualifies: coarse only
+    result = SAM2Med3DPipeline(lambda v: prob, pred, cfg).run(image)
+    masks = {lab: o.fusion.mask for lab, o in result.outcomes.items()}
+    for o in result.outcomes.values():
+        assert not o.selection.indices
+        _assert_fusion_invariant(o.fusion, cfg.consistency.threshold)
+    np.testing.assert_array_equal(masks[1], prob[1] > 0.5)
+    np.testing.assert_array_equal(result.labels.array, np.where(masks[1], 1, 0))

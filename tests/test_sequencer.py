@@ -447,24 +447,89 @@ def test_sequence_protocol() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _reference_axis(aff: np.ndarray, shape: tuple[int, int, int]) -> int:
+    """The documented rule, written out plainly: largest spacing (rtol 1e-3), fewest slices,
+    nearest world superior-inferior, lowest axis."""
+    cols = aff[:3, :3]
+    spacing = [float(np.linalg.norm(cols[:, i])) for i in range(3)]
+    tied = [i for i in range(3) if spacing[i] >= max(spacing) * (1 - 1e-3)]
+    tied = [i for i in tied if shape[i] == min(shape[j] for j in tied)]
+    si = {i: abs(cols[2, i]) / spacing[i] for i in tied}
+    return min(i for i in tied if si[i] >= max(si.values()) - 1e-9)
+
+
 @FAST
-@given(aff=affines())
-def test_default_axis_is_largest_spacing_lowest_on_ties(aff: np.ndarray) -> None:
-    spacing = np.linalg.norm(aff[:3, :3], axis=0)
-    expected = min(i for i in range(3) if math.isclose(spacing[i], spacing.max(), rel_tol=1e-9))
-    assert default_axis(aff) == expected
-    vol = Volume(np.zeros((3, 4, 5), np.float32), aff)
+@given(aff=affines(), shape=st.tuples(*[st.sampled_from([3, 4, 5])] * 3))
+def test_default_axis_follows_the_documented_rule(aff: np.ndarray, shape: tuple[int, int, int]) -> None:
+    expected = _reference_axis(aff, shape)
+    vol = Volume(np.zeros(shape, np.float32), aff)
+    assert default_axis(aff, shape=shape) == expected
+    assert default_axis(vol) == expected
     assert sequence_volume(vol, image_size=32).layout.axis == expected
-    cine = Volume(np.zeros((3, 4, 5), np.uint8), aff, kind="cine")
-    assert default_axis(aff, kind="cine") == 0
+    cine = Volume(np.zeros(shape, np.uint8), aff, kind="cine")
+    assert default_axis(aff, kind="cine") == 0 and default_axis(cine) == 0
     assert sequence_volume(cine, image_size=32, window=None).layout.axis == 0
 
 
+@FAST
+@given(
+    aff=affines(),
+    shape=st.tuples(*[st.sampled_from([4, 9, 30])] * 3),
+    perm=st.permutations([0, 1, 2]),
+)
+def test_default_axis_follows_a_permutation_of_the_array_axes(
+    aff: np.ndarray, shape: tuple[int, int, int], perm: list[int]
+) -> None:
+    """Transposing the array (and the affine's columns with it) keeps the chosen world axis,
+    whenever the rule decides before its last resort (the lowest axis)."""
+    base = default_axis(aff, shape=shape)
+    cols = aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0)
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    tied = [i for i in range(3) if spacing[i] >= spacing.max() * (1 - 1e-3) and shape[i] == shape[base]]
+    if sum(abs(abs(cols[2, i]) - abs(cols[2, base])) < 1e-6 for i in tied) > 1:
+        return  # an exact tie in world terms too: only the lowest-axis fallback decides
+    moved = aff.copy()
+    moved[:3, :3] = aff[:3, perm]
+    moved_shape = (shape[perm[0]], shape[perm[1]], shape[perm[2]])
+    chosen = default_axis(Volume(np.zeros(moved_shape, np.uint8), moved))
+    assert perm[chosen] == base
+
+
 def test_default_axis_examples() -> None:
+    # anisotropic: the thick-slice axis, whatever the shape
     assert default_axis(np.diag([0.7, 0.7, 5.0, 1.0])) == 2
-    assert default_axis(np.diag([1.0, 1.0, 1.0, 1.0])) == 0
-    assert default_axis(np.diag([1.0, 3.0, 3.0, 1.0])) == 1
-    assert default_axis(np.diag([1.0, 3.0, 3.0 * (1 + 1e-6), 1.0])) == 1  # tie within SPACING_RTOL
+    assert default_axis(np.diag([0.7, 0.7, 5.0, 1.0]), shape=(10, 384, 384)) == 2
+    assert default_axis(np.diag([1.0, 3.0, 3.0, 1.0])) == 2  # tie 1-2, no shape: nearest world z
+    assert default_axis(np.diag([1.0, 3.0, 3.0, 1.0]), shape=(5, 20, 8)) == 2  # fewest slices
+    assert default_axis(np.diag([1.0, 3.0, 3.0, 1.0]), shape=(5, 8, 20)) == 1
+    assert default_axis(np.diag([1.0, 3.0, 3.0 * (1 + 1e-4), 1.0]), shape=(5, 8, 20)) == 1  # tie within 1e-3
+    assert default_axis(np.diag([1.0, 3.0, 3.0 * (1 + 1e-2), 1.0]), shape=(5, 8, 20)) == 2  # no tie
+    # 1 mm everywhere (common after format conversion) with a short axis: that axis, not 384 x 10 frames
+    assert default_axis(np.eye(4), shape=(384, 384, 10)) == 2
+    assert default_axis(Volume(np.zeros((384, 10, 384), np.uint8), np.eye(4))) == 1
+    assert default_axis(np.diag([0.8, 0.8, 0.8, 1.0]), shape=(12, 200, 200)) == 0
+    # an isotropic cube: the axis nearest the world superior-inferior direction
+    assert default_axis(np.eye(4), shape=(6, 6, 6)) == 2
+    permuted = np.eye(4)[:, [2, 0, 1, 3]]  # array axis 0 runs along world z
+    assert default_axis(permuted, shape=(6, 6, 6)) == 0
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    oblique = np.eye(4)
+    oblique[:3, :3] = np.array([[1.0, 0.0, 0.0], [0.0, s, -c], [0.0, c, s]])  # axis 1 is 30 deg off z
+    assert default_axis(oblique, shape=(6, 6, 6)) == 1
+    assert sequence_volume(Volume(np.zeros((6, 6, 6), np.float32), oblique), image_size=32).layout.axis == 1
+
+
+def test_default_axis_accepts_a_volume_or_an_affine_only() -> None:
+    vol = Volume(np.zeros((4, 5, 6), np.float32), np.diag([3.0, 1.0, 1.0, 1.0]))
+    assert default_axis(vol) == 0
+    with pytest.raises(InvalidTypeError, match="geometry: expected a Volume or a \\(4, 4\\) affine"):
+        default_axis("RAS")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="shape"):
+        default_axis(vol, shape=(4, 5, 6))
+    with pytest.raises(InvalidInputError, match="shape"):
+        default_axis(np.eye(4), shape=(4, 5))
+    with pytest.raises(InvalidInputError, match="kind"):
+        default_axis(np.eye(4), kind="video")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,7 +644,7 @@ def test_torch_input() -> None:
     [
         (lambda: sequence_volume(np.zeros((4, 4)), image_size=32), InvalidInputError, r"volume: expected 3 dim.*\(4, 4\)"),
         (lambda: sequence_frames(np.zeros((2, 4, 4, 2)), image_size=32), InvalidInputError, r"frames: expected shape"),
-        (lambda: sequence_volume(np.zeros((2, 4, 4)), axis=3, image_size=32), InvalidInputError, r"axis: expected 0, 1 or 2, got 3"),
+        (lambda: sequence_volume(np.zeros((2, 4, 4)), axis=3, image_size=32), InvalidInputError, r"axis: expected 0, 1 or 2 \(or -3, -2, -1\), got 3"),
         (lambda: sequence_volume(np.zeros((2, 4, 4)), axis=1.0, image_size=32), InvalidTypeError, r"axis: expected an integer"),
         (lambda: sequence_volume(np.array([[[np.nan]]]), image_size=32), InvalidInputError, r"volume: expected finite values, got 1 NaN"),
         (lambda: sequence_volume(np.zeros((1, 2, 2)), image_size=0), InvalidInputError, r"image_size: expected an integer >= 1, got 0"),
@@ -590,9 +655,9 @@ def test_torch_input() -> None:
         (lambda: sequence_volume(np.zeros((1, 2, 2)), image_size=32, window="lungs"), InvalidInputError, r"window: expected one of"),
         (lambda: sequence_volume(np.zeros((1, 2, 2)), image_size=32, window=None), InvalidInputError, r"window: None .* uint8 .* float64"),
         (lambda: sequence_volume(np.zeros((1, 2, 2)), image_size=32, window=[0, 1]), InvalidTypeError, r"window: expected a Window"),
-        (lambda: sequence_volume(np.zeros((3, 2, 2)), image_size=32, order=[0, 0]), InvalidInputError, r"order: expected distinct.*\[0\]"),
-        (lambda: sequence_volume(np.zeros((3, 2, 2)), image_size=32, order=[3]), InvalidInputError, r"order: expected slice indices in \[0, 2\], got \[3\]"),
-        (lambda: sequence_volume(np.zeros((3, 2, 2)), image_size=32, order="centre_out"), InvalidInputError, r"frame_order"),
+        (lambda: sequence_volume(np.zeros((3, 2, 2)), axis=0, image_size=32, order=[0, 0]), InvalidInputError, r"order: expected distinct.*\[0\]"),
+        (lambda: sequence_volume(np.zeros((3, 2, 2)), axis=0, image_size=32, order=[3]), InvalidInputError, r"order: expected slice indices in \[0, 2\], got \[3\]"),
+        (lambda: sequence_volume(np.zeros((3, 2, 2)), axis=0, image_size=32, order="centre_out"), InvalidInputError, r"frame_order"),
         (lambda: sequence_volume(Volume(np.zeros((3, 2, 2)), np.eye(4), kind="cine"), axis=1, image_size=32), InvalidInputError, r"axis: a cine"),
         (lambda: sequence_volume(Volume(np.zeros((3, 2, 2)), np.eye(4)), affine=np.eye(4), image_size=32), InvalidInputError, r"affine: expected None"),
         (lambda: sequence_volume([[[1.0]]], image_size=32), InvalidTypeError, r"volume: expected a numpy array"),
@@ -658,7 +723,7 @@ def test_deeplesion_default_axis_and_label_round_trip(shared_data: Path) -> None
         vol = Volume(np.asarray(img.dataobj), img.affine, modality="CT", source=str(img_path))
         label = np.asarray(lab.dataobj) > 0
         assert nib.aff2axcodes(img.affine) == ("P", "L", "I")
-        axis = default_axis(vol.affine)
+        axis = default_axis(vol)
         assert axis == 2 and math.isclose(vol.spacing[2], 5.0, rel_tol=1e-3)
         seq = sequence_volume(vol, image_size=512, window=None)  # already windowed uint8
         assert seq.layout.axis == 2 and len(seq) == vol.shape[2] and seq.layout.scale == (1.0, 1.0)

@@ -187,7 +187,7 @@ def test_prompts_follow_sam2() -> None:
     assert all(gt[i, int(pts2[i, 0, 1]), int(pts2[i, 0, 0])] for i in range(2))
     plan = draw_plan(PromptConfig(mode="mixed", prob_point=0.0), 8, np.random.default_rng(0))
     assert plan.kind == "mask" and plan.frames_to_correct == () and plan.init_cond_frames[0] == 0
-    every = draw_plan(PromptConfig(mode="box", init_cond_frames=-1, frames_to_correct=-1), 5, np.random.default_rng(0))
+    every = draw_plan(PromptConfig(mode="box", init_cond_frames=-1, frames_to_correct=-1), 5, rng=0)
     assert every.init_cond_frames == (0, 1, 2, 3, 4) and every.kind == "box"
 
 
@@ -260,6 +260,7 @@ def test_checkpoint_round_trip_and_upstream_load(tmp_path: Path) -> None:
     assert result.checkpoint.is_file() and result.final_model.is_file() and (tmp_path / "curves.png").is_file()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["step", "step", "epoch"]
+    assert result.steps == 2 and result.losses == tuple(r["loss"] for r in records[:2])  # as coarse.FitResult
     saved = torch.load(result.checkpoint, weights_only=True)
     ours = build_model("sam2.1_hiera_micro", result.checkpoint, device="cpu")
     for k, v in ours.state_dict().items():

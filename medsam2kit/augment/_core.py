@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import torch
 from torch import Tensor
 
+from medsam2kit._validate import check_generator
 from medsam2kit.augment.geometry import ScanGeometry, estimate_scan_geometry
 from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
 
@@ -182,17 +183,6 @@ def probability(name: str, p: float) -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
         raise InvalidInputError(f"{name}: expected a probability in [0, 1], got {p!r}")
     return float(p)
-
-
-def check_generator(generator: torch.Generator | None) -> torch.Generator:
-    """The given generator, or a fresh one seeded from the OS (global RNG state is never used)."""
-    if generator is None:
-        fresh = torch.Generator()
-        fresh.seed()
-        return fresh
-    if not isinstance(generator, torch.Generator):
-        raise InvalidTypeError(f"generator: expected torch.Generator or None, got {type(generator).__name__}")
-    return generator
 
 
 def uniform(generator: torch.Generator, shape: tuple[int, ...], bounds: tuple[float, float]) -> Tensor:

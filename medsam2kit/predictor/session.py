@@ -93,6 +93,35 @@ class SAM2Predictor:
         model = build_model(config, checkpoint, device=device, image_size=image_size, overrides=overrides)
         return cls(model, **kwargs)
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        cache_dir: str | Path | None = None,
+        config: str | Path | None = None,
+        image_size: int | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> SAM2Predictor:
+        """Build a predictor from a model-zoo name (``medsam2kit models``) or a checkpoint file.
+
+        A name is resolved in the model cache, downloaded from the Hugging Face hub if needed and
+        allowed, and checked against its sha256; its config and input size come from the zoo
+        entry. A file with no entry gets the config its keys fit, or ``config=``. See
+        :func:`medsam2kit.models.load_model`; ``kwargs`` go to the predictor.
+
+        Example:
+            >>> SAM2Predictor.from_pretrained("reference", device="cpu").image_size
+            128
+        """
+        from medsam2kit.models import load_model  # models imports the predictor package
+
+        loaded = load_model(name_or_path, config=config, image_size=image_size, overrides=overrides,
+                            device=device, cache_dir=cache_dir)
+        return cls(loaded.model, **kwargs)
+
     @property
     def image_size(self) -> int:
         """The model's square input size ``S``."""

@@ -26,6 +26,7 @@ _EXAMPLE = """example:
   medsam2kit finetune run.yaml
   medsam2kit finetune run.yaml --set schedule.steps=200 --set optim.lr=1e-4 --out runs/try2
   medsam2kit finetune run.yaml --resume runs/try2/checkpoint_last.pt
+  medsam2kit finetune run.yaml --model medsam2_latest   # start from MedSAM2 (config and 512 px from the zoo)
   torchrun --nproc_per_node 4 -m medsam2kit.cli finetune run.yaml   # data-parallel, same config
 
 config (YAML; unknown keys and wrong types are errors naming the key):
@@ -62,6 +63,9 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (overrides output_dir)")
     p.add_argument("--resume", default=None, help="checkpoint_last.pt to continue from")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides device)")
+    p.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help="start from a model zoo entry ('medsam2kit models') or a checkpoint file: overrides the "
+                        "config's model.config, model.checkpoint and model.image_size (--set still wins)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     return p
 
@@ -75,7 +79,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config)
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = _model_changes(args.model) if getattr(args, "model", None) else {}
         for item in args.set:
             if "=" not in item:
                 raise ConfigError(f"--set: expected KEY=VALUE, got {item!r}")
@@ -100,6 +104,19 @@ def run_finetune(args: argparse.Namespace) -> int:
                    "final_model": str(result.final_model), "steps": result.steps, "val": result.val}
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _model_changes(name_or_path: str) -> dict[str, Any]:
+    """``model.*`` changes for ``--model`` (see :func:`medsam2kit.models.resolve_model`)."""
+    from medsam2kit.models import resolve_model
+
+    spec = resolve_model(name_or_path)
+    if spec.overrides:
+        raise ConfigError(f"--model: {name_or_path} needs config overrides {dict(spec.overrides)} that a "
+                          "finetune config cannot express; set model.config to a YAML with them instead")
+    print(f"medsam2kit finetune: model {spec.entry.name if spec.entry else spec.checkpoint} "
+          f"({spec.config}, {spec.image_size or 'config'} px) from {spec.checkpoint}", file=sys.stderr)
+    return {"model.config": spec.config, "model.checkpoint": str(spec.checkpoint), "model.image_size": spec.image_size}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medsam2kit._validate import check_label_map
 from medsam2kit.errors import FileFormatError, InvalidInputError, MissingFileError, ShapeMismatchError
 from medsam2kit.train.config import SHORT_MAX_FRAMES, DatasetSpec, Duration
 
@@ -158,12 +159,7 @@ def make_video(frames: np.ndarray, labels: np.ndarray, *, image_size: int, name:
         raise ShapeMismatchError(f"{name}: frames have shape {frames.shape} but labels have {labels.shape}")
     if frames.ndim != 3:
         raise InvalidInputError(f"{name}: expected frames (T, H, W), got shape {frames.shape}")
-    lab = np.asarray(labels)
-    if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == np.bool_):
-        if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
-            raise InvalidInputError(f"{name}: labels must be integers, got dtype {lab.dtype} with fractions")
-        lab = lab.astype(np.int64)
-    lab = lab.astype(np.int64)
+    lab = check_label_map(labels, f"{name}: labels")
     values = tuple(int(v) for v in label_values) or tuple(int(v) for v in np.unique(lab) if v != 0)
     if len(values) == 2 and not label_values and set(values) == {1, 255}:
         values = (255,)

@@ -43,7 +43,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,14 +73,16 @@ from medsam2kit.train.prompts import PromptPlan, draw_plan
 
 @dataclass(frozen=True)
 class FitResult:
-    """What a run produced (of its last stage).
+    """What a run produced (of its last stage); the same kind of result as
+    :class:`medsam2kit.coarse.FitResult` (``steps``, a ``history`` of records, ``losses``).
 
     Attributes:
         output_dir: the stage's folder.
         checkpoint: ``checkpoint_last.pt`` (resumable; loadable by sam2's ``build_sam2``).
         final_model: ``model_final.pt`` (``{"model": state_dict}``).
         steps: optimiser steps done in the stage.
-        history: the step and epoch records.
+        history: the step records (``"kind": "step"``, every ``log.every`` steps) and epoch
+            records (``"kind": "epoch"``, with the validation metrics).
         val: the last validation metrics (``None`` without validation data).
     """
 
@@ -90,6 +92,11 @@ class FitResult:
     steps: int
     history: tuple[dict[str, Any], ...] = field(repr=False)
     val: dict[str, float] | None
+
+    @property
+    def losses(self) -> tuple[float, ...]:
+        """The training loss of every recorded step, in order."""
+        return tuple(float(r["loss"]) for r in self.history if r.get("kind") == "step")
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,7 +524,7 @@ def _run_stage(config: TrainConfig, stage: Stage, stage_idx: int, folder: Path, 
             batch = collate(sampler.batch(step=step, micro=micro, batch_size=config.data.batch_size, rank=env.rank))
             batch = batch.to(env.device)
             plan = draw_plan(config.prompts, batch.num_frames,
-                             np.random.default_rng(derive_seed(config.seed, stage_idx, step, micro, 7919)))
+                             rng=derive_seed(config.seed, stage_idx, step, micro, 7919))
             sync = (contextlib.nullcontext() if not env.distributed or micro == oc.accumulate - 1
                     else module.no_sync())  # type: ignore[operator]
             with sync:
@@ -581,28 +588,12 @@ def _save_last(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
                     extra={"stage": stage_idx, "rng": rng, "history": history, "config": config.to_dict()})
 
 
-def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Read ``metrics.jsonl`` records.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = write_records(pathlib.Path(tempfile.mkdtemp()), [{"kind": "step", "step": 1, "loss": 2.0}])[0]
-        >>> next(iter_records(p))["loss"]
-        2.0
-    """
-    with open(path) as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 __all__ = [
     "FitResult",
     "build_optimizer",
     "build_scheduler",
     "evaluate",
     "fit",
-    "iter_records",
     "load_training_state",
     "lr_factor",
     "model_state",

@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from medsam2kit._validate import check_rng
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.train.config import PromptConfig
 from medsam2kit.train.data import derive_seed
@@ -64,24 +65,26 @@ class PromptPlan:
         return PromptPlan("mask", (0,))
 
 
-def draw_plan(config: PromptConfig, num_frames: int, generator: np.random.Generator) -> PromptPlan:
+def draw_plan(config: PromptConfig, num_frames: int, rng: np.random.Generator | int | None = None) -> PromptPlan:
     """Draw the prompts of one training step (SAM2's ``prepare_prompt_inputs``).
 
     Args:
         config: the prompt settings.
         num_frames: frames of the clips in the batch.
-        generator: the step's generator (the same on every process).
+        rng: the step's numpy generator (the same on every process), an int seed, or ``None``
+            (fresh OS entropy).
 
     Example:
         >>> import numpy as np
         >>> from medsam2kit.train.config import PromptConfig
         >>> plan = draw_plan(PromptConfig(mode="point", init_cond_frames=1, frames_to_correct=2), 8,
-        ...                  np.random.default_rng(0))
+        ...                  rng=0)
         >>> plan.kind, plan.init_cond_frames, len(plan.frames_to_correct)
         ('point', (0,), 2)
     """
     if num_frames < 1:
         raise InvalidInputError(f"num_frames: expected >= 1, got {num_frames}")
+    generator = check_rng(rng)
     if config.mode == "mixed":
         use_points = bool(generator.random() < config.prob_point)
     else:
