@@ -772,6 +772,39 @@ class ConfidenceFusion(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def label_vs_rivals(prob: np.ndarray) -> np.ndarray:
+    """Per label, the probability that it beats its strongest rival class, from a multi-class
+    coarse output: ``p_l / (p_l + max_{k != l} p_k)``.
+
+    A softmax over background and ``L`` labels decides a voxel by argmax, so a label can win with
+    ``p_l`` well below 0.5 (0.45 against 0.35 and 0.2). Per-label fusion and slice selection
+    threshold each label's probability at 0.5; this turns the multi-class output into per-label
+    probabilities whose 0.5 threshold is exactly the argmax decision (ties give 0.5, not above).
+    With one label (two classes summing to 1) it is ``p_1`` itself.
+
+    Args:
+        prob: ``(L + 1, D, H, W)`` float probabilities, background first, each in [0, 1].
+
+    Returns:
+        ``(L, D, H, W)`` float32 in [0, 1] (0 where every class has probability 0).
+
+    Example:
+        >>> import numpy as np
+        >>> p = np.array([0.2, 0.45, 0.35], np.float32).reshape(3, 1, 1, 1)
+        >>> np.round(label_vs_rivals(p).ravel(), 3).tolist()
+        [0.562, 0.438]
+    """
+    arr = np.asarray(prob, dtype=np.float32)
+    if arr.ndim != 4 or arr.shape[0] < 2:
+        raise ShapeMismatchError(f"prob: expected (L + 1, D, H, W) class probabilities with L >= 1, got {arr.shape}")
+    out = np.empty((arr.shape[0] - 1, *arr.shape[1:]), np.float32)
+    for lab in range(1, arr.shape[0]):
+        rival = np.max(np.delete(arr, lab, axis=0), axis=0)
+        total = arr[lab] + rival
+        out[lab - 1] = np.divide(arr[lab], total, out=np.zeros_like(total), where=total > 0)
+    return out
+
+
 def sam_inputs_from_propagation(
     result: PropagationResult, sequence: FrameSequence, *, obj_index: int = 0
 ) -> SamInputs:
@@ -804,6 +837,7 @@ def sam_inputs_from_propagation(
 
 
 __all__ = [
+    "label_vs_rivals",
     "ConfidenceFusion",
     "ConsistencyParams",
     "FusionParams",

@@ -30,7 +30,14 @@ import numpy as np
 from medsam2kit.coarse import CoarseModel
 from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
 from medsam2kit.fewshot import FewShotPipeline
-from medsam2kit.fusion import ConsistencyParams, FusionParams, FusionResult, fuse, sam_inputs_from_propagation
+from medsam2kit.fusion import (
+    ConsistencyParams,
+    FusionParams,
+    FusionResult,
+    fuse,
+    label_vs_rivals,
+    sam_inputs_from_propagation,
+)
 from medsam2kit.predictor import PropagationResult, SAM2Predictor, Session
 from medsam2kit.prompts import PromptKind, SliceFilterConfig, SliceSelection, select_slices, to_predictor_prompts
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, WindowSpec, default_axis, sequence_volume
@@ -129,10 +136,13 @@ class SAM2Med3DPipeline:
     def run(self, volume: Volume) -> SAM2Med3DResult:
         """Coarse -> select -> propagate -> fuse on one volume.
 
-        Each label is fused on its own (a label with no reliable slice keeps the coarse
-        probability as the fusion's only source); the label map then gives each voxel the label
-        of highest fused probability among the labels whose fused mask holds it, background
-        where none does.
+        The coarse output is turned into one probability per label, the probability that the
+        label beats its strongest rival class (:func:`~medsam2kit.fusion.label_vs_rivals`; its
+        0.5 threshold is the coarse argmax, so a label that wins with ``p < 0.5`` among several
+        classes is not lost). Each label's slices are selected and fused on that probability (a
+        label with no reliable slice keeps it as the fusion's only source); the label map then
+        gives each voxel the label of highest fused probability among the labels whose fused
+        mask holds it, background where none does.
         """
         if not isinstance(volume, Volume):
             raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
@@ -144,8 +154,10 @@ class SAM2Med3DPipeline:
 
         t0 = time.perf_counter()
         axis = cfg.axis if cfg.axis is not None else default_axis(volume)
+        per_label = label_vs_rivals(prob)
         selections = {
-            lab: select_slices(prob[lab], spacing=volume.spacing, axis=axis, config=cfg.slice_filter, label=lab)
+            lab: select_slices(per_label[lab - 1], spacing=volume.spacing, axis=axis, config=cfg.slice_filter,
+                               label=lab)
             for lab in range(1, prob.shape[0])
         }
         seconds["select"] = time.perf_counter() - t0
@@ -161,7 +173,7 @@ class SAM2Med3DPipeline:
         for lab, sel in selections.items():
             result = propagations.get(lab)
             sam_prob, scores, ious = _sam_inputs(result, seq, lab)
-            fused = fuse(prob[lab], sam_prob, scores, ious, prompt_slices=list(sel.indices) or None, axis=axis,
+            fused = fuse(per_label[lab - 1], sam_prob, scores, ious, prompt_slices=list(sel.indices) or None, axis=axis,
                          spacing=volume.spacing, params=cfg.fusion, consistency=cfg.consistency)
             outcomes[lab] = LabelOutcome(lab, sel, result, fused)
         labels = _label_map({lab: o.fusion for lab, o in outcomes.items()}, volume.shape)

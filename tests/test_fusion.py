@@ -15,7 +15,14 @@ from scipy import ndimage
 
 from medsam2kit import fusion as fu
 from medsam2kit.errors import GeometryError, InvalidInputError, ShapeMismatchError
-from medsam2kit.fusion import ConfidenceFusion, ConsistencyParams, FusionParams, fuse, postprocess_mask
+from medsam2kit.fusion import (
+    ConfidenceFusion,
+    ConsistencyParams,
+    FusionParams,
+    fuse,
+    label_vs_rivals,
+    postprocess_mask,
+)
 from medsam2kit.volume import Volume
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -509,3 +516,28 @@ def test_default_axis_is_the_library_rule() -> None:
     m[:, 3, 3] = False
     assert postprocess_mask(m, spacing=(3.0, 1.0, 1.0))[:, 3, 3].all()  # default axis 0
     assert not postprocess_mask(m, spacing=(1.0, 1.0, 3.0))[:, 3, 3].any()  # default axis 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_label_vs_rivals_threshold_is_the_argmax(num_labels: int, seed: int) -> None:
+    """Above 0.5 exactly where the label wins the argmax (away from ties), in [0, 1], and the
+    label's own probability when there is a single label (two classes summing to 1)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (num_labels + 1, 3, 5, 4))
+    prob = (np.exp(logits) / np.exp(logits).sum(axis=0)).astype(np.float32)
+    out = label_vs_rivals(prob)
+    assert out.shape == (num_labels, 3, 5, 4) and out.dtype == np.float32
+    assert (out >= 0).all() and (out <= 1).all()
+    top2 = np.sort(prob, axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 1e-4
+    wins = np.argmax(prob, axis=0)
+    for lab in range(1, num_labels + 1):
+        np.testing.assert_array_equal((out[lab - 1] > 0.5)[clear], (wins == lab)[clear])
+    if num_labels == 1:
+        np.testing.assert_allclose(out[0], prob[1], atol=1e-6)
+
+
+def test_label_vs_rivals_rejects_a_single_class() -> None:
+    with pytest.raises(ShapeMismatchError, match="prob"):
+        label_vs_rivals(np.ones((1, 2, 2, 2), np.float32))

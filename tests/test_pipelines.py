@@ -10,7 +10,7 @@ import torch
 
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.errors import ShapeMismatchError
-from medsam2kit.fusion import FusionResult, fuse
+from medsam2kit.fusion import FusionResult, fuse, label_vs_rivals
 from medsam2kit.io import load_label, load_volume, save_mask
 from medsam2kit.metrics import dice, inter_slice_consistency
 from medsam2kit.phantoms import ellipsoid_phantom
@@ -130,27 +130,30 @@ def _assert_fusion_invariant(fusion: FusionResult, threshold: float) -> None:
     assert not (below & ~fusion.union).any()
 
 
-def test_a_label_without_reliable_slices_keeps_a_consistent_coarse_fusion(pred: SAM2Predictor) -> None:
-    """Three classes at 0.2/0.45/0.35 (8,400 voxels, none above 0.5) and a background block: no slice
-    is reliable enough to prompt, so each label's fusion has the coarse probability as its only
-    source; its mask follows the fusion's own rule (empty here) and the label map follows the
-    masks: never a voxel outside its label's fused mask (the coarse argmax used to be pasted in)."""
+def test_a_label_that_wins_below_one_half_keeps_its_voxels_and_the_invariant(pred: SAM2Predictor) -> None:
+    """Three classes at 0.2/0.45/0.35 (8,400 voxels where label 1 wins the argmax with p < 0.5) and
+    a background block, no prompt slice: each label's fusion has the coarse evidence as its only
+    source, the label beating its strongest rival (0.45 / (0.45 + 0.35) > 0.5), so label 1's fused
+    mask is the coarse argmax, the label map follows the fused masks, and no voxel lies outside its
+    label's fused mask (the coarse argmax used to be pasted over the fusion)."""
     image, _ = ellipsoid_phantom((6, 40, 40), rng=0)
     prob = np.empty((3, *image.shape), np.float32)
     prob[0], prob[1], prob[2] = 0.2, 0.45, 0.35
     prob[:, :, :5] = np.array([0.9, 0.05, 0.05], np.float32)[:, None, None, None]
-    cfg = SAM2Med3DConfig()
-    result = SAM2Med3DPipeline(lambda v: prob, pred, cfg).run(image)  # nothing > 0.5: no prompt slice
-    assert int((prob[1:] > 0.5).sum()) == 0 and int((np.argmax(prob, axis=0) == 1).sum()) == 8400
+    cfg = SAM2Med3DConfig(slice_filter=SliceFilterConfig(min_score=1.0))  # no slice qualifies: coarse only
+    result = SAM2Med3DPipeline(lambda v: prob, pred, cfg).run(image)
+    argmax = np.argmax(prob, axis=0)
+    assert int((prob[1:] > 0.5).sum()) == 0 and int((argmax == 1).sum()) == 8400
     for lab, outcome in result.outcomes.items():
         assert not outcome.selection.indices and outcome.propagation is None
         fusion = outcome.fusion
-        np.testing.assert_array_equal(fusion.probability, prob[lab])  # the coarse probability alone
+        np.testing.assert_allclose(fusion.probability, label_vs_rivals(prob)[lab - 1])  # the coarse evidence alone
         assert not fusion.sam_weight.any()
         _assert_fusion_invariant(fusion, cfg.consistency.threshold)
-        assert not fusion.mask.any()
         assert ((result.labels.array == lab) <= fusion.mask).all()
-    assert not result.labels.array.any()
+    np.testing.assert_array_equal(result.outcomes[1].fusion.mask, argmax == 1)
+    assert not result.outcomes[2].fusion.mask.any()
+    np.testing.assert_array_equal(result.labels.array, argmax)
 
 
 def test_label_map_is_one_exclusive_rule_over_the_fused_masks(pred: SAM2Predictor) -> None:
