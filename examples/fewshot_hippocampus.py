@@ -6,11 +6,10 @@ Dice per label to --out.
 
     python examples/fewshot_hippocampus.py --out fewshot_out
 
-With a real checkpoint on a GPU (the default micro config has random weights, so the masks mean
-nothing; the run is real):
+The default model is the bundled reference model (trained on phantoms only: on real MRI its
+masks are poor; the run is real). With a real checkpoint from the model zoo on a GPU:
 
-    python examples/fewshot_hippocampus.py --out fewshot_out \\
-        --config sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --device cuda --image-size 1024
+    python examples/fewshot_hippocampus.py --out fewshot_out --model medsam2_latest --device cuda
 """
 
 from __future__ import annotations
@@ -32,8 +31,8 @@ from medsam2kit.viz import overlay_montage, save_png
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("fewshot_out"))
-    parser.add_argument("--config", default="sam2.1_hiera_micro")
-    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--model", default="reference",
+                        help="model zoo name or checkpoint file (default: the bundled reference model)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--image-size", type=int, default=None)
     args = parser.parse_args()
@@ -50,7 +49,7 @@ def main() -> None:
         source = "synthetic phantoms (shared data not found)"
     print(source)
 
-    predictor = SAM2Predictor.from_config(args.config, args.checkpoint, device=args.device, image_size=args.image_size)
+    predictor = SAM2Predictor.from_pretrained(args.model, device=args.device, image_size=args.image_size)
     pipeline = FewShotPipeline(predictor, list(zip(images[:2], labels[:2])))
     result = pipeline.assembler.segment(images[2])
     truth = labels[2].array
@@ -62,10 +61,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     save_mask(result.labels, images[2], args.out / "query_labels.nii.gz")
     save_png(overlay_montage(images[2], {"truth": truth, "FATE-SAM": result.labels.array}), args.out / "overlay.png")
-    summary = {"source": source, "config": args.config, "checkpoint": str(args.checkpoint),
+    summary = {"source": source, "model": args.model,
                "support_slices": len(pipeline.bank), "query_encoder_calls": result.encoder_calls,
                "dice_per_label": dice,
-               "note": "random weights unless --checkpoint: the run is real, the masks are not meaningful"}
+               "note": "the bundled reference model is trained on phantoms only; use --model for a real checkpoint"}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/query_labels.nii.gz and overlay.png; start slices {result.start_slice}")

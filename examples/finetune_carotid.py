@@ -4,16 +4,15 @@ Trains on frames 0-59 of ``../shared/data/carotid_us`` and validates (first-fram
 propagation, Dice and J&F) on frames 60-89. Writes ``checkpoint_last.pt`` (resumable; sam2's
 ``build_sam2`` loads it), ``model_final.pt``, ``metrics.jsonl`` and ``curves.png`` to ``--out``.
 
-By default the model is the micro SAM2 (random init, 128 px) so that the run takes a minute or two
-on a CPU. With a real checkpoint on a GPU::
+By default the model is the bundled reference model (micro SAM2, 128 px, trained on phantoms) so
+that the run takes a minute or two on a CPU. With a real checkpoint from the model zoo on a GPU::
 
-    python examples/finetune_carotid.py --config sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt \\
-        --image-size 512 --steps 2000 --lr 5e-6 --device cuda
+    python examples/finetune_carotid.py --model sam2.1_hiera_tiny --image-size 512 --steps 2000 \\
+        --lr 5e-6 --device cuda
     # or several GPUs, same arguments:
-    torchrun --nproc_per_node 4 examples/finetune_carotid.py --config sam2.1_hiera_t \\
-        --checkpoint sam2.1_hiera_tiny.pt --steps 2000 --device cuda
+    torchrun --nproc_per_node 4 examples/finetune_carotid.py --model sam2.1_hiera_tiny --steps 2000 --device cuda
 
-(bf16 autocast is used on CUDA automatically; download Meta's ``sam2.1_hiera_tiny.pt`` yourself.)
+(bf16 autocast is used on CUDA automatically; ``medsam2kit models`` says where each checkpoint goes.)
 """
 
 from __future__ import annotations
@@ -23,14 +22,15 @@ import sys
 from pathlib import Path
 
 from medsam2kit._data import shared_data_dir
+from medsam2kit.models import resolve_model
 from medsam2kit.train import config_from_dict, fit
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/carotid"))
-    ap.add_argument("--config", default="sam2.1_hiera_micro")
-    ap.add_argument("--checkpoint", default="")
+    ap.add_argument("--model", default="reference",
+                    help="model zoo name or checkpoint file (default: the bundled reference model)")
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=3e-4, help="3e-4 for a random-init micro model; SAM2 uses 5e-6")
@@ -41,9 +41,11 @@ def main() -> int:
     if recording is None or not recording.is_file():
         print("carotid data not found: set MEDSAM2KIT_DATA or place it at ../shared/data", file=sys.stderr)
         return 1
+    spec = resolve_model(args.model)
     cfg = config_from_dict({
         "paradigm": "task_specific",
-        "model": {"config": args.config, "checkpoint": args.checkpoint, "image_size": args.image_size},
+        "model": {"config": spec.config, "checkpoint": str(spec.checkpoint),
+                  "image_size": args.image_size or spec.image_size},
         "data": {
             "train": [{"kind": "cine", "path": str(recording), "frame_range": [0, 60], "name": "carotid-train"}],
             "val": [{"kind": "cine", "path": str(recording), "frame_range": [60, 90], "name": "carotid-val"}],

@@ -7,11 +7,10 @@ Writes the label map (NIfTI with the input's geometry), an overlay picture and a
 
     python examples/sam2med3d_breast.py --out sam2med3d_out
 
-With a real checkpoint on a GPU (the default micro config has random weights: the run is real,
-SAM2's refinement is not meaningful):
+The default SAM2 is the bundled reference model (trained on phantoms only: on real MRI SAM2's
+refinement is not meaningful; the run is real). With a real checkpoint from the model zoo on a GPU:
 
-    python examples/sam2med3d_breast.py --out sam2med3d_out \\
-        --config sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --device cuda --image-size 1024
+    python examples/sam2med3d_breast.py --out sam2med3d_out --model sam2.1_hiera_tiny --device cuda
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ from medsam2kit.viz import overlay_montage, save_png
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("sam2med3d_out"))
-    parser.add_argument("--config", default="sam2.1_hiera_micro")
-    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--model", default="reference",
+                        help="model zoo name or checkpoint file (default: the bundled reference model)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=200, help="coarse-network training steps")
@@ -58,7 +57,7 @@ def main() -> None:
     coarse = CoarseSegmenter(CoarseConfig(num_labels=1, context=1, image_size=96, base_channels=12, depth=3))
     coarse.fit([image], [label.with_array(truth.astype(np.uint8))], steps=args.steps,
                generator=torch.Generator().manual_seed(0))
-    predictor = SAM2Predictor.from_config(args.config, args.checkpoint, device=args.device, image_size=args.image_size)
+    predictor = SAM2Predictor.from_pretrained(args.model, device=args.device, image_size=args.image_size)
     pipeline = SAM2Med3DPipeline(coarse, predictor, SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=3)))
     result = pipeline.run(image)
     outcome = result.outcomes[1]
@@ -73,8 +72,7 @@ def main() -> None:
     save_png(picture, args.out / "overlay.png")
     summary = {
         "source": source,
-        "config": args.config,
-        "checkpoint": str(args.checkpoint),
+        "model": args.model,
         "prompt_slices": [{"slice": p.slice_index, "score": round(p.score, 3), "reason": p.reason}
                           for p in outcome.selection.prompts],
         "dice_coarse": round(dice(coarse_mask, truth), 4),
@@ -83,7 +81,7 @@ def main() -> None:
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "encoder_calls": result.encoder_calls,
         "slices": image.shape[axis],
-        "note": "random SAM2 weights unless --checkpoint: the run is real, the refinement is not meaningful",
+        "note": "the bundled reference model is trained on phantoms only: use --model for a real checkpoint",
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
