@@ -791,8 +791,8 @@ def label_vs_rivals(prob: np.ndarray) -> np.ndarray:
     Example:
         >>> import numpy as np
         >>> p = np.array([0.2, 0.45, 0.35], np.float32).reshape(3, 1, 1, 1)
-        >>> np.round(label_vs_rivals(p).ravel(), 3).tolist()
-        [0.562, 0.438]
+        >>> [round(float(x), 4) for x in label_vs_rivals(p).ravel()]
+        [0.5625, 0.4375]
     """
     arr = np.asarray(prob, dtype=np.float32)
     if arr.ndim != 4 or arr.shape[0] < 2:

@@ -136,13 +136,15 @@ class SAM2Med3DPipeline:
     def run(self, volume: Volume) -> SAM2Med3DResult:
         """Coarse -> select -> propagate -> fuse on one volume.
 
-        The coarse output is turned into one probability per label, the probability that the
-        label beats its strongest rival class (:func:`~medsam2kit.fusion.label_vs_rivals`; its
-        0.5 threshold is the coarse argmax, so a label that wins with ``p < 0.5`` among several
-        classes is not lost). Each label's slices are selected and fused on that probability (a
-        label with no reliable slice keeps it as the fusion's only source); the label map then
-        gives each voxel the label of highest fused probability among the labels whose fused
-        mask holds it, background where none does.
+        Prompt slices are chosen on each label's coarse probability itself (a prompt needs a
+        confident coarse mask, ``p > 0.5``). For the fusion, the coarse output is turned into one
+        probability per label, the probability that the label beats its strongest rival class
+        (:func:`~medsam2kit.fusion.label_vs_rivals`; its 0.5 threshold is the coarse argmax, so
+        a label that wins with ``p < 0.5`` among several classes is not lost where SAM2 says
+        nothing). Each label is fused on its own (a label with no reliable slice keeps that
+        probability as the fusion's only source); the label map then gives each voxel the label
+        of highest fused probability among the labels whose fused mask holds it, background
+        where none does.
         """
         if not isinstance(volume, Volume):
             raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
@@ -156,8 +158,7 @@ class SAM2Med3DPipeline:
         axis = cfg.axis if cfg.axis is not None else default_axis(volume)
         per_label = label_vs_rivals(prob)
         selections = {
-            lab: select_slices(per_label[lab - 1], spacing=volume.spacing, axis=axis, config=cfg.slice_filter,
-                               label=lab)
+            lab: select_slices(prob[lab], spacing=volume.spacing, axis=axis, config=cfg.slice_filter, label=lab)
             for lab in range(1, prob.shape[0])
         }
         seconds["select"] = time.perf_counter() - t0

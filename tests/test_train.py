@@ -38,7 +38,7 @@ from medsam2kit.train import (
     take_fraction,
 )
 from medsam2kit.train.cli import add_finetune_parser, run_finetune
-from medsam2kit.train.config import DatasetSpec, OptimConfig, PromptConfig
+from medsam2kit.train.config import DatasetSpec, OptimConfig, PromptConfig, TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -364,6 +364,24 @@ def test_cli_finetune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     cfg.write_text("schedule: {stepz: 1}\n")
     assert run_finetune(parser.parse_args(["finetune", str(cfg)])) == 1
     assert "unknown key schedule.stepz" in capsys.readouterr().err
+
+
+def test_cli_finetune_weights_are_never_random_unless_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medsam2kit.reference import reference_checkpoint
+    from medsam2kit.train.cli import _default_weights
+
+    micro = TrainConfig()
+    assert micro.model.checkpoint == ""
+    chosen = _default_weights(micro, random_init=False)
+    assert chosen.model.checkpoint == str(reference_checkpoint())
+    assert "bundled reference model" in capsys.readouterr().err
+    assert _default_weights(micro, random_init=True) == micro
+    assert "random weights" in capsys.readouterr().err
+    tiny = micro.replace(**{"model.config": "sam2.1_hiera_t"})
+    with pytest.raises(ConfigError, match="--random-init"):
+        _default_weights(tiny, random_init=False)
+    given = tiny.replace(**{"model.checkpoint": "w.pt"})
+    assert _default_weights(given, random_init=False) == given
 
 
 def test_empty_data_is_a_clear_error(tmp_path: Path) -> None:

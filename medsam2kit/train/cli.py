@@ -21,6 +21,8 @@ import sys
 from typing import Any
 
 from medsam2kit.errors import ConfigError, MedSAM2KitError
+from medsam2kit.predictor.checkpoints import config_name
+from medsam2kit.train.config import TrainConfig
 
 _EXAMPLE = """example:
   medsam2kit finetune run.yaml
@@ -66,6 +68,10 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="start from a model zoo entry ('medsam2kit models') or a checkpoint file: overrides the "
                         "config's model.config, model.checkpoint and model.image_size (--set still wins)")
+    p.add_argument("--random-init", action="store_true",
+                   help="start from random weights when the config names no model.checkpoint (a warning is "
+                        "printed); without it such a run starts from the bundled reference model "
+                        "(config sam2.1_hiera_micro) or is refused")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     return p
 
@@ -79,6 +85,8 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config)
+        if getattr(args, "model", None) and getattr(args, "random_init", False):
+            raise ConfigError("--model conflicts with --random-init")
         changes: dict[str, Any] = _model_changes(args.model) if getattr(args, "model", None) else {}
         for item in args.set:
             if "=" not in item:
@@ -95,6 +103,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             changes["log.progress"] = False
         if changes:
             cfg = cfg.replace(**changes)
+        cfg = _default_weights(cfg, random_init=bool(getattr(args, "random_init", False)))
         result = fit(cfg)
     except MedSAM2KitError as err:
         print(f"medsam2kit finetune: error: {err}", file=sys.stderr)
@@ -104,6 +113,28 @@ def run_finetune(args: argparse.Namespace) -> int:
                    "final_model": str(result.final_model), "steps": result.steps, "val": result.val}
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _default_weights(cfg: TrainConfig, *, random_init: bool) -> TrainConfig:
+    """The weights a run starts from when its config names no ``model.checkpoint``: random only when
+    asked for (``--random-init``, with a warning); the bundled reference model for its own config;
+    otherwise a named error (a fine-tuning run from random weights is almost never what was meant)."""
+    if cfg.model.checkpoint or cfg.resume:
+        return cfg
+    if random_init:
+        print(f"medsam2kit finetune: warning: starting from random weights of {cfg.model.config} "
+              "(--random-init)", file=sys.stderr)
+        return cfg
+    from medsam2kit.reference import REFERENCE_CONFIG, reference_checkpoint
+
+    if config_name(cfg.model.config) == REFERENCE_CONFIG:
+        print(f"model: bundled reference model {REFERENCE_CONFIG} (phantom-trained, not for clinical use); "
+              "use --model for another", file=sys.stderr)
+        return cfg.replace(**{"model.checkpoint": str(reference_checkpoint())})
+    raise ConfigError(
+        f"model.checkpoint: empty, so the run would start from random weights of {cfg.model.config}; set "
+        "model.checkpoint, pass --model NAME|PATH ('medsam2kit models' lists them), or --random-init"
+    )
 
 
 def _model_changes(name_or_path: str) -> dict[str, Any]:
