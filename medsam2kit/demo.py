@@ -185,7 +185,7 @@ def hippocampus_cases(data_dir: Path) -> list[DemoCase]:
                                                                                     like=image))))
     if len(pairs) < 2:
         return []
-    return [DemoCase(f"hippocampus_{name}", pair, tuple(p for n, p in pairs if n != name), (1, 2))
+    return [DemoCase(name, pair, tuple(p for n, p in pairs if n != name), (1, 2))
             for name, pair in pairs]
 
 
