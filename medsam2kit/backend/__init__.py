@@ -29,11 +29,13 @@ from medsam2kit.backend.state import (
     add_points_or_box,
     conditioning_outputs,
     earliest_conditioning_frame,
+    memory_layout,
     new_inference_state,
     object_ids,
     preflight,
     reset_state,
     track_object,
+    track_objects,
 )
 from medsam2kit.backend.tracking import (
     BackboneFeatures,
@@ -77,7 +79,9 @@ __all__ = [
     "sam2_config_dirs",
     "sam2_version",
     "track_frame",
+    "memory_layout",
     "track_object",
+    "track_objects",
     "track_step_parts",
     "use_multimask",
 ]

@@ -11,7 +11,7 @@ keyword arguments, plus typed read access to the results.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -198,6 +198,110 @@ def track_object(model: SAM2Model, state: InferenceState, *, obj_idx: int, frame
     return out
 
 
+def memory_layout(state: InferenceState, obj_idx: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Which frames an object's memory holds: ``(conditioning frames, other frames)``, sorted.
+
+    sam2 chooses the memories a frame attends to (closest conditioning frames, the last
+    ``num_maskmem - 1`` tracked frames, object pointers within ``max_obj_ptrs_in_encoder``) from
+    these frame indices alone, never from the values; objects with equal layouts therefore
+    attend to memories of equal shape and can be tracked as one batch.
+    """
+    outs = state["output_dict_per_obj"][obj_idx]
+    return tuple(sorted(outs["cond_frame_outputs"])), tuple(sorted(outs["non_cond_frame_outputs"]))
+
+
+def _merged_memory(state: InferenceState, obj_indices: Sequence[int]) -> dict[str, dict[int, FrameOutput]]:
+    """The memories of several objects of equal layout as one batch (object axis first)."""
+    first = state["output_dict_per_obj"][obj_indices[0]]
+    merged: dict[str, dict[int, FrameOutput]] = {}
+    for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+        merged[key] = {}
+        for t, out0 in first[key].items():
+            outs = [state["output_dict_per_obj"][o][key][t] for o in obj_indices]
+            entry: FrameOutput = {}
+            for name, value in out0.items():
+                if name == "maskmem_pos_enc":  # the same for every frame and object: expand, not copy
+                    entry[name] = None if value is None else [x[:1].expand(len(outs), *x.shape[1:]) for x in value]
+                elif isinstance(value, torch.Tensor):
+                    entry[name] = torch.cat([o[name] for o in outs])
+                elif value is None:  # e.g. no memory encoded: None for every object of the layout
+                    entry[name] = None
+                else:
+                    entry[name] = value
+            merged[key][t] = entry
+    return merged
+
+
+def _split(out: FrameOutput, index: int) -> FrameOutput:
+    """One object's share of a batched frame output."""
+    part: FrameOutput = {}
+    for name, value in out.items():
+        if isinstance(value, torch.Tensor):
+            part[name] = value[index : index + 1]
+        elif isinstance(value, list):
+            part[name] = [x[index : index + 1] for x in value]
+        else:
+            part[name] = value
+    return part
+
+
+def track_objects(
+    model: SAM2Model,
+    state: InferenceState,
+    *,
+    obj_indices: Sequence[int],
+    frame_idx: int,
+    reverse: bool,
+    max_batch: int,
+) -> dict[int, FrameOutput]:
+    """Several objects on one frame, batched: :func:`track_object` for each, computed together.
+
+    Objects on their conditioning frames return their stored outputs (as :func:`track_object`).
+    The others are grouped by :func:`memory_layout`; each group (at most ``max_batch`` objects)
+    runs one tracking step over the object batch: the frame's image features are expanded (not
+    copied) to the batch, and memory attention, the mask decoder and the memory encoder run once
+    for the group. Each object's output is stored in its own memory, exactly where the
+    per-object step stores it. Results equal :func:`track_object`'s within float rounding.
+    With ``non_overlap_masks_for_mem_enc`` (which couples the objects of a batch) every object
+    is tracked alone.
+
+    Returns:
+        Per object index, its frame output.
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch: expected >= 1, got {max_batch}")
+    results: dict[int, FrameOutput] = {}
+    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    for o in obj_indices:
+        if frame_idx in state["output_dict_per_obj"][o]["cond_frame_outputs"] or model.non_overlap_masks_for_mem_enc:
+            results[o] = track_object(model, state, obj_idx=o, frame_idx=frame_idx, reverse=reverse)
+        else:
+            groups.setdefault(memory_layout(state, o), []).append(o)
+    for members in groups.values():
+        for start in range(0, len(members), max_batch):
+            chunk = members[start : start + max_batch]
+            if len(chunk) == 1:
+                results[chunk[0]] = track_object(model, state, obj_idx=chunk[0], frame_idx=frame_idx, reverse=reverse)
+                continue
+            out, _ = model._run_single_frame_inference(
+                inference_state=state,
+                output_dict=_merged_memory(state, chunk),
+                frame_idx=frame_idx,
+                batch_size=len(chunk),
+                is_init_cond_frame=False,
+                point_inputs=None,
+                mask_inputs=None,
+                reverse=reverse,
+                run_mem_encoder=True,
+            )
+            for i, o in enumerate(chunk):
+                part = _split(out, i)
+                state["output_dict_per_obj"][o]["non_cond_frame_outputs"][frame_idx] = part
+                state["frames_tracked_per_obj"][o][frame_idx] = {"reverse": reverse}
+                results[o] = part
+    return results
+
+
 __all__ = [
     "FeatureSource",
     "InferenceState",
@@ -209,5 +313,7 @@ __all__ = [
     "object_ids",
     "preflight",
     "reset_state",
+    "memory_layout",
     "track_object",
+    "track_objects",
 ]

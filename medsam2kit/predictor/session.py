@@ -19,11 +19,15 @@ from scipy import ndimage
 
 from medsam2kit import backend
 from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
+from medsam2kit._validate import check_int
 from medsam2kit.predictor.cache import DEFAULT_CACHE_BUDGET_MB, FeatureCache, FrameSource
 from medsam2kit.predictor.checkpoints import build_model
 from medsam2kit.predictor.device import PrecisionPolicy, precision_policy
 from medsam2kit.predictor.types import Direction, MaskPrompt, PointPrompt, Prompt, PropagationResult
 
+
+#: Default cap of objects tracked in one batched step (see ``SAM2Predictor(max_objects_per_batch=)``).
+DEFAULT_MAX_OBJECTS_PER_BATCH = 16
 
 
 class SAM2Predictor:
@@ -39,6 +43,10 @@ class SAM2Predictor:
         encode_batch_size: frames per image-encoder call when a propagation starts (the frames
             it will visit are encoded up front, within the cache budget); default 8 on CUDA,
             1 (lazy, frame by frame) elsewhere.
+        max_objects_per_batch: how many objects one batched tracking step may hold (objects
+            whose memories hold the same frames are tracked together on each frame; see
+            :func:`medsam2kit.backend.track_objects`); bounds the memory of a step. 1 tracks
+            every object alone, as sam2 does.
 
     Example:
         >>> pred = SAM2Predictor.from_config("sam2.1_hiera_micro", device="cpu")
@@ -54,6 +62,7 @@ class SAM2Predictor:
         cache_dtype: torch.dtype | None = None,
         fill_hole_area: int = 0,
         encode_batch_size: int | None = None,
+        max_objects_per_batch: int = DEFAULT_MAX_OBJECTS_PER_BATCH,
     ) -> None:
         if not isinstance(model, backend.SAM2Model):
             raise InvalidTypeError(
@@ -72,6 +81,7 @@ class SAM2Predictor:
             raise InvalidInputError(f"encode_batch_size: expected >= 1 or None, got {encode_batch_size}")
         # batching the encoder pays on a GPU; on CPU frames are encoded one by one, lazily
         self.encode_batch_size = encode_batch_size or (8 if self.policy.device.type == "cuda" else 1)
+        self.max_objects_per_batch = check_int(max_objects_per_batch, "max_objects_per_batch", minimum=1)
 
     @classmethod
     def from_config(
@@ -356,9 +366,11 @@ class Session:
             total, done = sum(len(order) for _, order in passes), 0
             for reverse, order in passes:
                 for frame_idx in order:
-                    for o in range(len(obj_ids)):
-                        out = backend.track_object(self._model, self.state, obj_idx=o, frame_idx=frame_idx,
-                                                   reverse=reverse)
+                    outs = backend.track_objects(
+                        self._model, self.state, obj_indices=range(len(obj_ids)), frame_idx=frame_idx,
+                        reverse=reverse, max_batch=self.predictor.max_objects_per_batch,
+                    )
+                    for o, out in outs.items():
                         _store(raw, frame_idx, o, out)
                     done += 1
                     if progress is not None:
