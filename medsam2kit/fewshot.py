@@ -56,7 +56,7 @@ from medsam2kit.errors import (
 from medsam2kit import backend
 from medsam2kit.predictor import Direction, FeatureCache, SAM2Predictor
 from medsam2kit.sequencer import PercentileWindow, WindowSpec, sequence_volume
-from medsam2kit.volume import Volume
+from medsam2kit.volume import Volume, check_same_grid
 
 Distance = Literal["l1", "cosine"]
 Start = Literal["middle", "best"]
@@ -102,6 +102,7 @@ class SupportBank:
         slice_direction: unit world vector of the slicing axis (queries are sliced along the
             axis closest to it).
         fingerprint: a checksum of the model weights, checked when the bank is used.
+        source: the file it was loaded from (for messages), else ``None``.
     """
 
     def __init__(
@@ -114,7 +115,9 @@ class SupportBank:
         image_size: int,
         slice_direction: np.ndarray,
         fingerprint: float,
+        source: str | None = None,
     ) -> None:
+        self.source = source
         self.slices = tuple(slices)
         self.descriptors = [d.cpu() for d in descriptors]
         self.memories = {int(k): {n: t.cpu() for n, t in v.items()} for k, v in memories.items()}
@@ -237,23 +240,93 @@ class SupportBank:
 
     @classmethod
     def load(cls, path: str | Path) -> SupportBank:
-        """Read a bank written by :meth:`save` (``torch.load(weights_only=True)``)."""
+        """Read a bank written by :meth:`save` (``torch.load(weights_only=True)``).
+
+        Every key, tuple and tensor shape is checked, so a damaged or foreign file is one
+        :class:`~medsam2kit.errors.FileFormatError` naming the file and the first problem.
+
+        Raises:
+            MissingFileError: no such file.
+            FileFormatError: not a support bank, or a malformed one (missing keys, wrong tuples,
+                inconsistent tensor shapes).
+        """
         src = Path(path)
         obj = load_torch(src, what="support bank")
         if not isinstance(obj, dict) or obj.get("format") != _FORMAT_VERSION:
             raise FileFormatError(f"path: {src} is not a medsam2kit support bank (format {_FORMAT_VERSION})")
-        return cls(
-            slices=[SupportSlice(int(a), int(b), float(c), tuple(int(x) for x in d)) for a, b, c, d in obj["slices"]],
-            descriptors=obj["descriptors"],
-            memories={int(k): v for k, v in obj["memories"].items()},
-            maskmem_pos_enc=obj["maskmem_pos_enc"],
-            image_size=int(obj["image_size"]),
-            slice_direction=obj["slice_direction"].numpy(),
-            fingerprint=float(obj["fingerprint"]),
-        )
+        return cls(**_checked_payload(obj, src), source=str(src))
 
 
 _MEMORY_KEYS = ("rows", "maskmem_features", "obj_ptr", "object_score_logits", "pred_masks")
+_MEMORY_NDIM = {"rows": 1, "maskmem_features": 4, "obj_ptr": 2, "object_score_logits": 2, "pred_masks": 4}
+
+
+def _checked_payload(obj: dict[str, Any], src: Path) -> dict[str, Any]:
+    """The constructor arguments of a loaded bank, every key and shape checked (errors name ``src``)."""
+
+    def bad(problem: str) -> FileFormatError:
+        return FileFormatError(f"path: {src} is a malformed support bank: {problem}")
+
+    missing = [k for k in ("slices", "descriptors", "memories", "maskmem_pos_enc", "image_size",
+                           "slice_direction", "fingerprint") if k not in obj]
+    if missing:
+        raise bad(f"missing keys {missing}")
+    slices: list[SupportSlice] = []
+    raw_slices = obj["slices"]
+    if not isinstance(raw_slices, (list, tuple)) or not raw_slices:
+        raise bad(f"'slices' must be a non-empty list, got {type(raw_slices).__name__}")
+    for i, entry in enumerate(raw_slices):
+        try:
+            a, b, c, d = entry
+            slices.append(SupportSlice(int(a), int(b), float(c), tuple(int(x) for x in d)))
+        except (TypeError, ValueError):
+            raise bad(f"slices[{i}] must be [volume, slice_index, position, labels], got {entry!r:.80}") from None
+    n = len(slices)
+    descriptors = obj["descriptors"]
+    if (not isinstance(descriptors, (list, tuple)) or not descriptors
+            or not all(isinstance(d, torch.Tensor) and d.ndim == 4 and d.shape[0] == n for d in descriptors)):
+        raise bad(f"'descriptors' must be a non-empty list of (N={n}, C, H, W) tensors")
+    memories = obj["memories"]
+    if not isinstance(memories, dict) or not memories:
+        raise bad("'memories' must be a non-empty dict {label: tensors}")
+    checked: dict[int, dict[str, torch.Tensor]] = {}
+    for key, mem in memories.items():
+        try:
+            label = int(key)
+        except (TypeError, ValueError):
+            raise bad(f"memory label {key!r} is not an integer") from None
+        if not isinstance(mem, dict) or set(mem) != set(_MEMORY_KEYS):
+            got = sorted(mem) if isinstance(mem, dict) else type(mem).__name__
+            raise bad(f"memories[{label}] must hold {list(_MEMORY_KEYS)}, got {got}")
+        count = mem["rows"].shape[0] if isinstance(mem["rows"], torch.Tensor) and mem["rows"].ndim == 1 else -1
+        for name, ndim in _MEMORY_NDIM.items():
+            t = mem[name]
+            if not isinstance(t, torch.Tensor) or t.ndim != ndim or t.shape[0] != count or count < 1:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise bad(f"memories[{label}][{name!r}] must be a {ndim}-D tensor over {max(count, 1)} slices, got {shape}")
+        rows = mem["rows"]
+        if rows.dtype.is_floating_point or rows.dtype == torch.bool or int(rows.min()) < 0 or int(rows.max()) >= n:
+            raise bad(f"memories[{label}]['rows'] must be integer rows in [0, {n}), got {rows.tolist()[:10]}")
+        checked[label] = dict(mem)
+    pos_enc = obj["maskmem_pos_enc"]
+    if not isinstance(pos_enc, (list, tuple)) or not pos_enc or not all(isinstance(p, torch.Tensor) for p in pos_enc):
+        raise bad("'maskmem_pos_enc' must be a non-empty list of tensors")
+    size = obj["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise bad(f"'image_size' must be a positive integer, got {size!r:.40}")
+    direction = obj["slice_direction"]
+    if (not isinstance(direction, torch.Tensor) or tuple(direction.shape) != (3,)
+            or not bool(torch.isfinite(direction).all()) or float(direction.abs().sum()) == 0.0):
+        raise bad("'slice_direction' must be a tensor of 3 finite numbers, not all 0")
+    fingerprint = obj["fingerprint"]
+    if isinstance(fingerprint, bool) or not isinstance(fingerprint, (int, float)) or not np.isfinite(fingerprint):
+        raise bad(f"'fingerprint' must be a finite number, got {fingerprint!r:.40}")
+    return {"slices": slices, "descriptors": list(descriptors), "memories": checked, "maskmem_pos_enc": list(pos_enc),
+            "image_size": size, "slice_direction": direction.double().numpy(), "fingerprint": float(fingerprint)}
+
+
+def _bank_name(bank: SupportBank) -> str:
+    return f"bank {bank.source}" if bank.source else "bank"
 
 
 @dataclass(frozen=True, eq=False)
@@ -307,12 +380,14 @@ class SupportMemoryAssembler:
     ) -> None:
         if not isinstance(bank, SupportBank):
             raise InvalidTypeError(f"bank: expected a SupportBank, got {type(bank).__name__}")
+        name = _bank_name(bank)
         if bank.image_size != predictor.image_size:
             raise InvalidInputError(
-                f"bank: built at image_size {bank.image_size}, the predictor runs at {predictor.image_size}"
+                f"{name}: built at image_size {bank.image_size}, the predictor runs at {predictor.image_size}"
             )
         if abs(bank.fingerprint - model_fingerprint(predictor.model)) > 1e-6 * max(1.0, abs(bank.fingerprint)):
-            raise CheckpointError("bank: built with other model weights than this predictor's; rebuild it")
+            raise CheckpointError(f"{name}: built with other model weights than this predictor's; rebuild it")
+        _check_memory_widths(bank, predictor)
         if top_k < 1:
             raise InvalidInputError(f"top_k: expected >= 1, got {top_k}")
         if distance not in ("l1", "cosine"):
@@ -338,6 +413,11 @@ class SupportMemoryAssembler:
     def distances(self, fpn: Sequence[torch.Tensor]) -> torch.Tensor:
         """``(N,)`` distances from one query slice's FPN features ``[(1, C_l, H_l, W_l)]`` to the bank."""
         total = torch.zeros(len(self.bank), device=self.predictor.device)
+        if len(fpn) != len(self._descriptors) or any(q.shape[1:] != s.shape[1:] for q, s in zip(fpn, self._descriptors)):
+            raise CheckpointError(
+                f"{_bank_name(self.bank)}: descriptors of shape {[tuple(s.shape[1:]) for s in self._descriptors]} "
+                f"do not fit this predictor's features {[tuple(q.shape[1:]) for q in fpn]}; rebuild the bank"
+            )
         for q, s in zip(fpn, self._descriptors):
             q = q.float()
             if self.distance == "l1":
@@ -397,6 +477,7 @@ class SupportMemoryAssembler:
         retrieved: dict[int, np.ndarray] = {}
         starts: dict[int, int] = {}
         low = self.predictor.image_size // 4
+        jobs: dict[int, tuple[np.ndarray, int]] = {}
         for lab_id in wanted:
             if lab_id not in self.bank.memories:
                 warnings.warn(f"label {lab_id} is in no support slice; its mask is empty", MissingLabelWarning, stacklevel=2)
@@ -408,8 +489,9 @@ class SupportMemoryAssembler:
             for t in range(depth):
                 chosen = self.retrieve(dists[t], lab_id, positions[t])
                 rows[t, : len(chosen)] = chosen
-            start = self._start_frame(dists, lab_id, rows, depth)
-            low_res = self._segment_label(cache, lab_id, rows, start, depth)
+            jobs[lab_id] = (rows, self._start_frame(dists, lab_id, rows, depth))
+        for lab_id, low_res in self._segment_labels(cache, jobs, depth).items():
+            rows, start = jobs[lab_id]
             logits[lab_id] = seq.to_volume_logits(self._upsample(low_res))
             retrieved[lab_id] = rows
             starts[lab_id] = slice_of_frame[start]
@@ -445,47 +527,87 @@ class SupportMemoryAssembler:
         reverse = list(range(start, -1, -1))
         return {"both": [forward, reverse], "forward": [forward], "reverse": [reverse]}[self.direction]
 
-    def _segment_label(self, cache: FeatureCache, label: int, rows: np.ndarray, start: int, depth: int) -> torch.Tensor:
-        """Low-res logits ``(D, S/4, S/4)`` for one label over all query frames."""
-        model = self.predictor.model
-        k = self.top_k
+    def _segment_labels(
+        self, cache: FeatureCache, jobs: Mapping[int, tuple[np.ndarray, int]], depth: int
+    ) -> dict[int, torch.Tensor]:
+        """Low-res logits ``(D, S/4, S/4)`` per label over all query frames.
+
+        Labels that start on the same slice visit the slices in the same order, so their
+        memories hold the same frames; on each slice, those with as many retrieved supports are
+        tracked as one batch (at most the predictor's ``max_objects_per_batch``), sharing the
+        slice's features. The result equals segmenting each label alone.
+        """
+        by_start: dict[int, list[int]] = {}
+        for lab_id, (_, start) in jobs.items():
+            by_start.setdefault(start, []).append(lab_id)
+        out: dict[int, torch.Tensor] = {}
+        with torch.inference_mode(), self.predictor.policy.autocast():
+            for start, labels in by_start.items():
+                out.update(self._segment_group(cache, {lab: jobs[lab][0] for lab in labels}, start, depth))
+        return out
+
+    def _support_memory(self, label: int, rows: np.ndarray) -> dict[int, backend.FrameOutput]:
+        """The retrieved supports of one query slice as conditioning memory (virtual frames 0..)."""
         mem = self.bank.memories[label]
         row_index = {int(r): i for i, r in enumerate(mem["rows"].tolist())}
         device = self.predictor.device
         pos_enc = [p.to(device) for p in self.bank.maskmem_pos_enc]
+        cond: dict[int, backend.FrameOutput] = {}
+        for j, r in enumerate(rows[rows >= 0]):
+            e = row_index[int(r)]
+            cond[j] = {name: mem[name][e : e + 1].to(device)
+                       for name in ("maskmem_features", "pred_masks", "obj_ptr", "object_score_logits")}
+            cond[j]["maskmem_pos_enc"] = pos_enc
+        return cond
+
+    def _segment_group(
+        self, cache: FeatureCache, rows: Mapping[int, np.ndarray], start: int, depth: int
+    ) -> dict[int, torch.Tensor]:
+        """The labels of one start slice, each pass laid out as sam2 would see a video: supports
+        at virtual frames ``0..k-1``, then the query slices in the pass's order."""
+        model = self.predictor.model
+        k = self.top_k
         low = self.predictor.image_size // 4
-        out = torch.full((depth, low, low), float("-inf"))
-        done: dict[int, dict[str, Any]] = {}
-        with torch.inference_mode(), self.predictor.policy.autocast():
-            for order in self._passes(start, depth):
-                # the pass as a video: supports at virtual frames 0..k-1, then the query slices
-                history: dict[int, backend.FrameOutput] = {}
-                for i, t in enumerate(order):
-                    v = k + i
-                    if t in done:  # the start slice of the second pass: reuse, as memory
-                        history[v] = done[t]
-                        continue
-                    cond = {}
-                    for j, r in enumerate(rows[t][rows[t] >= 0]):
-                        e = row_index[int(r)]
-                        cond[j] = {
-                            "maskmem_features": mem["maskmem_features"][e : e + 1].to(device),
-                            "maskmem_pos_enc": pos_enc,
-                            "pred_masks": mem["pred_masks"][e : e + 1].to(device),
-                            "obj_ptr": mem["obj_ptr"][e : e + 1].to(device),
-                            "object_score_logits": mem["object_score_logits"][e : e + 1].to(device),
-                        }
-                    recent = {u: history[u] for u in history if v - u <= self.max_volumetric}
-                    current, _ = backend.track_frame(
-                        model,
-                        features=backend.prepare_backbone_features(model, backbone_out=cache.features(t)[1]),
-                        output_dict={"cond_frame_outputs": cond, "non_cond_frame_outputs": recent},
-                        frame_idx=v,
-                        num_frames=k + depth,
-                    )
-                    history[v] = current
-                    done[t] = current
-                    out[t] = current["pred_masks"][0, 0].float().cpu()
+        labels = list(rows)
+        out = {lab: torch.full((depth, low, low), float("-inf")) for lab in labels}
+        done: dict[int, dict[int, backend.FrameOutput]] = {lab: {} for lab in labels}
+        cap = self.predictor.max_objects_per_batch
+        for order in self._passes(start, depth):
+            history: dict[int, dict[int, backend.FrameOutput]] = {lab: {} for lab in labels}
+            for i, t in enumerate(order):
+                v = k + i
+                todo = []
+                for lab in labels:
+                    if t in done[lab]:  # the start slice of the second pass: reuse, as memory
+                        history[lab][v] = done[lab][t]
+                    else:
+                        todo.append(lab)
+                if not todo:
+                    continue
+                features = backend.prepare_backbone_features(model, backbone_out=cache.features(t)[1])
+                memories = {}
+                for lab in todo:
+                    recent = {u: o for u, o in history[lab].items() if v - u <= self.max_volumetric}
+                    memories[lab] = {"cond_frame_outputs": self._support_memory(lab, rows[lab][t]),
+                                     "non_cond_frame_outputs": recent}
+                groups: dict[int, list[int]] = {}
+                for lab in todo:  # equal layouts: as many supports (the history is shared)
+                    groups.setdefault(len(memories[lab]["cond_frame_outputs"]), []).append(lab)
+                for members in groups.values():
+                    for first in range(0, len(members), cap):
+                        chunk = members[first : first + cap]
+                        batched, _ = backend.track_frame(
+                            model,
+                            features=features.expand(len(chunk)),
+                            output_dict=backend.batch_memories([memories[lab] for lab in chunk]),
+                            frame_idx=v,
+                            num_frames=k + depth,
+                        )
+                        for b, lab in enumerate(chunk):
+                            current = backend.unbatch_output(batched, b)
+                            history[lab][v] = current
+                            done[lab][t] = current
+                            out[lab][t] = current["pred_masks"][0, 0].float().cpu()
         return out
 
 
@@ -538,6 +660,19 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _check_memory_widths(bank: SupportBank, predictor: SAM2Predictor) -> None:
+    """The memory tensors' widths against the model's (a malformed bank fails here, by name)."""
+    model = predictor.model
+    expected = {"maskmem_features": getattr(model, "mem_dim", None), "obj_ptr": getattr(model, "hidden_dim", None)}
+    for label, mem in bank.memories.items():
+        for key, width in expected.items():
+            if isinstance(width, int) and mem[key].shape[1] != width:
+                raise CheckpointError(
+                    f"{_bank_name(bank)}: memories[{label}][{key!r}] has width {mem[key].shape[1]}, this model's "
+                    f"is {width}; rebuild the bank"
+                )
+
+
 def _default_axis(image: Volume) -> int:
     from medsam2kit.sequencer import default_axis
 
@@ -552,6 +687,7 @@ def _check_pair(pair: Any, index: int) -> tuple[Volume, Volume]:
         raise InvalidTypeError(f"supports[{index}]: expected (Volume, Volume), got ({type(image).__name__}, {type(label).__name__})")
     if image.shape != label.shape:
         raise ShapeMismatchError(f"supports[{index}]: label shape {label.shape} differs from image shape {image.shape}")
+    check_same_grid(label, image, name=f"supports[{index}] label")
     check_label_map(label.array, f"supports[{index}] label")
     return image, label
 

@@ -254,3 +254,22 @@ def test_hippocampus_end_to_end(pred: SAM2Predictor, shared_data: Path, tmp_path
     back = load_label(out, like=cases[2])  # raises if shape or affine differ
     assert back.shape == cases[2].shape
     assert set(np.unique(back.array)) <= {0, 1, 2}
+
+
+def test_labels_tracked_as_one_batch_equal_each_label_alone(pred: SAM2Predictor) -> None:
+    """All labels of a query slice go through one batched tracking step (one memory-attention
+    call per slice and pass for the two labels) and give each label's logits of a run alone."""
+    image, label = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=1)
+    query, _ = ellipsoid_phantom((8, 48, 40), (3.0, 1.0, 1.0), rng=2)
+    bank = SupportBank.build(pred, [(image, label)])
+    assembler = SupportMemoryAssembler(pred, bank, top_k=3)
+    batches: list[int] = []
+    handle = pred.model.memory_attention.register_forward_hook(lambda m, a, out: batches.append(out.shape[1]))
+    try:
+        together = assembler.segment(query)
+    finally:
+        handle.remove()
+    assert batches == [2] * 8  # 8 query slices, the start slice once
+    for lab in (1, 2):
+        alone = assembler.segment(query, labels=[lab])
+        np.testing.assert_allclose(together.logits[lab].array, alone.logits[lab].array, atol=1e-4)

@@ -43,12 +43,14 @@ from medsam2kit.backend.tracking import (
     HeadsOutput,
     MemoryDict,
     TrackStep,
+    batch_memories,
     encode_images,
     encode_memory_in_output,
     forward_sam_heads,
     prepare_backbone_features,
     track_frame,
     track_step_parts,
+    unbatch_output,
     use_multimask,
 )
 
@@ -64,6 +66,7 @@ __all__ = [
     "TrackStep",
     "add_mask",
     "add_points_or_box",
+    "batch_memories",
     "conditioning_outputs",
     "earliest_conditioning_frame",
     "encode_images",
@@ -83,5 +86,6 @@ __all__ = [
     "track_object",
     "track_objects",
     "track_step_parts",
+    "unbatch_output",
     "use_multimask",
 ]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from medsam2kit.backend.model import SAM2Model
-from medsam2kit.backend.tracking import FrameOutput
+from medsam2kit.backend.tracking import FrameOutput, batch_memories, unbatch_output
 
 #: sam2's inference state (a plain dict with upstream ``init_state``'s keys).
 InferenceState = dict[str, Any]
@@ -210,41 +210,6 @@ def memory_layout(state: InferenceState, obj_idx: int) -> tuple[tuple[int, ...],
     return tuple(sorted(outs["cond_frame_outputs"])), tuple(sorted(outs["non_cond_frame_outputs"]))
 
 
-def _merged_memory(state: InferenceState, obj_indices: Sequence[int]) -> dict[str, dict[int, FrameOutput]]:
-    """The memories of several objects of equal layout as one batch (object axis first)."""
-    first = state["output_dict_per_obj"][obj_indices[0]]
-    merged: dict[str, dict[int, FrameOutput]] = {}
-    for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
-        merged[key] = {}
-        for t, out0 in first[key].items():
-            outs = [state["output_dict_per_obj"][o][key][t] for o in obj_indices]
-            entry: FrameOutput = {}
-            for name, value in out0.items():
-                if name == "maskmem_pos_enc":  # the same for every frame and object: expand, not copy
-                    entry[name] = None if value is None else [x[:1].expand(len(outs), *x.shape[1:]) for x in value]
-                elif isinstance(value, torch.Tensor):
-                    entry[name] = torch.cat([o[name] for o in outs])
-                elif value is None:  # e.g. no memory encoded: None for every object of the layout
-                    entry[name] = None
-                else:
-                    entry[name] = value
-            merged[key][t] = entry
-    return merged
-
-
-def _split(out: FrameOutput, index: int) -> FrameOutput:
-    """One object's share of a batched frame output."""
-    part: FrameOutput = {}
-    for name, value in out.items():
-        if isinstance(value, torch.Tensor):
-            part[name] = value[index : index + 1]
-        elif isinstance(value, list):
-            part[name] = [x[index : index + 1] for x in value]
-        else:
-            part[name] = value
-    return part
-
-
 def track_objects(
     model: SAM2Model,
     state: InferenceState,
@@ -285,7 +250,7 @@ def track_objects(
                 continue
             out, _ = model._run_single_frame_inference(
                 inference_state=state,
-                output_dict=_merged_memory(state, chunk),
+                output_dict=batch_memories([state["output_dict_per_obj"][o] for o in chunk]),
                 frame_idx=frame_idx,
                 batch_size=len(chunk),
                 is_init_cond_frame=False,
@@ -295,7 +260,7 @@ def track_objects(
                 run_mem_encoder=True,
             )
             for i, o in enumerate(chunk):
-                part = _split(out, i)
+                part = unbatch_output(out, i)
                 state["output_dict_per_obj"][o]["non_cond_frame_outputs"][frame_idx] = part
                 state["frames_tracked_per_obj"][o][frame_idx] = {"reverse": reverse}
                 results[o] = part

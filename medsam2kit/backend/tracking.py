@@ -10,7 +10,7 @@ Shapes follow sam2: flattened features are ``(HW, B, C)`` per FPN level, mask lo
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,14 @@ class BackboneFeatures:
     vision_feats: list[torch.Tensor]
     vision_pos_embeds: list[torch.Tensor]
     feat_sizes: list[tuple[int, int]]
+
+    def expand(self, batch: int) -> BackboneFeatures:
+        """The features of a one-entry batch shared by ``batch`` objects (expanded, not copied)."""
+        return BackboneFeatures(
+            vision_feats=[x.expand(-1, batch, -1) for x in self.vision_feats],
+            vision_pos_embeds=[x.expand(-1, batch, -1) for x in self.vision_pos_embeds],
+            feat_sizes=self.feat_sizes,
+        )
 
     def select(self, index: torch.Tensor | slice) -> BackboneFeatures:
         """The features of some batch entries (``index`` over the batch axis)."""
@@ -277,6 +285,51 @@ def track_frame(
     return compact, pred_masks_gpu
 
 
+def batch_memories(memories: Sequence[MemoryDict]) -> MemoryDict:
+    """Several objects' memories of equal layout (the same frame keys) as one batch.
+
+    Tensors are concatenated along the object axis; the memory positional encoding (the same
+    for every frame and object) is expanded, not copied. sam2 chooses what a frame attends to
+    from the frame keys alone, so tracking the batch equals tracking each object alone.
+
+    Raises:
+        ValueError: the memories hold different frames.
+    """
+    first = memories[0]
+    for other in memories[1:]:
+        for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+            if set(other[key]) != set(first[key]):
+                raise ValueError(f"batch_memories: {key} differ ({sorted(first[key])} vs {sorted(other[key])})")
+    merged: MemoryDict = {}
+    for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+        merged[key] = {}
+        for t, out0 in first[key].items():
+            outs = [m[key][t] for m in memories]
+            entry: FrameOutput = {}
+            for name, value in out0.items():
+                if name == "maskmem_pos_enc":
+                    entry[name] = None if value is None else [x[:1].expand(len(outs), *x.shape[1:]) for x in value]
+                elif isinstance(value, torch.Tensor):
+                    entry[name] = torch.cat([o[name] for o in outs])
+                else:  # None (no memory encoded) for every object of the layout, or a plain value
+                    entry[name] = value
+            merged[key][t] = entry
+    return merged
+
+
+def unbatch_output(out: FrameOutput, index: int) -> FrameOutput:
+    """One object's share (batch entry ``index``) of a batched frame output."""
+    part: FrameOutput = {}
+    for name, value in out.items():
+        if isinstance(value, torch.Tensor):
+            part[name] = value[index : index + 1]
+        elif isinstance(value, list):
+            part[name] = [x[index : index + 1] for x in value]
+        else:
+            part[name] = value
+    return part
+
+
 def _shared_pos_enc(
     pos_enc: list[torch.Tensor] | None, constants: MutableMapping[str, Any] | None
 ) -> list[torch.Tensor] | None:
@@ -294,6 +347,8 @@ def _shared_pos_enc(
 
 __all__ = [
     "BackboneFeatures",
+    "batch_memories",
+    "unbatch_output",
     "FrameOutput",
     "HeadsOutput",
     "MemoryDict",
