@@ -19,6 +19,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
+from sam2.modeling.sam.transformer import Attention, RoPEAttention
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
@@ -32,7 +33,8 @@ CONFIG = "sam2.1_hiera_micro"
 S = 128
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-_CLASSES = {"SAM2Base": SAM2Base, "SAM2VideoPredictor": SAM2VideoPredictor, "SAM2ImagePredictor": SAM2ImagePredictor}
+_CLASSES = {"SAM2Base": SAM2Base, "SAM2VideoPredictor": SAM2VideoPredictor, "SAM2ImagePredictor": SAM2ImagePredictor,
+            "RoPEAttention": RoPEAttention}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,8 @@ def test_private_symbol_signature(symbol: str, model: backend.SAM2Model) -> None
         sizes = SAM2ImagePredictor(_upstream(model))._bb_feat_sizes
         assert [tuple(s) for s in sizes] == [(256, 256), (128, 128), (64, 64)]
         return
-    assert name in vars(cls), f"{symbol} is no longer defined by sam2"
+    owner = next((c for c in cls.__mro__ if name in vars(c)), None)
+    assert owner is not None and (owner is cls or owner is Attention), f"{symbol} is no longer defined by sam2"
     params = tuple(p for p in inspect.signature(getattr(cls, name)).parameters if p != "self")
     assert params == expected, f"{symbol}: sam2 has {params}, the adapter calls it with {expected}"
 
@@ -350,3 +353,30 @@ def test_train_forward_equals_sam2train(model: backend.SAM2Model) -> None:
         assert torch.allclose(got[f]["ious"][0], ref[f]["multistep_pred_ious"][0], atol=1e-4), f
         assert torch.allclose(got[f]["object_scores"][0], ref[f]["multistep_object_score_logits"][0], atol=1e-4), f
         assert torch.allclose(got[f]["multimasks"][0], ref[f]["multistep_pred_multimasks_high_res"][0], atol=1e-4), f
+
+
+def test_maskable_attention_is_sam2s_without_a_mask_and_ignores_masked_keys(model: backend.SAM2Model) -> None:
+    from medsam2kit.backend.attention import MaskableRoPEAttention, key_padding
+
+    attn = model.memory_attention.layers[0].cross_attn_image
+    assert isinstance(attn, MaskableRoPEAttention)
+    hw = model.memory_attention.layers[0].cross_attn_image.freqs_cis.shape[0]
+    torch.manual_seed(1)
+    q = torch.randn(1, hw, attn.embedding_dim)
+    short = torch.randn(1, 2 * hw + 4, attn.kv_in_dim)  # two memory frames and 4 pointer tokens
+    with torch.no_grad():
+        ours = attn(q, short.clone(), short.clone(), num_k_exclude_rope=4)
+        theirs = RoPEAttention.forward(attn, q, short.clone(), short.clone(), num_k_exclude_rope=4)
+        assert torch.equal(ours, theirs)
+        # the same memory padded by one frame and two pointer tokens, padding masked
+        long = torch.zeros(1, 3 * hw + 6, attn.kv_in_dim)
+        long[:, : 2 * hw] = short[:, : 2 * hw]
+        long[:, 3 * hw : 3 * hw + 4] = short[:, 2 * hw :]
+        long[:, 2 * hw : 3 * hw] = 5.0  # garbage that must not matter
+        mask = torch.ones(1, 3 * hw + 6, dtype=torch.bool)
+        mask[:, : 2 * hw] = False
+        mask[:, 3 * hw : 3 * hw + 4] = False
+        with key_padding(model.memory_attention, mask):
+            padded = attn(q, long.clone(), long.clone(), num_k_exclude_rope=6)
+        assert attn.key_padding_mask is None  # reset after the call
+    assert (padded - ours).abs().max().item() <= 1e-5

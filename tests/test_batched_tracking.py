@@ -127,7 +127,17 @@ def test_different_prompt_frames_later_objects_corrections_and_reset(
         ("mask", 7, 1, (37, 39)), ("mask", 7, 2, (57, 64)),
         ("propagate", "reverse"),
     ]
-    _assert_same(_run(model, frames, steps, max_batch=16), _run(model, frames, steps, max_batch=1))
+    sizes: list[int] = []
+    handle = model.memory_attention.register_forward_hook(lambda m, a, out: sizes.append(out.shape[1]))
+    try:
+        batched = _run(model, frames, steps, max_batch=16)
+    finally:
+        handle.remove()
+    _assert_same(batched, _run(model, frames, steps, max_batch=1))
+    # objects whose memories hold different frames share a step (padded memories)
+    # first propagation, forward from frame 2: object 3 alone there (1 and 2 are prompted), all
+    # three on frames 3-5 although object 3's memory holds other frames, then 1 and 2 on frame 6
+    assert sizes[:5] == [1, 3, 3, 3, 2] and max(sizes) == 4
 
 
 @settings(max_examples=8, deadline=None)

@@ -1,6 +1,6 @@
 """sam2's model class as medsam2kit uses it, and how it is built.
 
-:class:`SAM2Model` is sam2's ``SAM2VideoPredictor`` with three fixes, all inside this adapter:
+:class:`SAM2Model` is sam2's ``SAM2VideoPredictor`` with four fixes, all inside this adapter:
 
 1. ``_run_single_frame_inference`` runs sam2's tracking step through
    :func:`medsam2kit.backend.tracking.track_frame`, which keeps the predicted IoU of the output
@@ -12,6 +12,9 @@
    ``clear_non_cond_mem_around_input=True`` but never defines it (an ``AttributeError``); here it
    clears one object's non-conditioning memory around a prompted frame, as upstream's
    ``_clear_non_cond_mem_around_input`` does for all objects.
+4. The memory attention's cross-attentions accept a key-padding mask
+   (:mod:`medsam2kit.backend.attention`), so that objects with memories of different lengths
+   can be tracked as one batch; without a mask they are sam2's own.
 
 Image features come from the inference state's ``cached_features`` slot, which medsam2kit fills
 with an encode-once view (see :func:`medsam2kit.backend.state.new_inference_state`); upstream's
@@ -42,6 +45,10 @@ PRIVATE_SAM2_SYMBOLS: dict[str, tuple[str, ...]] = {
         "backbone_features", "point_inputs", "mask_inputs", "high_res_features", "multimask_output",
     ),
     "SAM2Base._use_multimask": ("is_init_cond_frame", "point_inputs"),
+    "SAM2Base._prepare_memory_conditioned_features": (
+        "frame_idx", "is_init_cond_frame", "current_vision_feats", "current_vision_pos_embeds",
+        "feat_sizes", "output_dict", "num_frames", "track_in_reverse",
+    ),
     "SAM2Base._encode_memory_in_output": (
         "current_vision_feats", "feat_sizes", "point_inputs", "run_mem_encoder", "high_res_masks",
         "object_score_logits", "current_out",
@@ -53,6 +60,8 @@ PRIVATE_SAM2_SYMBOLS: dict[str, tuple[str, ...]] = {
     ),
     "SAM2VideoPredictor._clear_non_cond_mem_around_input": ("inference_state", "frame_idx"),
     "SAM2ImagePredictor._bb_feat_sizes": (),
+    "RoPEAttention._separate_heads": ("x", "num_heads"),
+    "RoPEAttention._recombine_heads": ("x",),
 }
 
 
@@ -65,11 +74,14 @@ def sam2_version() -> str:
 
 
 class SAM2Model(SAM2VideoPredictor):
-    """sam2's video predictor model with medsam2kit's three fixes (see the module docstring)."""
+    """sam2's video predictor model with medsam2kit's four fixes (see the module docstring)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.memory_attention.register_forward_pre_hook(_cast_memory_to_query_dtype, with_kwargs=True)
+        from medsam2kit.backend.attention import make_maskable
+
+        make_maskable(self.memory_attention)  # a key-padding mask for batched tracking; no-op without one
 
     def _run_single_frame_inference(
         self,

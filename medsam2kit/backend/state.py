@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from medsam2kit.backend.model import SAM2Model
-from medsam2kit.backend.tracking import FrameOutput, batch_memories, unbatch_output
+from medsam2kit.backend.tracking import BackboneFeatures, FrameOutput, track_frame_batch
 
 #: sam2's inference state (a plain dict with upstream ``init_state``'s keys).
 InferenceState = dict[str, Any]
@@ -222,13 +222,13 @@ def track_objects(
     """Several objects on one frame, batched: :func:`track_object` for each, computed together.
 
     Objects on their conditioning frames return their stored outputs (as :func:`track_object`).
-    The others are grouped by :func:`memory_layout`; each group (at most ``max_batch`` objects)
-    runs one tracking step over the object batch: the frame's image features are expanded (not
-    copied) to the batch, and memory attention, the mask decoder and the memory encoder run once
-    for the group. Each object's output is stored in its own memory, exactly where the
-    per-object step stores it. Results equal :func:`track_object`'s within float rounding.
-    With ``non_overlap_masks_for_mem_enc`` (which couples the objects of a batch) every object
-    is tracked alone.
+    The others (at most ``max_batch`` per step) run one tracking step over the object batch
+    (:func:`medsam2kit.backend.tracking.track_frame_batch`): the frame's image features are
+    expanded (not copied), memories of different lengths are padded and masked, and memory
+    attention, the mask decoder and the memory encoder run once. Each object's output is stored
+    in its own memory, exactly where the per-object step stores it; results equal
+    :func:`track_object`'s within float rounding. With ``non_overlap_masks_for_mem_enc`` (which
+    couples the objects of a batch in sam2's memory encoder) every object is tracked alone.
 
     Returns:
         Per object index, its frame output.
@@ -236,34 +236,36 @@ def track_objects(
     if max_batch < 1:
         raise ValueError(f"max_batch: expected >= 1, got {max_batch}")
     results: dict[int, FrameOutput] = {}
-    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    todo: list[int] = []
     for o in obj_indices:
         if frame_idx in state["output_dict_per_obj"][o]["cond_frame_outputs"] or model.non_overlap_masks_for_mem_enc:
             results[o] = track_object(model, state, obj_idx=o, frame_idx=frame_idx, reverse=reverse)
         else:
-            groups.setdefault(memory_layout(state, o), []).append(o)
-    for members in groups.values():
-        for start in range(0, len(members), max_batch):
-            chunk = members[start : start + max_batch]
-            if len(chunk) == 1:
-                results[chunk[0]] = track_object(model, state, obj_idx=chunk[0], frame_idx=frame_idx, reverse=reverse)
-                continue
-            out, _ = model._run_single_frame_inference(
-                inference_state=state,
-                output_dict=batch_memories([state["output_dict_per_obj"][o] for o in chunk]),
-                frame_idx=frame_idx,
-                batch_size=len(chunk),
-                is_init_cond_frame=False,
-                point_inputs=None,
-                mask_inputs=None,
-                reverse=reverse,
-                run_mem_encoder=True,
-            )
-            for i, o in enumerate(chunk):
-                part = unbatch_output(out, i)
-                state["output_dict_per_obj"][o]["non_cond_frame_outputs"][frame_idx] = part
-                state["frames_tracked_per_obj"][o][frame_idx] = {"reverse": reverse}
-                results[o] = part
+            todo.append(o)
+    if len(todo) == 1 or max_batch == 1:
+        for o in todo:
+            results[o] = track_object(model, state, obj_idx=o, frame_idx=frame_idx, reverse=reverse)
+        return results
+    if not todo:
+        return results
+    _, _, feats, pos, sizes = model._get_image_feature(state, frame_idx, 1)
+    features = BackboneFeatures(vision_feats=list(feats), vision_pos_embeds=list(pos), feat_sizes=list(sizes))
+    for start in range(0, len(todo), max_batch):
+        chunk = todo[start : start + max_batch]
+        outs = track_frame_batch(
+            model,
+            features=features,
+            memories=[state["output_dict_per_obj"][o] for o in chunk],
+            frame_idx=frame_idx,
+            num_frames=state["num_frames"],
+            reverse=reverse,
+            storage_device=state["storage_device"],
+            constants=state["constants"],
+        )
+        for o, out in zip(chunk, outs):
+            state["output_dict_per_obj"][o]["non_cond_frame_outputs"][frame_idx] = out
+            state["frames_tracked_per_obj"][o][frame_idx] = {"reverse": reverse}
+            results[o] = out
     return results
 
 

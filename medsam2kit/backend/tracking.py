@@ -265,6 +265,19 @@ def track_frame(
         object_score_logits=heads.object_score_logits,
         current_out=current_out,
     )
+    return _compact(model, current_out, heads, storage_device=storage_device, constants=constants)
+
+
+def _compact(
+    model: SAM2Model,
+    current_out: dict[str, Any],
+    heads: HeadsOutput,
+    *,
+    storage_device: torch.device | None,
+    constants: MutableMapping[str, Any] | None,
+) -> tuple[FrameOutput, torch.Tensor]:
+    """The frame output as sam2's video predictor stores it (bf16 memory on the storage device,
+    one shared copy of the memory positional encoding), plus ``pred_iou``."""
     device = storage_device if storage_device is not None else heads.low_res_masks.device
     memory = current_out["maskmem_features"]
     if memory is not None:
@@ -283,6 +296,135 @@ def track_frame(
         "pred_iou": heads.chosen_iou,
     }
     return compact, pred_masks_gpu
+
+
+class _Captured(Exception):
+    """Raised by the capturing hook to stop sam2 right after it assembled a memory."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Memory:
+    tokens: torch.Tensor  # (N, 1, C_mem)
+    pos: torch.Tensor  # (N, 1, C_mem)
+    num_ptr_tokens: int
+
+
+def _gather_memory(
+    model: SAM2Model, *, features: BackboneFeatures, output_dict: MemoryDict, frame_idx: int,
+    num_frames: int, reverse: bool,
+) -> _Memory:
+    """The memory tokens sam2 would attend to for one object on this frame (sam2's own
+    ``_prepare_memory_conditioned_features`` assembles them; it is stopped before attending)."""
+    captured: dict[str, Any] = {}
+
+    def capture(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured.update(kwargs)
+        raise _Captured
+
+    handle = model.memory_attention.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        model._prepare_memory_conditioned_features(
+            frame_idx=frame_idx,
+            is_init_cond_frame=False,
+            current_vision_feats=features.vision_feats[-1:],
+            current_vision_pos_embeds=features.vision_pos_embeds[-1:],
+            feat_sizes=features.feat_sizes[-1:],
+            output_dict=output_dict,
+            num_frames=num_frames,
+            track_in_reverse=reverse,
+        )
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if "memory" not in captured:
+        raise RuntimeError("sam2 attended to no memory on a non-conditioning frame (no memory attention call)")
+    return _Memory(tokens=captured["memory"], pos=captured["memory_pos"],
+                   num_ptr_tokens=int(captured.get("num_obj_ptr_tokens", 0)))
+
+
+def _pad_memories(memories: Sequence[_Memory]) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+    """``(N_max, B, C)`` memory and positions, pointer-token count and ``(B, N_max)`` padding mask
+    (``None`` when nothing is padded). Spatial memory comes first, object pointers last (sam2's
+    order, which its rotary encoding relies on): each part is padded at its end."""
+    spatial = [m.tokens.shape[0] - m.num_ptr_tokens for m in memories]
+    ptrs = [m.num_ptr_tokens for m in memories]
+    s_max, p_max = max(spatial), max(ptrs)
+    if all(s == s_max for s in spatial) and all(p == p_max for p in ptrs):
+        return (torch.cat([m.tokens for m in memories], dim=1), torch.cat([m.pos for m in memories], dim=1), p_max, None)
+    first = memories[0].tokens
+    batch, channels = len(memories), first.shape[-1]
+    tokens = first.new_zeros((s_max + p_max, batch, channels))
+    pos = memories[0].pos.new_zeros((s_max + p_max, batch, channels))
+    mask = torch.ones((batch, s_max + p_max), dtype=torch.bool, device=first.device)
+    for b, (m, s, p) in enumerate(zip(memories, spatial, ptrs)):
+        for src, dst in ((slice(0, s), slice(0, s)), (slice(s, s + p), slice(s_max, s_max + p))):
+            tokens[dst, b] = m.tokens[src, 0].to(tokens.dtype)
+            pos[dst, b] = m.pos[src, 0].to(pos.dtype)
+            mask[b, dst] = False
+    return tokens, pos, p_max, mask
+
+
+def track_frame_batch(
+    model: SAM2Model,
+    *,
+    features: BackboneFeatures,
+    memories: Sequence[MemoryDict],
+    frame_idx: int,
+    num_frames: int,
+    reverse: bool = False,
+    storage_device: torch.device | None = None,
+    constants: MutableMapping[str, Any] | None = None,
+) -> list[FrameOutput]:
+    """Several objects tracked on one unprompted frame as one batch, whatever their memories.
+
+    Each object's memory is assembled by sam2's own code; memories of different lengths
+    (objects prompted on different frames, added later, with fewer object pointers) are padded
+    and the padding is masked out of memory attention's cross-attention
+    (:mod:`medsam2kit.backend.attention`). Memory attention, the SAM heads and the memory encoder
+    then run once over the batch on the frame's features, expanded (not copied). Each output
+    equals :func:`track_frame` of that object alone within float rounding.
+
+    Args:
+        features: the frame's features, batch 1 (shared by all objects).
+        memories: one memory per object (each ``{"cond_frame_outputs", "non_cond_frame_outputs"}``
+            with at least one conditioning frame).
+
+    Returns:
+        One compact frame output per object, as :func:`track_frame` returns it.
+    """
+    gathered = [
+        _gather_memory(model, features=features, output_dict=m, frame_idx=frame_idx, num_frames=num_frames,
+                       reverse=reverse)
+        for m in memories
+    ]
+    batch = len(memories)
+    tokens, pos, num_ptr, mask = _pad_memories(gathered)
+    shared = features.expand(batch)
+    from medsam2kit.backend.attention import key_padding
+
+    h, w = shared.feat_sizes[-1]
+    with key_padding(model.memory_attention, mask):
+        attended = model.memory_attention(
+            curr=shared.vision_feats[-1:], curr_pos=shared.vision_pos_embeds[-1:], memory=tokens,
+            memory_pos=pos, num_obj_ptr_tokens=num_ptr,
+        )
+    pix_feat = attended.permute(1, 2, 0).reshape(batch, model.hidden_dim, h, w)
+    high_res = [
+        x.permute(1, 2, 0).reshape(x.size(1), x.size(2), *size)
+        for x, size in zip(shared.vision_feats[:-1], shared.feat_sizes[:-1])
+    ] or None
+    heads = forward_sam_heads(
+        model, backbone_features=pix_feat, point_inputs=None, mask_inputs=None, high_res_features=high_res,
+        multimask_output=use_multimask(model, is_init_cond_frame=False, point_inputs=None),
+    )
+    current_out: dict[str, Any] = {"point_inputs": None, "mask_inputs": None}
+    encode_memory_in_output(
+        model, features=shared, point_inputs=None, run_mem_encoder=True, high_res_masks=heads.high_res_masks,
+        object_score_logits=heads.object_score_logits, current_out=current_out,
+    )
+    out, _ = _compact(model, current_out, heads, storage_device=storage_device, constants=constants)
+    return [unbatch_output(out, b) for b in range(batch)]
 
 
 def batch_memories(memories: Sequence[MemoryDict]) -> MemoryDict:
@@ -358,6 +500,7 @@ __all__ = [
     "forward_sam_heads",
     "prepare_backbone_features",
     "track_frame",
+    "track_frame_batch",
     "track_step_parts",
     "use_multimask",
 ]
