@@ -532,10 +532,11 @@ class SupportMemoryAssembler:
     ) -> dict[int, torch.Tensor]:
         """Low-res logits ``(D, S/4, S/4)`` per label over all query frames.
 
-        Labels that start on the same slice visit the slices in the same order, so their
-        memories hold the same frames; on each slice, those with as many retrieved supports are
-        tracked as one batch (at most the predictor's ``max_objects_per_batch``), sharing the
-        slice's features. The result equals segmenting each label alone.
+        Labels that start on the same slice visit the slices in the same order; on each slice
+        they are tracked as one batch (at most the predictor's ``max_objects_per_batch``; a label
+        with fewer retrieved supports has a shorter, padded memory), sharing the slice's
+        features (:func:`medsam2kit.backend.track_frame_batch`). The result equals segmenting
+        each label alone.
         """
         by_start: dict[int, list[int]] = {}
         for lab_id, (_, start) in jobs.items():
@@ -585,29 +586,20 @@ class SupportMemoryAssembler:
                 if not todo:
                     continue
                 features = backend.prepare_backbone_features(model, backbone_out=cache.features(t)[1])
-                memories = {}
-                for lab in todo:
-                    recent = {u: o for u, o in history[lab].items() if v - u <= self.max_volumetric}
-                    memories[lab] = {"cond_frame_outputs": self._support_memory(lab, rows[lab][t]),
-                                     "non_cond_frame_outputs": recent}
-                groups: dict[int, list[int]] = {}
-                for lab in todo:  # equal layouts: as many supports (the history is shared)
-                    groups.setdefault(len(memories[lab]["cond_frame_outputs"]), []).append(lab)
-                for members in groups.values():
-                    for first in range(0, len(members), cap):
-                        chunk = members[first : first + cap]
-                        batched, _ = backend.track_frame(
-                            model,
-                            features=features.expand(len(chunk)),
-                            output_dict=backend.batch_memories([memories[lab] for lab in chunk]),
-                            frame_idx=v,
-                            num_frames=k + depth,
-                        )
-                        for b, lab in enumerate(chunk):
-                            current = backend.unbatch_output(batched, b)
-                            history[lab][v] = current
-                            done[lab][t] = current
-                            out[lab][t] = current["pred_masks"][0, 0].float().cpu()
+                for first in range(0, len(todo), cap):
+                    chunk = todo[first : first + cap]
+                    memories = [
+                        {"cond_frame_outputs": self._support_memory(lab, rows[lab][t]),
+                         "non_cond_frame_outputs": {u: o for u, o in history[lab].items() if v - u <= self.max_volumetric}}
+                        for lab in chunk
+                    ]
+                    outputs = backend.track_frame_batch(
+                        model, features=features, memories=memories, frame_idx=v, num_frames=k + depth
+                    )
+                    for lab, current in zip(chunk, outputs):
+                        history[lab][v] = current
+                        done[lab][t] = current
+                        out[lab][t] = current["pred_masks"][0, 0].float().cpu()
         return out
 
 

@@ -49,6 +49,7 @@ from medsam2kit.backend.tracking import (
     forward_sam_heads,
     prepare_backbone_features,
     track_frame,
+    track_frame_batch,
     track_step_parts,
     unbatch_output,
     use_multimask,

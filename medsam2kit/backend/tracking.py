@@ -10,6 +10,7 @@ Shapes follow sam2: flattened features are ``(HW, B, C)`` per FPN level, mask lo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -321,7 +322,8 @@ def _gather_memory(
         captured.update(kwargs)
         raise _Captured
 
-    handle = model.memory_attention.register_forward_pre_hook(capture, with_kwargs=True)
+    # first of the hooks: the others (ours, a user's) see only the real, batched call
+    handle = model.memory_attention.register_forward_pre_hook(capture, with_kwargs=True, prepend=True)
     try:
         model._prepare_memory_conditioned_features(
             frame_idx=frame_idx,
@@ -354,8 +356,10 @@ def _pad_memories(memories: Sequence[_Memory]) -> tuple[torch.Tensor, torch.Tens
         return (torch.cat([m.tokens for m in memories], dim=1), torch.cat([m.pos for m in memories], dim=1), p_max, None)
     first = memories[0].tokens
     batch, channels = len(memories), first.shape[-1]
-    tokens = first.new_zeros((s_max + p_max, batch, channels))
-    pos = memories[0].pos.new_zeros((s_max + p_max, batch, channels))
+    dtype = functools.reduce(torch.promote_types, [m.tokens.dtype for m in memories])  # as torch.cat would
+    pos_dtype = functools.reduce(torch.promote_types, [m.pos.dtype for m in memories])
+    tokens = torch.zeros((s_max + p_max, batch, channels), dtype=dtype, device=first.device)
+    pos = torch.zeros((s_max + p_max, batch, channels), dtype=pos_dtype, device=first.device)
     mask = torch.ones((batch, s_max + p_max), dtype=torch.bool, device=first.device)
     for b, (m, s, p) in enumerate(zip(memories, spatial, ptrs)):
         for src, dst in ((slice(0, s), slice(0, s)), (slice(s, s + p), slice(s_max, s_max + p))):
