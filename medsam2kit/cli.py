@@ -2,9 +2,15 @@
 
 Subcommands: ``info`` (versions, device, configs found, where the weights are), ``models`` (the
 model zoo, see :mod:`medsam2kit.models`), ``demo`` (propagation, FATE-SAM and SAM2Med3D with the
-bundled reference model on held-out phantoms, see :mod:`medsam2kit.demo`), ``segment``,
-``fewshot``, ``finetune`` and ``evaluate``. Exit codes: 0 success, 1 a medsam2kit error (the
-message says what was wrong), 2 bad command-line usage.
+bundled reference model on held-out phantoms, see :mod:`medsam2kit.demo`), ``coarse`` (fit the
+coarse network ``segment`` needs), ``segment``, ``fewshot``, ``finetune`` and ``evaluate``. Exit
+codes: 0 success, 1 a medsam2kit error (the message says what was wrong), 2 bad command-line
+usage. Commands that run for more than a few seconds report progress on stderr (a bar, or one
+line per stage), silenced by ``--quiet``.
+
+Output label maps in a folder are named ``<case>_labels.nii.gz``, the case named by the rule
+``evaluate`` pairs files with (:func:`medsam2kit._files.case_name`): ``a_img.nii.gz`` ->
+``a_labels.nii.gz``, which pairs with the reference ``a_label.nii.gz``.
 
 The commands that run SAM2 take ``--model NAME|PATH`` (a zoo name, downloaded and checked on first
 use, or a checkpoint file); without it they use the bundled reference model (phantoms only) and
@@ -41,6 +47,11 @@ _SEGMENT_EXAMPLE = """example:
       --model sam2.1_hiera_tiny --device cuda
   torchrun --nproc_per_node 2 -m medsam2kit.cli segment --input cohort/ --coarse coarse.pt --out masks/ \\
       --model medsam2_latest
+"""
+
+_COARSE_EXAMPLE = """example:
+  medsam2kit coarse --image a_img.nii.gz a_label.nii.gz --image b_img.nii.gz b_label.nii.gz --out coarse.pt
+  medsam2kit segment --input c_img.nii.gz --coarse coarse.pt --out c_labels.nii.gz
 """
 
 _DEMO_EXAMPLE = """example:
@@ -107,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the outputs of an earlier demo in --out (refused without it)")
     _model_options(demo)
     demo.add_argument("--seed", type=int, default=0, help="held-out phantom seed (default 0)")
     demo.add_argument("--data", type=Path, default=None,
@@ -134,10 +147,15 @@ def _parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--save-bank", type=Path, default=None, help="write the support bank here for reuse")
     fewshot.add_argument("--query", type=Path, required=True,
                          help="query image, or a folder of them (a cohort; split across ranks under torchrun)")
+    fewshot.add_argument("--overwrite", action="store_true",
+                         help="replace existing output files (--out, --save-bank); refused without it")
     fewshot.add_argument("--out", type=Path, required=True,
                          help="output label map (.nii or .nii.gz), or a folder for a cohort")
     fewshot.add_argument("--top-k", type=int, default=3, help="supports per query slice and label (default 3)")
     fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
+    fewshot.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
+                         help="label map format: nifti (default) or dicom-seg (a DICOM query only; "
+                              "--out x.dcm implies it)")
     _model_options(fewshot)
 
     evaluate = sub.add_parser(
@@ -156,6 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("pred", type=Path, help="predicted label map, or a folder of them")
     evaluate.add_argument("gt", type=Path, help="reference label map, or a folder of them")
     evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace per_case.csv, summary.csv and figures/ already in --out (refused without it)")
     evaluate.add_argument("--labels", type=int, nargs="+", default=None, help="labels to score (default: all found)")
     evaluate.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
     evaluate.add_argument("--images", type=Path, default=None, help="images (file or folder) for the montages")
@@ -181,12 +201,48 @@ def _parser() -> argparse.ArgumentParser:
                          help="image, or a folder of them (a cohort; split across ranks under torchrun)")
     segment.add_argument("--coarse", type=Path, required=True, help="coarse network saved by CoarseSegmenter.save")
     segment.add_argument("--out", type=Path, required=True, help="output label map (.nii/.nii.gz) or folder")
+    segment.add_argument("--overwrite", action="store_true",
+                         help="replace existing output files (refused without it)")
     segment.add_argument("--k", type=int, default=3, help="prompt slices per label (default 3)")
     segment.add_argument("--prompt", choices=("mask", "box", "box+point", "point"), default="mask",
                          help="prompt kind from each chosen slice (default mask)")
     segment.add_argument("--propagation", choices=("joint", "separate"), default="joint",
                          help="all prompts in one propagation, or each separately (default joint)")
+    segment.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
+                         help="label map format: nifti (default) or dicom-seg (a DICOM input only; "
+                              "--out x.dcm implies it)")
     _model_options(segment)
+
+    coarse = sub.add_parser(
+        "coarse",
+        parents=[verbosity],
+        help="fit the coarse network that 'segment' needs, from labelled volumes",
+        description=(
+            "Fit the coarse segmentation network of SAM2Med3D (a small 2D U-Net over slices, see "
+            "docs/coarse.md) on labelled volumes and save it for 'segment --coarse'. Every slice of "
+            "every volume is a training sample; the network learns the labels given by --labels "
+            "(default: every label found), keeping their values, so 'segment' writes the same label "
+            "values as the references. Runs on the CPU in about a minute for a few small volumes."
+        ),
+        epilog=_COARSE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    coarse.add_argument("--image", nargs=2, action="append", metavar=("IMG", "LABEL"), required=True,
+                        help="a training image and its label map (repeatable)")
+    coarse.add_argument("--out", type=Path, required=True, help="the coarse network file to write (e.g. coarse.pt)")
+    coarse.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused without it)")
+    coarse.add_argument("--labels", type=int, nargs="+", default=None,
+                        help="labels to learn (default: every non-zero label of the label maps); others become "
+                             "background")
+    coarse.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    coarse.add_argument("--batch-size", type=int, default=16, help="slices per step (default 16)")
+    coarse.add_argument("--size", type=int, default=64,
+                        help="working size: slices are resized to SIZE x SIZE, a multiple of 8 (default 64)")
+    coarse.add_argument("--context", type=int, default=1,
+                        help="neighbouring slices on each side as extra input channels (default 1; 0 = plain 2D)")
+    coarse.add_argument("--base-channels", type=int, default=16, help="channels of the first U-Net level (default 16)")
+    coarse.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the slice order (default 0)")
+    coarse.add_argument("--device", default="cpu", help="cpu (default), auto, cuda[:N] or mps")
     return parser
 
 
@@ -274,19 +330,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _segment(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "coarse":
+            return _coarse(args)
         if args.command == "finetune":
             from medsam2kit.train.cli import run_finetune
 
             return run_finetune(args)
-    except MedSAM2KitError as err:
-        print(f"medsam2kit {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    except (MedSAM2KitError, OSError) as err:  # OSError: a file the system refused, not yet named
+        return _fail(args.command, err, verbose=bool(getattr(args, "verbose", False)))
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown ones
+
+
+def _fail(command: str, err: BaseException, *, verbose: bool) -> int:
+    """Print ``medsam2kit COMMAND: error: MESSAGE`` as one line (the traceback first when
+    ``verbose``) and return the exit code 1.
+
+    Example:
+        >>> from medsam2kit.errors import OutputError
+        >>> _fail("segment", OutputError("--out: cannot write /x.nii.gz: Read-only file system"), verbose=False)
+        1
+    """
+    import traceback
+
+    from medsam2kit._files import one_line
+
+    if verbose:
+        traceback.print_exception(type(err), err, err.__traceback__)
+    print(f"medsam2kit {command}: error: {one_line(err)}", file=sys.stderr)
+    return 1
+
+
+def _check_out(args: argparse.Namespace, path: Path, *, folder: bool = False, contents: Sequence[str] = (),
+               name: str = "--out") -> None:
+    """Before any work: the output can be written, and is new unless ``--overwrite`` (one line naming it)."""
+    from medsam2kit._files import check_writable
+
+    check_writable(path, overwrite=bool(getattr(args, "overwrite", False)), folder=folder, contents=contents,
+                   name=name, hint="add --overwrite to replace it")
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(message)
+
+
+def _stage(args: argparse.Namespace, message: str) -> None:
+    """One progress line on stderr (``medsam2kit COMMAND: MESSAGE``), silenced by ``--quiet``."""
+    if not args.quiet:
+        print(f"medsam2kit {args.command}: {message}", file=sys.stderr, flush=True)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -340,6 +431,9 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEMO_OUTPUTS = ("summary.json", "dice_table.md", "dice_table.csv")
+
+
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -347,8 +441,7 @@ def _demo(args: argparse.Namespace) -> int:
     from medsam2kit.demo import run_demo
 
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out: expected a folder, got the file {out}")
+    _check_out(args, out, folder=True, contents=_DEMO_OUTPUTS)
     if args.data is not None and not args.data.is_dir():
         raise InvalidInputError(f"--data: expected a folder, got {args.data}")
     predictor, model, config = _load_predictor(args)
@@ -356,35 +449,53 @@ def _demo(args: argparse.Namespace) -> int:
     info = {"config": config, "model": model, "device": str(predictor.device),
             "data_dir": None if data_dir is None else str(data_dir), "torch_threads": torch.get_num_threads()}
     summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,
-                       info=info, say=lambda line: _say(args, line))
+                       info=info, say=lambda line: _say(args, line), progress=lambda line: _stage(args, line))
     _say(args, f"wrote {out}/ ({len(summary['cases'])} cases, {summary['seconds_total']} s)")
     return 0
 
 
 def _fewshot(args: argparse.Namespace) -> int:
     from medsam2kit.fewshot import SupportBank, SupportMemoryAssembler
-    from medsam2kit.io import load_label, load_volume, save_mask
+    from medsam2kit.dicom_seg import (
+        algorithm_name, check_dicom_inputs, output_suffix, resolve_output_format, write_labels,
+    )
+    from medsam2kit.io import load_label, load_volume
 
     if bool(args.support) == (args.bank is not None):
         raise InvalidInputError("--support/--bank: expected either one or more --support IMG LABEL or one --bank")
-    jobs = _my_share(_cohort(args.query, args.out, "_labels.nii.gz"))
+    _check_cohort_out(args, args.query)
+    fmt = resolve_output_format(args.format, args.out)
+    jobs = _my_share(_cohort(args.query, args.out, output_suffix(fmt)))
+    check_dicom_inputs([q for q, _ in jobs], fmt, name="--query")
+    for _, out in jobs:
+        _check_out(args, out)
+    if args.save_bank is not None:
+        _check_out(args, args.save_bank, name="--save-bank")
     predictor = _predictor(args)
     start = time.perf_counter()
     if args.bank is not None:
+        _stage(args, f"loading the support bank {args.bank}")
         bank = SupportBank.load(args.bank)
     else:
         pairs = []
         for img_path, lab_path in args.support:
+            _stage(args, f"reading the support {img_path} and {lab_path}")
             image = load_volume(img_path)
             pairs.append((image, load_label(lab_path, like=image)))
+        _stage(args, f"building the support bank: encoding every labelled slice of {len(pairs)} support(s)")
         bank = SupportBank.build(predictor, pairs)
+        _stage(args, f"support bank: {len(bank)} slices, labels {list(bank.labels)} "
+                     f"({time.perf_counter() - start:.1f} s)")
         if args.save_bank is not None and _rank()[0] == 0:
             bank.save(args.save_bank)
     assembler = SupportMemoryAssembler(predictor, bank, top_k=args.top_k, distance=args.distance)
     for query_path, out in _progress(args, jobs, "fewshot"):
         query = load_volume(query_path)
+        if len(jobs) == 1:
+            _stage(args, f"segmenting {query_path} ({query.shape}): encoding its slices, retrieving supports, "
+                         "propagating each label")
         result = assembler.segment(query)
-        save_mask(result.labels, query, out)
+        write_labels(result.labels, query, out, fmt=fmt, algorithm=algorithm_name(args))
         counts = {lab: int((result.labels.array == lab).sum()) for lab in bank.labels}
         _say(args, f"wrote {out} (voxels per label {counts}; {len(bank)} support slices; "
                    f"{result.encoder_calls} query encoder calls; {time.perf_counter() - start:.1f} s)")
@@ -393,77 +504,153 @@ def _fewshot(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace) -> int:
     from medsam2kit.coarse import CoarseSegmenter
-    from medsam2kit.io import load_volume, save_mask
+    from medsam2kit.dicom_seg import (
+        algorithm_name, check_dicom_inputs, output_suffix, resolve_output_format, write_labels,
+    )
+    from medsam2kit.io import load_volume
     from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline
     from medsam2kit.prompts import SliceFilterConfig
 
-    jobs = _my_share(_cohort(args.input, args.out, "_labels.nii.gz", name="--input"))
+    _check_cohort_out(args, args.input)
+    fmt = resolve_output_format(args.format, args.out)
+    jobs = _my_share(_cohort(args.input, args.out, output_suffix(fmt), name="--input"))
+    check_dicom_inputs([i for i, _ in jobs], fmt, name="--input")
+    for _, out in jobs:
+        _check_out(args, out)
     coarse = CoarseSegmenter.load(args.coarse)
     config = SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=args.k), prompt_kind=args.prompt,
                              propagation=args.propagation)
     pipeline = SAM2Med3DPipeline(coarse, _predictor(args), config)
     for path, out in _progress(args, jobs, "segment"):
         volume = load_volume(path)
+        if len(jobs) == 1:
+            _stage(args, f"segmenting {path} ({volume.shape}): coarse network, prompt slices, SAM2 propagation, "
+                         "fusion")
         result = pipeline.run(volume)
-        save_mask(result.labels, volume, out)
+        write_labels(result.labels, volume, out, fmt=fmt, algorithm=algorithm_name(args))
         chosen = {lab: list(o.selection.indices) for lab, o in result.outcomes.items()}
         _say(args, f"wrote {out} (prompt slices {chosen}; {result.encoder_calls} encoder calls; "
                    + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()) + ")")
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from medsam2kit.evaluate import evaluate
+def _coarse(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
 
-    report = evaluate(args.pred, args.gt, args.out, labels=args.labels, tolerance_mm=args.tolerance,
-                      figures=not args.no_figures, images=args.images)
+    from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
+    from medsam2kit.io import load_label, load_volume
+
+    _check_out(args, args.out)
+    for flag, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                             ("--size", args.size, 8), ("--context", args.context, 0),
+                             ("--base-channels", args.base_channels, 1)):
+        if value < low:
+            raise InvalidInputError(f"{flag}: expected >= {low}, got {value}")
+    start = time.perf_counter()
+    images, labels = [], []
+    for img_path, lab_path in args.image:
+        _stage(args, f"reading {img_path} and {lab_path}")
+        image = load_volume(img_path)
+        images.append(image)
+        labels.append(np.asarray(load_label(lab_path, like=image).array))
+    found = sorted({int(v) for lab in labels for v in np.unique(lab)} - {0})
+    if args.labels is None:
+        wanted = found
+        if not wanted:
+            raise InvalidInputError(f"--image: the label maps hold no label above 0 ({[lab for _, lab in args.image]})")
+    else:
+        wanted = sorted(set(args.labels))
+        absent = [lab for lab in wanted if lab not in found]
+        if min(wanted) < 1 or absent:
+            raise InvalidInputError(
+                f"--labels: expected labels >= 1 present in the label maps (found {found}), got {args.labels}"
+            )
+    labels = [np.where(np.isin(lab, wanted), lab, 0) for lab in labels]
+    config = CoarseConfig(num_labels=max(wanted), context=args.context, image_size=args.size,
+                          base_channels=args.base_channels, depth=3)
+    segmenter = CoarseSegmenter(config)
+    _stage(args, f"fitting the coarse network on {len(images)} volume(s), labels {wanted}: {args.steps} steps "
+                 f"of {args.batch_size} slices ({args.size} px) on {args.device}")
+    bar: Any = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, desc="coarse", unit="step")
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    try:
+        result = segmenter.fit(images, labels, steps=args.steps, batch_size=args.batch_size,
+                               generator=torch.Generator().manual_seed(args.seed), device=args.device,
+                               progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    segmenter.save(args.out)
+    _say(args, f"wrote {args.out} (labels {wanted}; {result.steps} steps on {result.num_slices} slices; "
+               f"final loss {result.losses[-1]:.3f}; {time.perf_counter() - start:.1f} s); "
+               f"use it with: medsam2kit segment --coarse {args.out} --input IMAGE --out LABELS")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import warnings
+
+    from medsam2kit.evaluate import evaluate, format_interval
+
+    _check_out(args, args.out, folder=True,
+               contents=("per_case.csv", "summary.csv") + (() if args.no_figures else ("figures",)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = evaluate(args.pred, args.gt, args.out, labels=args.labels, tolerance_mm=args.tolerance,
+                          figures=not args.no_figures, images=args.images)
+    for warning in caught:
+        print(f"medsam2kit evaluate: warning: {warning.message}", file=sys.stderr)
     cases = len({r["case"] for r in report.rows})
     lines = [f"{cases} case(s); wrote {len(report.files)} files to {args.out}"]
     for (lab, metric), s in report.summary.items():
         if metric in ("dice", "hd95", "nsd") or args.verbose:
-            lines.append(f"  label {lab} {metric}: mean {s.mean:.4g} (95% CI {s.ci95_low:.4g}-{s.ci95_high:.4g}), "
+            lines.append(f"  label {lab} {metric}: mean {s.mean:.4g} (95% CI {format_interval(s.ci95_low, s.ci95_high, metric)}), "
                          f"median {s.median:.4g}, n {s.n}" + (f", {s.n_infinite} infinite" if s.n_infinite else ""))
     _say(args, "\n".join(lines))
     return 0
 
 
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".npz", ".dcm")
-_NOT_IMAGES = ("_label", "_labels", "_mask", "_seg")
-
-
 def _cohort(inp: Path, out: Path, suffix: str, *, name: str = "--query") -> list[tuple[Path, Path]]:
     """(input, output) pairs: one file -> one output file; a folder -> every image in it -> out folder.
 
-    In a folder, files whose name ends in one of the image suffixes are cases, except those whose
-    stem ends in ``_label``, ``_labels``, ``_mask`` or ``_seg``; sub-folders are DICOM series.
+    In a folder, files whose name ends in one of the image suffixes are cases, except label maps
+    (role suffix ``_label``, ``_labels``, ``_mask``, ``_seg``, ...); sub-folders are DICOM series.
+    Output ``<case><suffix>``, the case named by :func:`medsam2kit._files.case_name` (the rule
+    ``evaluate`` pairs by: ``a_img.nii.gz`` -> ``a_labels.nii.gz``).
     """
+    from medsam2kit._files import index_cases
+
     if not inp.exists():
         raise InvalidInputError(f"{name}: {inp} does not exist")
     if inp.is_dir() and not _is_dicom_folder(inp):
-        cases = sorted(
-            p for p in inp.iterdir()
-            if (p.is_dir() and _is_dicom_folder(p))
-            or (p.name.lower().endswith(_IMAGE_SUFFIXES) and not _stem(p).endswith(_NOT_IMAGES))
-        )
-        if not cases:
+        by_case = index_cases(inp, role="image", name=name)
+        if not by_case:
             raise InvalidInputError(f"{name}: no image files in the folder {inp}")
         if out.exists() and not out.is_dir():
             raise InvalidInputError(f"--out: a folder of inputs needs an output folder, got the file {out}")
         out.mkdir(parents=True, exist_ok=True)
-        return [(p, out / f"{_stem(p)}{suffix}") for p in cases]
-    if not out.name.endswith((".nii", ".nii.gz")):
-        raise InvalidInputError(f"--out: expected a .nii or .nii.gz file name, got {out}")
+        return [(p, out / f"{case}{suffix}") for case, p in sorted(by_case.items(), key=lambda kv: kv[1])]
+    if not out.name.endswith((".nii", ".nii.gz", ".dcm")):
+        raise InvalidInputError(f"--out: expected a .nii or .nii.gz (or DICOM SEG .dcm) file name, got {out}")
     if not out.parent.is_dir():
         raise InvalidInputError(f"--out: the folder {out.parent} does not exist")
     return [(inp, out)]
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(_IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def _check_cohort_out(args: argparse.Namespace, inp: Path) -> None:
+    """A folder of inputs writes into the folder --out: check it before it is created."""
+    if inp.is_dir() and not _is_dicom_folder(inp):
+        _check_out(args, args.out, folder=True)
 
 
 def _is_dicom_folder(path: Path) -> bool:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -65,16 +65,16 @@ from torch import nn
 from medsam2kit.errors import (
     CheckpointError,
     FileFormatError,
-    GeometryError,
     InvalidInputError,
     InvalidTypeError,
+    MedSAM2KitError,
     MissingFileError,
     ShapeMismatchError,
 )
-from medsam2kit._files import atomic_write, load_torch
+from medsam2kit._files import atomic_write, load_torch, one_line
 from medsam2kit._validate import check_axis, check_generator, check_int, check_label_map
 from medsam2kit.sequencer import default_axis
-from medsam2kit.volume import Volume
+from medsam2kit.volume import Volume, check_same_grid
 
 NormMode = Literal["percentile", "zscore"]
 NormLayer = Literal["batch", "group", "none"]
@@ -496,10 +496,7 @@ def _as_labels(labels: object, like: Volume, num_labels: int, name: str) -> np.n
     if isinstance(labels, Volume):
         if labels.shape != like.shape:
             raise ShapeMismatchError(f"{name}: expected shape {like.shape} (the image's), got {labels.shape}")
-        if not labels.same_grid(like, atol=1e-3):
-            raise GeometryError(
-                f"{name}: the label map's affine differs from the image's by more than 1e-3 mm"
-            )
+        check_same_grid(labels, like, name=name)
         arr = labels.array
     elif isinstance(labels, torch.Tensor):
         arr = labels.detach().cpu().numpy()
@@ -628,6 +625,7 @@ class CoarseSegmenter:
         generator: torch.Generator | None = None,
         device: str | torch.device = "cpu",
         warm_start: bool = False,
+        progress: Callable[[int, int, float], None] | None = None,
     ) -> FitResult:
         """Train the network on labelled volumes (from scratch unless ``warm_start``).
 
@@ -652,6 +650,8 @@ class CoarseSegmenter:
             device: ``"cpu"`` (default), ``"auto"``, ``"cuda[:N]"``, ``"mps"`` or a
                 ``torch.device`` (resolved by :func:`medsam2kit.predictor.resolve_device`).
             warm_start: keep the current weights instead of re-initialising them.
+            progress: called as ``progress(step, total, loss)`` after each step (e.g. to drive
+                a progress bar).
 
         Returns:
             A :class:`FitResult` (steps and per-step history); the segmenter itself is fitted.
@@ -752,6 +752,8 @@ class CoarseSegmenter:
             sched.step()
             history.append({"kind": "step", "step": step + 1, "epoch": step // per_epoch,
                             "loss": float(loss.detach()), "lr": lr_used})
+            if progress is not None:
+                progress(step + 1, total, history[-1]["loss"])
         net.eval()
         return FitResult(steps=total, history=tuple(history), num_slices=num)
 
@@ -858,7 +860,9 @@ class CoarseSegmenter:
 
         Raises:
             MissingFileError: no such file.
-            FileFormatError: not a coarse-model file (or a newer format version).
+            FileFormatError: not a coarse-model file (or a newer format version), a damaged
+                config, or a config whose sizes exceed :data:`CONFIG_LIMITS` (checked, and the
+                tensor shapes compared, before the network is allocated); the file is named.
             CheckpointError: the weights do not fit the stored configuration.
         """
         source = Path(path)
@@ -870,16 +874,34 @@ class CoarseSegmenter:
         version = payload["format_version"]
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise FileFormatError(
-                f"path: format_version {version!r} is not supported (expected <= {FORMAT_VERSION})"
+                f"path: {source}: format_version {version!r} is not supported (expected <= {FORMAT_VERSION})"
             )
-        config = CoarseConfig.from_json(payload["config"])
+        try:
+            config = CoarseConfig.from_json(payload["config"])
+        except MedSAM2KitError as err:
+            raise FileFormatError(f"path: {source}: {err}") from None
+        _check_config_limits(config, source)
+        state = payload["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise FileFormatError(f"path: {source}: state_dict is not a dict of tensors")
+        with torch.device("meta"):  # shapes only: nothing is allocated before they match the file
+            meta = UNet2D(config.in_channels, config.num_classes, base_channels=config.base_channels,
+                          depth=config.depth, norm=config.norm)
+        expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            wrong = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+            raise CheckpointError(
+                f"path: weights in {source} do not match the stored config: {len(wrong)} tensor(s) differ, e.g. "
+                + ", ".join(f"{k} expected {expected.get(k, 'none')} got {found.get(k, 'none')}" for k in wrong[:3])
+            )
         seg = cls(config)
         net = build_network(config, device="cpu")
         try:
-            net.load_state_dict(payload["state_dict"], strict=True)
+            net.load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise CheckpointError(
-                f"path: weights in {str(source)!r} do not match the stored config: {err}"
+                f"path: weights in {source} do not match the stored config: {one_line(err)}"
             ) from None
         dev = _device(device)
         seg.network = net.to(dev).eval()
@@ -887,7 +909,32 @@ class CoarseSegmenter:
         return seg
 
 
+#: Sanity limits of a loaded :class:`CoarseConfig` (a file is data: its sizes are checked before
+#: anything is built from them).
+CONFIG_LIMITS: dict[str, int] = {
+    "num_labels": 1024,
+    "context": 32,
+    "image_size": 4096,
+    "base_channels": 1024,
+    "depth": 10,
+    "widest_channels": 16384,
+}
+
+
+def _check_config_limits(config: CoarseConfig, source: Path) -> None:
+    values = {name: int(getattr(config, name)) for name in CONFIG_LIMITS if name != "widest_channels"}
+    values["widest_channels"] = config.base_channels * 2**config.depth
+    for name, value in values.items():
+        if value > CONFIG_LIMITS[name]:
+            what = "base_channels * 2 ** depth" if name == "widest_channels" else name
+            raise FileFormatError(
+                f"path: {source}: config {what} = {value} exceeds the sane limit {CONFIG_LIMITS[name]} "
+                "(damaged or not a medsam2kit coarse model)"
+            )
+
+
 __all__ = [
+    "CONFIG_LIMITS",
     "FORMAT_VERSION",
     "CoarseConfig",
     "CoarseModel",

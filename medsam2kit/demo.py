@@ -190,13 +190,17 @@ def hippocampus_cases(data_dir: Path) -> list[DemoCase]:
 
 
 def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, *,
-             coarse_steps: int = 40, generator: torch.Generator | None = None) -> list[DiceRow]:
+             coarse_steps: int = 40, generator: torch.Generator | None = None,
+             progress: Callable[[str], None] | None = None) -> list[DiceRow]:
     """All three tasks on one case; with ``out``, its NIfTI files and overlays go to ``out/<name>``
-    (``generator`` draws the weak coarse network's weights and shuffling)."""
+    (``generator`` draws the weak coarse network's weights and shuffling; ``progress`` is called
+    with one line as each stage starts)."""
     image, label = case.query
     rows: list[DiceRow] = []
     maps: dict[str, np.ndarray] = {}
+    stage = progress if progress is not None else (lambda line: None)
 
+    stage(f"{case.name} {image.shape}: propagation from one prompted slice per label")
     prop = one_prompt_propagation(predictor, image, label)
     maps["propagation"] = prop.labels
     for lab in prop.prompt_slices:
@@ -206,10 +210,12 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
 
     supports = tuple((img, keep_labels(lab, case.labels)) for img, lab in case.supports)
     truth_map = keep_labels(label, case.labels).array
+    stage(f"{case.name}: FATE-SAM from {len(supports)} support(s)")
     fewshot = FewShotPipeline(predictor, supports)(image).array
     maps["fewshot"] = fewshot
     rows += [DiceRow("fewshot", case.name, lab, "fate-sam", dice(fewshot == lab, truth_map == lab)) for lab in case.labels]
 
+    stage(f"{case.name}: SAM2Med3D (fitting a weak coarse network, {coarse_steps} steps, then SAM2)")
     coarse = weak_coarse(supports, num_labels=max(case.labels), steps=coarse_steps, generator=generator)
     result = SAM2Med3DPipeline(coarse, predictor).run(image)
     coarse_map = np.argmax(result.coarse, axis=0)
@@ -219,15 +225,19 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
         rows.append(DiceRow("sam2med3d", case.name, lab, "fused", dice(result.labels.array == lab, truth_map == lab)))
 
     if out is not None:
+        stage(f"{case.name}: writing {out / case.name}")
         _write_case(out / case.name, image, label, maps, prop.axis)
     return rows
 
 
 def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Path | None = None,
              coarse_steps: int = 40, info: Mapping[str, Any] | None = None,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
+             say: Callable[[str], None] = print,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
+    ``say`` receives the results (a line per case, the table); ``progress`` one line as each
+    stage of each case starts (``medsam2kit demo`` prints them on stderr).
 
     ``seed`` is the demo's configuration, recorded in the case name: it picks the held-out
     phantom (:func:`phantom_case`) and seeds a fresh ``torch.Generator`` for each case's weak
@@ -245,8 +255,10 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     seconds: dict[str, float] = {}
     for case in cases:
         start = time.perf_counter()
+        if progress is not None:
+            progress(f"case {len(seconds) + 1}/{len(cases)}: {case.name}")
         rows += run_case(predictor, case, out, coarse_steps=coarse_steps,
-                         generator=torch.Generator().manual_seed(seed))
+                         generator=torch.Generator().manual_seed(seed), progress=progress)
         seconds[case.name] = round(time.perf_counter() - start, 2)
         say(f"{case.name}: done in {seconds[case.name]} s")
     table = dice_table(rows)

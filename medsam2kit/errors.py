@@ -65,17 +65,39 @@ class MissingDependencyError(MedSAM2KitError, ImportError):
     """An optional dependency needed for this call is not installed."""
 
 
+class OutputError(MedSAM2KitError, OSError):
+    """An output file or folder cannot be written (unwritable folder, a file where a folder is
+    needed, a name the file system refuses, a full disk); the message names the path."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output already exists and overwriting it was not asked for (``--overwrite``)."""
+
+
+class FileTooLargeError(FileFormatError):
+    """A file's header claims more data than the file can hold, or more than the configured limit
+    (checked before anything is allocated); the message names the file and both numbers."""
+
+
+class GeometryWarning(UserWarning):
+    """A file's geometry is missing and a fallback was used (the message names the file)."""
+
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "DeviceError",
     "FileFormatError",
+    "FileTooLargeError",
     "FrameIndexError",
     "GeometryError",
+    "GeometryWarning",
     "InvalidInputError",
     "InvalidTypeError",
     "MedSAM2KitError",
     "MissingDependencyError",
     "MissingFileError",
+    "OutputError",
+    "OutputExistsError",
     "ShapeMismatchError",
 ]

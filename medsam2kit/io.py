@@ -13,7 +13,8 @@ Readers (:func:`load_volume`, :func:`load_label`):
 * ``.npz`` archives holding one array (plus optional ``affine`` or ``spacing``).
 
 Writer (:func:`save_mask`): a NIfTI mask on the exact grid of the image it belongs to, written
-atomically (never a partial file).
+atomically (never a partial file). :func:`save_dicom_seg` (from :mod:`medsam2kit.dicom_seg`)
+writes a label map computed on DICOM images as a DICOM SEG referencing them.
 
 World coordinates are RAS+ millimetres (the NIfTI convention). Arrays keep the file's own voxel
 order; nothing is reoriented, so a mask saved with :func:`save_mask` lines up voxel for voxel with
@@ -47,7 +48,9 @@ from pydicom.errors import InvalidDicomError
 from medsam2kit._files import atomic_write
 from medsam2kit.errors import (
     FileFormatError,
+    FileTooLargeError,
     GeometryError,
+    GeometryWarning,
     InvalidInputError,
     InvalidTypeError,
     MedSAM2KitError,
@@ -55,7 +58,7 @@ from medsam2kit.errors import (
     MissingFileError,
     ShapeMismatchError,
 )
-from medsam2kit.volume import Volume, VolumeKind, check_affine
+from medsam2kit.volume import Volume, VolumeKind, check_affine, check_same_grid
 
 RgbToGray = Literal["luma", "mean", "error"]
 """How colour (RGB/YBR) frames become gray on loading: ITU-R BT.601 luma, channel mean, or an
@@ -70,6 +73,9 @@ _NPZ_IMAGE_KEYS = ("image", "array", "frames", "volume")
 _NPZ_LABEL_KEYS = ("label", "labels", "mask", "masks", "seg", "segmentation")
 _LABEL_ATOL_MM = 1e-3
 _SUPPORTED = ".nii, .nii.gz, .nrrd, .nhdr, .npz, .dcm (or any DICOM file) or a DICOM series folder"
+DEFAULT_MAX_IMAGE_BYTES = 2**31
+"""Default of :func:`max_image_bytes`: files whose header claims more voxel bytes are refused."""
+_DEFLATE_MAX_RATIO = 1032  # deflate never expands data more than ~1032:1 (RFC 1951 block limits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,6 +121,15 @@ def load_volume(
         InvalidInputError: not 3D, several DICOM series without ``series_uid``, colour frames with
             ``color="error"``, non-finite voxels, unknown ``key``.
         MissingDependencyError: NRRD without pynrrd installed.
+        FileTooLargeError: a NIfTI header claims more voxel data than the file can hold (an
+            uncompressed file shorter than claimed; a gzip file more than 1032 times smaller than
+            claimed) or more than :func:`max_image_bytes` (default 2 GiB, ``$MEDSAM2KIT_MAX_BYTES``);
+            checked before anything is allocated.
+
+    Warns:
+        GeometryWarning: a NIfTI with qform_code and sform_code 0 (no stored orientation), naming
+            the file and the voxel sizes used (zero or invalid voxel sizes become 1 mm, as nibabel
+            reads them).
 
     Example:
         >>> import tempfile, pathlib
@@ -191,17 +206,8 @@ def load_label(path: str | os.PathLike[str], *, like: Volume, key: str | None = 
                 f"{np.round(like.affine, 4).tolist()}"
             )
         vol = Volume(placed.array, like.affine, source=src, modality="SEG")
-    if vol.shape != like.shape:
-        raise ShapeMismatchError(
-            f"label {src} has shape {vol.shape} but image {like_name} has shape {like.shape}"
-        )
-    diff = float(np.max(np.abs(vol.affine - like.affine)))
-    if diff > _LABEL_ATOL_MM:
-        raise GeometryError(
-            f"label {src} and image {like_name} have different affines (max difference {diff:.6g}"
-            f" > {_LABEL_ATOL_MM} mm): label {np.round(vol.affine, 4).tolist()}, image "
-            f"{np.round(like.affine, 4).tolist()}"
-        )
+    check_same_grid(Volume(vol.array, vol.affine, source=src), Volume(like.array, like.affine, source=like_name),
+                    atol=_LABEL_ATOL_MM)
     labels = _as_label_array(vol.array, name=f"label {src}")
     return Volume(
         labels,
@@ -400,6 +406,8 @@ def _load_nifti(p: Path) -> Volume:
         img = nib.load(str(p), mmap=False)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise FileFormatError(f"{p}: expected a NIfTI-1/2 image, got {type(img).__name__}")
+        _check_nifti_size(p, img)
+        _warn_missing_geometry(p, img)
         data = np.asanyarray(img.dataobj)
         affine = np.array(img.affine, dtype=np.float64)
     except MedSAM2KitError:
@@ -414,6 +422,78 @@ def _load_nifti(p: Path) -> Volume:
     return _volume(data, affine, str(p))
 
 
+def max_image_bytes() -> int:
+    """The most bytes of voxel data a file may claim before it is read: ``$MEDSAM2KIT_MAX_BYTES``
+    when set (an integer), else :data:`DEFAULT_MAX_IMAGE_BYTES` (2 GiB).
+
+    Checked against the header before anything is allocated (see :func:`load_volume`), so a small
+    file whose header claims a huge image fails at once with :class:`FileTooLargeError`.
+
+    Example:
+        >>> max_image_bytes() >= 1
+        True
+    """
+    raw = os.environ.get("MEDSAM2KIT_MAX_BYTES", "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_BYTES
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise InvalidInputError(f"MEDSAM2KIT_MAX_BYTES: expected a number of bytes, got {raw!r}") from None
+    if value < 1:
+        raise InvalidInputError(f"MEDSAM2KIT_MAX_BYTES: expected a positive number of bytes, got {raw!r}")
+    return value
+
+
+def _check_nifti_size(p: Path, img: Any) -> None:
+    """What the header claims against what the file can hold and the limit, before reading data."""
+    header = img.header
+    shape = tuple(int(n) for n in header.get_data_shape())
+    dtype = np.dtype(header.get_data_dtype())
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize if shape else 0
+    offset = int(getattr(img.dataobj, "offset", 0) or 0)
+    size = p.stat().st_size
+    what = f"{p}: the header claims {shape} {dtype} voxels ({claimed} bytes)"
+    if p.name.lower().endswith(".gz"):
+        bound = size * _DEFLATE_MAX_RATIO
+        if offset + claimed > bound:
+            raise FileTooLargeError(
+                f"{what}, but a {size}-byte gzip file holds at most {bound} bytes (truncated or damaged)"
+            )
+    elif offset + claimed > size:
+        raise FileTooLargeError(
+            f"{what} from byte {offset}, but the file holds only {max(size - offset, 0)} bytes there"
+            " (truncated or damaged)"
+        )
+    limit = max_image_bytes()
+    if claimed > limit:
+        raise FileTooLargeError(
+            f"{what}, more than the limit of {limit} bytes (set MEDSAM2KIT_MAX_BYTES to allow more)"
+        )
+
+
+def _warn_missing_geometry(p: Path, img: Any) -> None:
+    """qform_code and sform_code 0: no stored orientation; say so (and which voxel sizes are used)."""
+    header = img.header
+    if int(header["qform_code"]) != 0 or int(header["sform_code"]) != 0:
+        return
+    from nibabel.openers import ImageOpener
+
+    try:  # nibabel silently replaces zero voxel sizes by 1: read the stored ones
+        with ImageOpener(str(p)) as fh:
+            raw = type(header).from_fileobj(fh, check=False)
+        stored = [float(z) for z in raw["pixdim"][1:4]]
+    except Exception:  # the header was read once already; fall back to nibabel's view
+        stored = [float(z) for z in header["pixdim"][1:4]]
+    used = tuple(round(float(z), 6) for z in header.get_zooms()[:3])
+    message = (f"{p}: qform_code and sform_code are 0 (no orientation or position stored); loaded with "
+               f"voxel sizes {used} mm and nibabel's default orientation")
+    if not all(np.isfinite(z) and z > 0 for z in stored):
+        message += (f"; the stored voxel sizes {tuple(stored)} are not positive, so 1 mm was assumed: "
+                    "distances in mm (spacing, HD95, NSD) are not physical")
+    warnings.warn(message, GeometryWarning, stacklevel=4)
+
+
 def _nifti_suffix(p: Path) -> str:
     return ".nii.gz" if p.name.lower().endswith(".nii.gz") else ".nii"
 
@@ -424,7 +504,7 @@ def _check_destination(path: str | os.PathLike[str]) -> Path:
         raise InvalidInputError(f"path: expected a file name ending in .nii or .nii.gz, got {dest}")
     if not dest.parent.is_dir():
         raise MissingFileError(f"path: the folder {dest.parent} does not exist (writing {dest.name})")
-    if dest.is_dir():
+    if os.path.isdir(dest):  # (Path.is_dir raises for a name too long on Python 3.11)
         raise InvalidInputError(f"path: {dest} is a folder, expected a file name")
     return dest
 
@@ -1181,4 +1261,9 @@ def _as_label_array(array: np.ndarray, *, name: str) -> np.ndarray:
     raise InvalidInputError(f"{name}: label values too large ({hi})")  # pragma: no cover
 
 
-__all__ = ["RgbToGray", "load_label", "load_volume", "save_mask", "save_volume"]
+from medsam2kit.dicom_seg import save_dicom_seg  # noqa: E402  (DICOM SEG writer, re-exported)
+
+__all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES", "RgbToGray", "load_label", "load_volume", "max_image_bytes", "save_dicom_seg",
+    "save_mask", "save_volume",
+]

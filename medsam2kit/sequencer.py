@@ -1093,24 +1093,83 @@ class FrameSequence:
     def points_to_frame(self, points: npt.ArrayLike) -> np.ndarray:
         """Point prompts ``(..., 2)`` ``(x, y)`` in slice voxels -> frame pixels.
 
+        Every point must lie on the slice: ``-0.5 <= x <= W - 0.5`` and ``-0.5 <= y <= H - 0.5``
+        (the voxels' footprint; ``(H, W)`` = ``layout.slice_shape``). :meth:`SliceLayout.points_to_frame`
+        is the unchecked mapping.
+
+        Raises:
+            InvalidInputError: a point off the slice (the point and the slice size are named).
+
         Example:
             >>> import numpy as np
             >>> seq = sequence_frames(np.zeros((1, 16, 16), np.uint8), image_size=32, window=None)
             >>> seq.points_to_frame([[0, 15]]).tolist()
             [[0.5, 30.5]]
         """
-        return self.layout.points_to_frame(points)
+        arr = _coords(points, "points", last=2)
+        h, w = self.layout.slice_shape
+        off = (arr[..., 0] < -0.5) | (arr[..., 0] > w - 0.5) | (arr[..., 1] < -0.5) | (arr[..., 1] > h - 0.5)
+        if off.any():
+            bad = arr[off][0].tolist()
+            raise InvalidInputError(
+                f"points: expected (x, y) on the slice of {w} x {h} voxels (x in [-0.5, {w - 0.5}], "
+                f"y in [-0.5, {h - 0.5}]; x is the column, y the row), got {bad}"
+                f"{f' and {int(off.sum()) - 1} more off the slice' if off.sum() > 1 else ''}"
+            )
+        return self.layout.points_to_frame(arr)
 
     def boxes_to_frame(self, boxes: npt.ArrayLike) -> np.ndarray:
         """Box prompts ``(..., 4)`` XYXY in slice voxels -> frame pixels.
+
+        The slice covers ``x`` in ``[-0.5, W - 0.5]`` and ``y`` in ``[-0.5, H - 0.5]`` (the voxels'
+        footprint, ``(H, W)`` = ``layout.slice_shape``). A box must have ``x0 <= x1``,
+        ``y0 <= y1`` and overlap the slice; the part outside it is clipped away. Overhanging by
+        up to one voxel (e.g. ``max + 1`` as the far corner) is clipped silently; a larger
+        overhang is clipped with a :class:`PromptClippedWarning`, as it usually means the box
+        was drawn for another slice size or axis. :meth:`SliceLayout.boxes_to_frame` is the
+        unchecked mapping.
+
+        Raises:
+            InvalidInputError: a box entirely off the slice, or with ``x1 < x0`` or ``y1 < y0``
+                (the box and the slice size are named).
 
         Example:
             >>> import numpy as np
             >>> seq = sequence_frames(np.zeros((1, 16, 16), np.uint8), image_size=32, window=None)
             >>> seq.boxes_to_frame([0, 0, 15, 15]).tolist()
             [0.5, 0.5, 30.5, 30.5]
+            >>> seq.boxes_to_frame([0, 0, 16, 16]).tolist()  # clipped to the slice's edge
+            [0.5, 0.5, 31.5, 31.5]
         """
-        return self.layout.boxes_to_frame(boxes)
+        arr = _coords(boxes, "boxes", last=4)
+        h, w = self.layout.slice_shape
+        size = f"the slice of {w} x {h} voxels (x in [-0.5, {w - 0.5}], y in [-0.5, {h - 0.5}])"
+        flat = arr.reshape(-1, 4)
+        reversed_ = (flat[:, 2] < flat[:, 0]) | (flat[:, 3] < flat[:, 1])
+        if reversed_.any():
+            raise InvalidInputError(
+                f"boxes: expected (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1, got {flat[reversed_][0].tolist()}"
+            )
+        outside = (flat[:, 2] <= -0.5) | (flat[:, 0] >= w - 0.5) | (flat[:, 3] <= -0.5) | (flat[:, 1] >= h - 0.5)
+        if outside.any():
+            raise InvalidInputError(
+                f"boxes: expected a box (x0, y0, x1, y1) that overlaps {size}, got {flat[outside][0].tolist()}, "
+                "entirely outside it (x is the column, y the row)"
+            )
+        low = np.array([-0.5, -0.5, -0.5, -0.5])
+        high = np.array([w - 0.5, h - 0.5, w - 0.5, h - 0.5])
+        clipped = np.clip(flat, low, high)
+        overhang = float(np.max(np.abs(clipped - flat))) if flat.size else 0.0
+        if overhang > 1.0:
+            import warnings
+
+            worst = flat[np.argmax(np.max(np.abs(clipped - flat), axis=1))].tolist()
+            warnings.warn(
+                f"boxes: {worst} reaches {overhang:g} voxels beyond {size}; clipped to the slice",
+                PromptClippedWarning,
+                stacklevel=2,
+            )
+        return self.layout.boxes_to_frame(clipped.reshape(arr.shape))
 
     def to_volume_logits(
         self, logits: ArrayLike | Mapping[int, ArrayLike], *, fill: float = float("-inf")
@@ -1392,6 +1451,10 @@ def _check_real(array: np.ndarray, name: str) -> None:
             raise InvalidInputError(f"{name}: expected finite values, got {bad} NaN/inf value(s) in shape {array.shape}")
 
 
+class PromptClippedWarning(UserWarning):
+    """A box prompt reached more than one voxel beyond its slice and was clipped to it."""
+
+
 def _coords(values: npt.ArrayLike, name: str, *, last: int = 3) -> np.ndarray:
     arr = np.asarray(values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
     if arr.ndim < 1 or arr.shape[-1] != last:
@@ -1411,6 +1474,7 @@ __all__ = [
     "FrameIndexError",
     "FrameSequence",
     "PercentileWindow",
+    "PromptClippedWarning",
     "SliceLayout",
     "Window",
     "WindowSpec",

@@ -156,4 +156,40 @@ def check_affine(affine: np.ndarray, *, name: str = "affine") -> None:
         raise GeometryError(f"{name}: expected an invertible 3x3 part, got {affine[:3, :3].tolist()}")
 
 
-__all__ = ["Volume", "VolumeKind", "check_affine"]
+
+LABEL_ATOL_MM = 1e-3
+"""How far (mm, per affine entry) a label map's affine may differ from its image's."""
+
+
+def check_same_grid(label: Volume, image: Volume, *, name: str = "label", atol: float = LABEL_ATOL_MM) -> None:
+    """Raise unless ``label`` lies on the grid of ``image``: same shape, affines within ``atol`` mm.
+
+    The one check used wherever an (image, label) pair comes in: :func:`medsam2kit.io.load_label`,
+    :meth:`medsam2kit.coarse.CoarseSegmenter.fit` and :meth:`medsam2kit.fewshot.SupportBank.build`.
+
+    Raises:
+        ShapeMismatchError: the shapes differ (both named).
+        GeometryError: the affines differ by more than ``atol`` (the largest difference and both
+            affines named), e.g. a label shifted by a few mm from its image.
+
+    Example:
+        >>> import numpy as np
+        >>> img = Volume(np.zeros((2, 3, 4)), np.eye(4))
+        >>> check_same_grid(Volume(np.zeros((2, 3, 4), np.uint8), np.eye(4)), img)
+    """
+    label_name = label.source or "<in memory>"
+    image_name = image.source or "<in memory>"
+    if label.shape != image.shape:
+        raise ShapeMismatchError(
+            f"{name} {label_name} has shape {label.shape} but image {image_name} has shape {image.shape}"
+        )
+    diff = float(np.max(np.abs(label.affine - image.affine)))
+    if not diff <= atol:
+        raise GeometryError(
+            f"{name} {label_name} and image {image_name} have different affines (max difference {diff:.6g}"
+            f" > {atol} mm): {name} {np.round(label.affine, 4).tolist()}, image "
+            f"{np.round(image.affine, 4).tolist()}"
+        )
+
+
+__all__ = ["LABEL_ATOL_MM", "Volume", "VolumeKind", "check_affine", "check_same_grid"]

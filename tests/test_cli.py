@@ -224,8 +224,71 @@ def test_segment_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert lines == ["model: bundled reference model sam2.1_hiera_micro (phantom-trained, not for clinical use); "
                      "use --model for another"]
     assert main(["segment", "--input", str(tmp_path / "img.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
-                 "--out", str(out), "--k", "2", "--random-init", "--quiet"]) == 0
+                 "--out", str(out), "--k", "2", "--random-init", "--quiet", "--overwrite"]) == 0
     captured = capsys.readouterr()
     assert "warning: random weights (sam2.1_hiera_micro, --random-init)" in captured.err and not captured.out
     assert main(["segment", "--input", str(tmp_path / "nope.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
                  "--out", str(out)]) == 1
+
+
+def test_coarse_command_then_segment_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """From the command line alone: fit a coarse network, segment a folder with it, and evaluate the
+    outputs (<case>_labels.nii.gz) against the references (<case>_label.nii.gz) beside the images."""
+    from medsam2kit.coarse import CoarseSegmenter
+    from medsam2kit.io import load_label, load_volume, save_mask, save_volume
+    from medsam2kit.phantoms import ellipsoid_phantom
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for seed in (1, 2, 3):
+        image, label = ellipsoid_phantom((6, 32, 28), rng=seed)
+        save_volume(image, data / f"c{seed}_img.nii.gz")
+        save_mask(label.array, image, data / f"c{seed}_label.nii.gz")
+    coarse = tmp_path / "coarse.pt"
+    train = ["--image", str(data / "c1_img.nii.gz"), str(data / "c1_label.nii.gz"),
+             "--image", str(data / "c2_img.nii.gz"), str(data / "c2_label.nii.gz")]
+    small = ["--steps", "3", "--size", "32", "--base-channels", "4", "--batch-size", "4"]
+    assert main(["coarse", *train, "--out", str(coarse), *small]) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {coarse} (labels [1, 2]; 3 steps" in captured.out
+    assert "fitting the coarse network on 2 volume(s), labels [1, 2]" in captured.err and "3/3" in captured.err
+    seg = CoarseSegmenter.load(coarse)
+    assert seg.config.num_labels == 2 and seg.config.context == 1
+    # refused without --overwrite; --labels keeps the label values; unknown labels named
+    assert main(["coarse", *train, "--out", str(coarse), *small, "--quiet"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["coarse", *train, "--out", str(coarse), *small, "--quiet", "--overwrite", "--labels", "2"]) == 0
+    assert CoarseSegmenter.load(coarse).config.num_labels == 2
+    assert not capsys.readouterr().err
+    assert main(["coarse", *train, "--out", str(tmp_path / "x.pt"), *small, "--labels", "7"]) == 1
+    assert "--labels: expected labels >= 1 present in the label maps (found [1, 2]), got [7]" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+    # segment a folder of images and labels: only the images are cases, named <case>_labels.nii.gz
+    assert main(["segment", "--input", str(data), "--coarse", str(coarse), "--out", str(tmp_path / "out"),
+                 "--k", "1", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"c{s}_labels.nii.gz" for s in (1, 2, 3)]
+    vol = load_volume(data / "c3_img.nii.gz")
+    assert load_label(tmp_path / "out" / "c3_labels.nii.gz", like=vol).shape == vol.shape
+    assert main(["evaluate", str(tmp_path / "out"), str(data), "--out", str(tmp_path / "eval"),
+                 "--images", str(data)]) == 0
+    assert "3 case(s)" in capsys.readouterr().out
+
+
+def test_single_case_commands_report_their_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fewshot on one case showed no progress while it worked: one line per stage on stderr; --quiet silences."""
+    from medsam2kit.io import save_mask, save_volume
+    from medsam2kit.phantoms import ellipsoid_phantom
+
+    image, label = ellipsoid_phantom((5, 32, 32), rng=1)
+    save_volume(image, tmp_path / "s_img.nii.gz")
+    save_mask(label.array, image, tmp_path / "s_label.nii.gz")
+    save_volume(ellipsoid_phantom((5, 32, 32), rng=2)[0], tmp_path / "q_img.nii.gz")
+    args = ["fewshot", "--support", str(tmp_path / "s_img.nii.gz"), str(tmp_path / "s_label.nii.gz"),
+            "--query", str(tmp_path / "q_img.nii.gz"), "--random-init"]
+    assert main([*args, "--out", str(tmp_path / "q_labels.nii.gz")]) == 0
+    err = capsys.readouterr().err
+    for stage in ("reading the support", "building the support bank", "support bank: ", "segmenting "):
+        assert f"medsam2kit fewshot: {stage}" in err
+    assert main([*args, "--out", str(tmp_path / "q2_labels.nii.gz"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "medsam2kit fewshot: " not in err.replace("medsam2kit fewshot: warning", "")

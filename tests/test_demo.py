@@ -72,3 +72,15 @@ def test_dice_table_has_one_column_per_method_and_the_means() -> None:
     assert table[3] == "| b | 1 | 0.700 |  | 0.250 |"
     assert table[4] == "| **mean** | | **0.800** | **0.500** | **0.250** |"
     assert mean_dice(rows) == {"propagation/sam2": 0.8, "propagation/copy prompt": 0.5, "fewshot/fate-sam": 0.25}
+
+
+def test_run_case_reports_each_stage(predictor: SAM2Predictor, one_torch_thread: None) -> None:
+    """``medsam2kit demo`` showed nothing while it worked: run_case now reports each stage."""
+    from medsam2kit.demo import DemoCase, run_case
+
+    (q, ql), (s, sl) = [ellipsoid_phantom((6, 32, 32), rng=seed) for seed in (1, 2)]
+    lines: list[str] = []
+    rows = run_case(predictor, DemoCase("tiny", (q, ql), ((s, sl),), (1, 2)), coarse_steps=1,
+                    progress=lines.append)
+    assert rows and [line.split(":")[1].split()[0] for line in lines] == ["propagation", "FATE-SAM", "SAM2Med3D"]
+    assert lines[0].startswith("tiny (6, 32, 32): propagation")

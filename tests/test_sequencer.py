@@ -737,3 +737,29 @@ def test_deeplesion_default_axis_and_label_round_trip(shared_data: Path) -> None
         txy = seq.voxel_to_frame([i, j, t])
         assert txy.tolist() == [t, j, i]
         assert np.allclose(seq.frame_to_world(txy), img.affine[:3, :3] @ [i, j, t] + img.affine[:3, 3])
+
+
+def test_prompts_are_checked_against_the_slice() -> None:
+    """A box entirely off the slice is an error naming the slice size (the README's old box on a
+    51 x 33 hippocampus slice gave a mask over 20 % of the volume); partly off: clipped (silently
+    within one voxel, with a warning beyond); points must lie on the slice."""
+    import warnings
+
+    seq = sequence_frames(np.zeros((2, 33, 51), np.uint8), image_size=64, window=None)
+    with pytest.raises(InvalidInputError, match=r"boxes: .*51 x 33 voxels.*\[40\.0, 52\.0, 90\.0, 110\.0\], entirely"):
+        seq.boxes_to_frame([40, 52, 90, 110])
+    with pytest.raises(InvalidInputError, match=r"x0 <= x1"):
+        seq.boxes_to_frame([10, 5, 4, 9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        edge = seq.boxes_to_frame([0, 0, 51, 33])  # the common "max + 1" far corner: clipped silently
+    assert np.allclose(edge, seq.layout.boxes_to_frame([0, 0, 50.5, 32.5]))
+    with pytest.warns(sq.PromptClippedWarning, match="51 x 33"):
+        far = seq.boxes_to_frame([[40, 2, 90, 20]])
+    assert np.allclose(far, seq.layout.boxes_to_frame([[40, 2, 50.5, 20]]))
+    assert far.shape == (1, 4)
+    assert np.allclose(seq.points_to_frame([[50, 32]]), seq.layout.points_to_frame([[50, 32]]))
+    with pytest.raises(InvalidInputError, match=r"points: .*51 x 33 voxels.*got \[60\.0, 4\.0\]"):
+        seq.points_to_frame([[3, 4], [60, 4]])
+    with pytest.raises(InvalidInputError, match=r"points: .*got \[3\.0, -2\.0\]"):
+        seq.points_to_frame([3, -2])

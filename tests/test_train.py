@@ -92,6 +92,33 @@ def test_config_unknown_key_and_wrong_type_name_the_key(tmp_path: Path) -> None:
         cfg.replace(**{"optim.nope": 1})
 
 
+def test_set_key_errors_list_the_known_keys() -> None:
+    """``--set optim.lrr=1e-4`` lists optim's keys, as docs/train.md says."""
+    cfg = TrainConfig()
+    with pytest.raises(ConfigError, match=r"unknown key optim\.lrr \(known keys of optim: \[.*'lr'.*'weight_decay'\]\)"):
+        cfg.replace(**{"optim.lrr": 1e-4})
+    with pytest.raises(ConfigError, match=r"unknown key optimm\.lr \(known sections: \[.*'optim'.*\]\)"):
+        cfg.replace(**{"optimm.lr": 1e-4})
+    with pytest.raises(ConfigError, match=r"unknown key seed2 \(known keys: \[.*'seed'.*\]\)"):
+        cfg.replace(seed2=1)
+    with pytest.raises(ConfigError, match=r"optim\.lr is a float, not a section"):
+        cfg.replace(**{"optim.lr.x": 1})
+
+
+def test_volume_dataset_without_mask_path_names_mask_path(tmp_path: Path) -> None:
+    """A volume dataset with no mask_path used to fail on 'fractional values' of the image."""
+    with pytest.raises(ConfigError, match=r"data\.train\[0\]\.mask_path: required for kind 'volume'.*img\.nii\.gz"):
+        config_from_dict({"data": {"train": [{"kind": "volume", "path": "cases/img.nii.gz"}]}})
+    config_from_dict({"data": {"train": [{"kind": "volume", "path": "cases/*.npz"}]}})  # npz may hold labels
+    from medsam2kit.io import save_volume
+    from medsam2kit.phantoms import ellipsoid_phantom
+
+    image, _ = ellipsoid_phantom(shape=(6, 32, 32), rng=0)
+    save_volume(image, tmp_path / "img.nii.gz")
+    with pytest.raises(InvalidInputError, match=r"mask_path: required for the volume .*img\.nii\.gz"):
+        load_videos(DatasetSpec(kind="volume", path=str(tmp_path / "img.nii.gz")), image_size=64)
+
+
 def test_paradigm_presets_and_sam2_recipe() -> None:
     train, pool = [{"kind": "synthetic"}], [{"kind": "synthetic", "seed": 3}]
     ts = preset("task_specific", **{"data.train": train})

@@ -20,6 +20,7 @@ import json
 import sys
 from typing import Any
 
+from medsam2kit._files import check_writable, one_line
 from medsam2kit.errors import ConfigError, MedSAM2KitError
 from medsam2kit.predictor.checkpoints import config_name
 from medsam2kit.train.config import TrainConfig
@@ -63,6 +64,9 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted key, value parsed as YAML (repeatable), e.g. optim.lr=1e-4")
     p.add_argument("--out", default=None, help="output folder (overrides output_dir)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoints, metrics and plot of an earlier run in the output folder "
+                        "(refused without it, unless --resume continues that run)")
     p.add_argument("--resume", default=None, help="checkpoint_last.pt to continue from")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides device)")
     p.add_argument("--model", default=None, metavar="NAME|PATH",
@@ -73,6 +77,7 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "printed); without it such a run starts from the bundled reference model "
                         "(config sam2.1_hiera_micro) or is refused")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    p.add_argument("-v", "--verbose", action="store_true", help="a traceback with errors")
     return p
 
 
@@ -104,15 +109,37 @@ def run_finetune(args: argparse.Namespace) -> int:
         if changes:
             cfg = cfg.replace(**changes)
         cfg = _default_weights(cfg, random_init=bool(getattr(args, "random_init", False)))
+        _check_output_dir(cfg, overwrite=bool(getattr(args, "overwrite", False)), name="--out" if args.out else "output_dir")
         result = fit(cfg)
-    except MedSAM2KitError as err:
-        print(f"medsam2kit finetune: error: {err}", file=sys.stderr)
+    except (MedSAM2KitError, OSError) as err:  # OSError: a file the system refused, not yet named
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exception(type(err), err, err.__traceback__)
+        print(f"medsam2kit finetune: error: {one_line(err)}", file=sys.stderr)
         return 1
     if not args.quiet:
         summary = {"output_dir": str(result.output_dir), "checkpoint": str(result.checkpoint),
                    "final_model": str(result.final_model), "steps": result.steps, "val": result.val}
         print(json.dumps(summary, indent=2))
     return 0
+
+
+_RUN_OUTPUTS = ("checkpoint_last.pt", "model_final.pt", "metrics.jsonl", "metrics_step.csv", "metrics_epoch.csv",
+                "curves.png")
+
+
+def _check_output_dir(cfg: TrainConfig, *, overwrite: bool, name: str) -> None:
+    """Before training: the output folder can be written and holds no earlier run (unless
+    ``--overwrite``, or ``--resume`` continuing it); stage sub-folders count too."""
+    from pathlib import Path
+
+    folder = Path(cfg.output_dir)
+    contents = list(_RUN_OUTPUTS)
+    if folder.is_dir():
+        contents += [f"{sub.name}/{f}" for sub in sorted(folder.glob("stage*")) if sub.is_dir() for f in _RUN_OUTPUTS]
+    check_writable(folder, overwrite=overwrite or bool(cfg.resume), folder=True, contents=contents, name=name,
+                   hint="add --overwrite to replace it, or --resume to continue that run")
 
 
 def _default_weights(cfg: TrainConfig, *, random_init: bool) -> TrainConfig:

@@ -22,7 +22,7 @@ import dataclasses
 import importlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast, get_args, get_origin, Literal, Union
@@ -57,7 +57,8 @@ class DatasetSpec:
         path: a file or folder, or a glob pattern (``"data/*.npz"``); one video per match.
         name: label in logs (default: the kind and the path).
         mask_path: the label file for ``cine``/``volume`` when it is not ``path`` itself; may
-            contain ``{stem}``, replaced by each image's file stem.
+            contain ``{stem}``, replaced by each image's file stem. Required for a ``volume``
+            unless ``path`` is an ``.npz`` holding a label array.
         mask_key: the array in an npz label file (default: the first of masks, mask, label, ...).
         mask_suffix: for ``frames``/``images``: mask file = image stem + suffix + ``.png``.
         labels: label values to train as objects (default: every non-zero value).
@@ -318,12 +319,20 @@ class TrainConfig:
         for dotted, value in changes.items():
             node = data
             *parents, last = dotted.split(".")
+            where: list[str] = []
             for key in parents:
-                if key not in node or not isinstance(node[key], dict):
-                    raise ConfigError(f"{dotted}: unknown key {key!r}")
+                if key in node and not isinstance(node[key], dict):
+                    raise ConfigError(
+                        f"{dotted}: {'.'.join([*where, key])} is a {type(node[key]).__name__}, not a section of "
+                        "keys; set it whole (e.g. in the YAML file)"
+                    )
+                if key not in node:
+                    sections = sorted(k for k, v in node.items() if isinstance(v, dict))
+                    raise ConfigError(f"unknown key {dotted} (known sections{_of(where)}: {sections})")
                 node = node[key]
+                where.append(key)
             if last not in node:
-                raise ConfigError(f"{dotted}: unknown key {last!r}")
+                raise ConfigError(f"unknown key {dotted} (known keys{_of(where)}: {sorted(node)})")
             node[last] = _plain(value)
         return config_from_dict(data)
 
@@ -499,6 +508,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{name}: unsupported type {tp!r}")  # pragma: no cover - a bug in this module
 
 
+def _of(where: Sequence[str]) -> str:
+    return f" of {'.'.join(where)}" if where else ""
+
+
 def _tname(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is None:
@@ -536,6 +549,10 @@ def _validate(cfg: TrainConfig) -> None:
             _check(spec.weight > 0, f"{where}.weight: expected > 0, got {spec.weight}")
             _check(spec.kind == "synthetic" or bool(spec.path), f"{where}.path: required for kind {spec.kind!r}")
             _check(spec.count >= 1 and spec.frames >= 1, f"{where}.count/frames: expected >= 1")
+            _check(spec.kind != "volume" or bool(spec.mask_path) or spec.path.lower().endswith(".npz"),
+                   f"{where}.mask_path: required for kind 'volume' (the label map of each image, e.g. "
+                   f"'labels/{{stem}}_label.nii.gz'); only an .npz volume can hold its labels itself, got path "
+                   f"{spec.path!r} and no mask_path")
             if spec.frame_range is not None:
                 a, b = spec.frame_range
                 _check(0 <= a < b, f"{where}.frame_range: expected 0 <= start < stop, got {list(spec.frame_range)}")

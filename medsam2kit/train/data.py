@@ -262,6 +262,11 @@ def load_videos(spec: DatasetSpec, *, image_size: int) -> list[Video]:
         elif spec.kind == "volume":
             from medsam2kit.io import load_label, load_volume
 
+            if not spec.mask_path and p.suffix.lower() != ".npz":
+                raise InvalidInputError(
+                    f"mask_path: required for the volume {p} (kind 'volume' needs the label map of each image, "
+                    "e.g. mask_path: 'labels/{stem}_label.nii.gz'; only an .npz can hold its labels itself)"
+                )
             vol = load_volume(p)
             lab = load_label(_mask_path(spec, p), like=vol) if spec.mask_path else load_label(p, like=vol)
             videos.append(make_video(vol.array, np.asarray(lab.array), image_size=image_size, name=str(p),
