@@ -259,6 +259,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="random weights (of --config, default sam2.1_hiera_micro): tests the pipeline, "
                             "the masks are not meaningful")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    group.add_argument("--feature-store", type=Path, default=None, metavar="DIR",
+                       help="keep the image encoder's features in DIR (one file per frame, keyed by the frame "
+                            "and the model): a later run on the same volume encodes nothing")
+    group.add_argument("--feature-store-bf16", action="store_true",
+                       help="store the features in bf16 (half the disk; results differ by bf16 rounding)")
     group.add_argument("--image-size", type=int, default=None,
                        help="model input size (default: the model's, e.g. 512 for MedSAM2, 1024 for SAM 2)")
 
@@ -281,6 +286,19 @@ def _predictor(args: argparse.Namespace) -> Any:
 
 def _load_predictor(args: argparse.Namespace) -> tuple[Any, str, str]:
     """(predictor, one line saying which model, its config); prints the line (a warning for random init)."""
+    predictor, line, config = _build_predictor(args)
+    store = getattr(args, "feature_store", None)
+    if store is not None:
+        import torch
+
+        from medsam2kit.store import FeatureStore
+
+        dtype = torch.bfloat16 if getattr(args, "feature_store_bf16", False) else None
+        predictor.feature_store = FeatureStore(store, dtype=dtype)
+    return predictor, line, config
+
+
+def _build_predictor(args: argparse.Namespace) -> tuple[Any, str, str]:
     from medsam2kit.predictor import SAM2Predictor, resolve_config
     from medsam2kit.reference import REFERENCE_CONFIG
 

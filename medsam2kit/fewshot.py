@@ -461,13 +461,7 @@ class SupportMemoryAssembler:
         ax = axis if axis is not None else axis_along(volume.affine, self.bank.slice_direction)
         seq = sequence_volume(volume, axis=ax, image_size=self.predictor.image_size, window=window)
         wanted = tuple(self.bank.labels if labels is None else (int(x) for x in labels))
-        cache = FeatureCache(
-            seq,
-            self.predictor.encode,
-            device=self.predictor.device,
-            budget_bytes=self.predictor.cache_budget_bytes,
-            storage_dtype=self.predictor.cache_dtype,
-        )
+        cache = self.predictor.feature_cache(seq)
         depth = len(seq)
         slice_of_frame = list(seq.slice_indices)
         positions = [z / max(seq.layout.num_slices - 1, 1) for z in slice_of_frame]

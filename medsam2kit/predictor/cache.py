@@ -7,13 +7,17 @@ The cache counts its encoder calls and the seconds spent in the encoder itself
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from medsam2kit.errors import InvalidInputError
+from medsam2kit.errors import InvalidInputError, MedSAM2KitError
+
+if TYPE_CHECKING:
+    from medsam2kit.store import BoundFeatureStore
 
 #: Default memory budget of the per-session encoder feature cache (MiB).
 DEFAULT_CACHE_BUDGET_MB = 4096
@@ -41,12 +45,14 @@ class CacheStats:
         encoder_calls: frames that went through the image encoder.
         encoder_seconds: wall time spent inside the encoder calls.
         hits: feature requests answered from the cache.
+        store_hits: frames read from the on-disk feature store instead of encoded.
         stored_frames, stored_bytes: what the cache holds now.
     """
 
     encoder_calls: int = 0
     encoder_seconds: float = 0.0
     hits: int = 0
+    store_hits: int = 0
     stored_frames: int = 0
     stored_bytes: int = 0
 
@@ -59,6 +65,11 @@ class FeatureCache:
     positional encodings depend only on the feature shape and are stored once. When the budget
     is full, further frames are not stored; they are recomputed on each visit (the most recent
     one is kept, as upstream does, so a frame visited twice in a row is encoded once).
+
+    With ``disk`` (a :class:`~medsam2kit.store.FeatureStore` bound to the model), a frame not in
+    memory is read from the store when it holds it (``stats.store_hits``), and every frame the
+    encoder produces is written there. A store that cannot be written is dropped for the rest of
+    the session with a warning; the segmentation goes on.
     """
 
     def __init__(
@@ -69,8 +80,11 @@ class FeatureCache:
         device: torch.device,
         budget_bytes: int,
         storage_dtype: torch.dtype | None = None,
+        disk: BoundFeatureStore | None = None,
     ) -> None:
         self._frames = frames
+        self._disk = disk
+        self._signatures: dict[int, str] = {}
         self._encode = encode
         self._device = device
         self._budget = int(budget_bytes)
@@ -101,16 +115,61 @@ class FeatureCache:
             self.stats.hits += 1
             fpn = [t.to(self._dtype) if self._dtype is not None else t for t in stored]
         else:
-            out = self._run_encoder(self.image(index))
-            fpn = list(out["backbone_fpn"])
-            if self._pos_enc is None:
-                self._pos_enc = list(out["vision_pos_enc"])
-                self._dtype = fpn[0].dtype
+            found = self._from_disk(index)
+            if found is not None:
+                fpn = found
+            else:
+                out = self._run_encoder(self.image(index))
+                fpn = list(out["backbone_fpn"])
+                if self._pos_enc is None:
+                    self._pos_enc = list(out["vision_pos_enc"])
+                    self._dtype = fpn[0].dtype
+                self._to_disk(index, fpn)
             self._keep(index, fpn)
         assert self._pos_enc is not None  # set on the first encoder call
         # sam2's callers of _get_image_feature ignore the image it returns; a zero-stride view of
         # the right shape avoids normalising the frame again on every visit.
         return self._placeholder, {"backbone_fpn": fpn, "vision_pos_enc": self._pos_enc}
+
+    def _signature(self, index: int) -> str:
+        assert self._disk is not None
+        if index not in self._signatures:
+            self._signatures[index] = self._disk.frame_signature(self._frames[index])
+        return self._signatures[index]
+
+    def _from_disk(self, index: int) -> list[torch.Tensor] | None:
+        """Frame ``index``'s features from the store (on the device, as the encoder produced
+        them), or ``None``."""
+        if self._disk is None:
+            return None
+        found = self._disk.load(self._signature(index))
+        if found is None:
+            return None
+        fpn, produced = found
+        if self._pos_enc is None:
+            pos = self._disk.load_pos()
+            if pos is None:
+                return None
+            self._pos_enc = [p.to(self._device) for p in pos]
+            self._dtype = produced
+        elif produced != self._dtype:
+            return None  # another precision than this session's encoder: recompute
+        self.stats.store_hits += 1
+        return [f.to(self._device, produced) for f in fpn]
+
+    def _to_disk(self, index: int, fpn: list[torch.Tensor]) -> None:
+        if self._disk is None:
+            return
+        try:
+            assert self._pos_enc is not None
+            self._disk.save_pos(self._pos_enc)
+            self._disk.save(self._signature(index), fpn)
+        except (MedSAM2KitError, OSError) as err:
+            from medsam2kit.store import FeatureStoreWarning
+
+            warnings.warn(f"feature store: cannot write {self._disk.folder} ({err}); going on without it",
+                          FeatureStoreWarning, stacklevel=3)
+            self._disk = None
 
     def _run_encoder(self, images: torch.Tensor) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -137,7 +196,15 @@ class FeatureCache:
         Batched encoding is faster on a GPU; batch 1 equals the lazy path bitwise.
         """
         wanted = range(len(self._frames)) if indices is None else sorted(set(indices))
-        todo = [t for t in wanted if t not in self._store]
+        todo = []
+        for t in wanted:
+            if t in self._store:
+                continue
+            found = self._from_disk(t)
+            if found is not None:
+                self._keep(t, found)
+            else:
+                todo.append(t)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             if self.stats.stored_bytes >= self._budget:
@@ -148,7 +215,9 @@ class FeatureCache:
                 self._pos_enc = [p[:1] for p in out["vision_pos_enc"]]
                 self._dtype = out["backbone_fpn"][0].dtype
             for i, t in enumerate(chunk):
-                self._keep(t, [f[i : i + 1] for f in out["backbone_fpn"]])
+                fpn = [f[i : i + 1] for f in out["backbone_fpn"]]
+                self._to_disk(t, fpn)
+                self._keep(t, fpn)
 
 
 

@@ -24,6 +24,7 @@ from medsam2kit.predictor.cache import DEFAULT_CACHE_BUDGET_MB, FeatureCache, Fr
 from medsam2kit.predictor.checkpoints import build_model
 from medsam2kit.predictor.device import PrecisionPolicy, precision_policy
 from medsam2kit.predictor.types import Direction, MaskPrompt, PointPrompt, Prompt, PropagationResult
+from medsam2kit.store import FeatureStore, model_signature
 
 
 #: Default cap of objects tracked in one batched step (see ``SAM2Predictor(max_objects_per_batch=)``).
@@ -43,6 +44,9 @@ class SAM2Predictor:
         encode_batch_size: frames per image-encoder call when a propagation starts (the frames
             it will visit are encoded up front, within the cache budget); default 8 on CUDA,
             1 (lazy, frame by frame) elsewhere.
+        feature_store: an on-disk :class:`~medsam2kit.store.FeatureStore`: frames it holds (same
+            frames, same encoder weights, size and precision) are read instead of encoded, and
+            every frame encoded is written to it; ``None`` (default): memory only.
         max_objects_per_batch: how many objects one batched tracking step may hold (objects
             whose memories hold the same frames are tracked together on each frame; see
             :func:`medsam2kit.backend.track_objects`); bounds the memory of a step. 1 tracks
@@ -63,6 +67,7 @@ class SAM2Predictor:
         fill_hole_area: int = 0,
         encode_batch_size: int | None = None,
         max_objects_per_batch: int = DEFAULT_MAX_OBJECTS_PER_BATCH,
+        feature_store: FeatureStore | None = None,
     ) -> None:
         if not isinstance(model, backend.SAM2Model):
             raise InvalidTypeError(
@@ -82,6 +87,9 @@ class SAM2Predictor:
         # batching the encoder pays on a GPU; on CPU frames are encoded one by one, lazily
         self.encode_batch_size = encode_batch_size or (8 if self.policy.device.type == "cuda" else 1)
         self.max_objects_per_batch = check_int(max_objects_per_batch, "max_objects_per_batch", minimum=1)
+        if feature_store is not None and not isinstance(feature_store, FeatureStore):
+            raise InvalidTypeError(f"feature_store: expected a FeatureStore or None, got {type(feature_store).__name__}")
+        self.feature_store = feature_store
 
     @classmethod
     def from_config(
@@ -146,6 +154,18 @@ class SAM2Predictor:
         with torch.inference_mode(), self.policy.autocast():
             return backend.encode_images(self.model, images)
 
+    def feature_cache(self, frames: FrameSource) -> FeatureCache:
+        """A new encode-once feature cache of ``frames`` for this model (budget, storage dtype
+        and, when set, the on-disk feature store bound to the current encoder weights)."""
+        disk = None
+        if self.feature_store is not None:
+            precision = "fp32" if self.policy.autocast_dtype is None else str(self.policy.autocast_dtype)
+            sig = model_signature(self.model.image_encoder, image_size=self.image_size,
+                                  precision=f"{precision}@{self.device.type}")
+            disk = self.feature_store.bind(sig)
+        return FeatureCache(frames, self.encode, device=self.device, budget_bytes=self.cache_budget_bytes,
+                            storage_dtype=self.cache_dtype, disk=disk)
+
     def start(self, frames: FrameSource) -> Session:
         """Open a session (sam2's inference state, built in memory) on ``frames``.
 
@@ -178,9 +198,7 @@ class SAM2Predictor:
         obj_ids = tuple(sorted({p.obj_id for p in prompts}))
         s4 = self.image_size // 4
         result = _empty_result(num_frames, len(obj_ids), s4)
-        cache = FeatureCache(
-            frames, self.encode, device=self.device, budget_bytes=self.cache_budget_bytes, storage_dtype=self.cache_dtype
-        )
+        cache = self.feature_cache(frames)
         frames_needed = sorted({_check_frame_index(p.frame, num_frames) for p in prompts})
         with self.policy.autocast():
             cache.fill(batch_size=batch_size, indices=frames_needed)  # within the cache budget
@@ -236,13 +254,7 @@ class Session:
         self.predictor = predictor
         model = predictor.model
         self.num_frames = _check_frames(frames, predictor.image_size)
-        self.cache = FeatureCache(
-            frames,
-            predictor.encode,
-            device=predictor.device,
-            budget_bytes=predictor.cache_budget_bytes,
-            storage_dtype=predictor.cache_dtype,
-        )
+        self.cache = predictor.feature_cache(frames)
         s = predictor.image_size
         self.state: backend.InferenceState = backend.new_inference_state(
             source=self.cache, video_size=(s, s), device=predictor.device
