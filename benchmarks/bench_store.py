@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sam2med3d import case  # noqa: E402
+from bench_sam2med3d import case, fitted_coarse  # noqa: E402
 from common import print_table, timed, write_json  # noqa: E402
 
-from medsam2kit.coarse import CoarseConfig, CoarseSegmenter  # noqa: E402
+from medsam2kit.coarse import CoarseSegmenter  # noqa: E402
 from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline  # noqa: E402
 from medsam2kit.predictor import SAM2Predictor, build_model  # noqa: E402
 from medsam2kit.prompts import SliceFilterConfig  # noqa: E402
@@ -68,9 +68,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = ap.parse_args()
     name, image, label = case()
-    coarse = CoarseSegmenter(CoarseConfig(num_labels=1, context=1, image_size=96, base_channels=12, depth=3))
-    coarse.fit([image], [label.with_array((label.array > 0).astype("uint8"))], steps=200,
-               generator=torch.Generator().manual_seed(0))
+    coarse = fitted_coarse(image, label)
     rows, records = [], []
     for size in args.sizes:
         for dtype in (None, torch.bfloat16):

@@ -62,7 +62,7 @@ from medsam2kit.errors import (
     MissingFileError,
     ShapeMismatchError,
 )
-from medsam2kit.volume import Volume
+from medsam2kit.volume import Volume, array_on_grid
 
 OutputFormat = Literal["nifti", "dicom-seg"]
 """The label-map file formats of ``medsam2kit segment``/``fewshot`` (``--format``)."""
@@ -330,22 +330,7 @@ def _short(value: Any) -> str:
 
 
 def _label_map(labels: np.ndarray | Volume, like: Volume) -> np.ndarray:
-    if isinstance(labels, Volume):
-        if labels.shape != like.shape:
-            raise ShapeMismatchError(
-                f"labels: expected shape {like.shape} (the grid of {like.source or 'like'}), got {labels.shape}"
-            )
-        if not labels.same_grid(like, atol=_GRID_ATOL_MM):
-            raise GeometryError(
-                f"labels: a Volume on another grid than like (affines {np.round(labels.affine, 4).tolist()} "
-                f"vs {np.round(like.affine, 4).tolist()})"
-            )
-        labels = labels.array
-    arr = np.asarray(labels)
-    if arr.shape != like.shape:
-        raise ShapeMismatchError(
-            f"labels: expected shape {like.shape} (the grid of {like.source or 'like'}), got {arr.shape}"
-        )
+    arr = array_on_grid(labels, like, name="labels")
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):

@@ -58,7 +58,7 @@ from medsam2kit.errors import (
     MissingFileError,
     ShapeMismatchError,
 )
-from medsam2kit.volume import Volume, VolumeKind, check_affine, check_same_grid
+from medsam2kit.volume import Volume, VolumeKind, array_on_grid, check_affine, check_same_grid
 
 RgbToGray = Literal["luma", "mean", "error"]
 """How colour (RGB/YBR) frames become gray on loading: ITU-R BT.601 luma, channel mean, or an
@@ -258,18 +258,7 @@ def save_mask(mask: np.ndarray | Volume, like: Volume, path: str | os.PathLike[s
     """
     if not isinstance(like, Volume):
         raise InvalidTypeError(f"like: expected a medsam2kit Volume, got {type(like).__name__}")
-    if isinstance(mask, Volume):
-        if not mask.same_grid(like, atol=_LABEL_ATOL_MM):
-            raise GeometryError(
-                f"mask: a Volume on another grid than like ({mask.shape} vs {like.shape}, affines "
-                f"{np.round(mask.affine, 4).tolist()} vs {np.round(like.affine, 4).tolist()})"
-            )
-        mask = mask.array
-    arr = np.asarray(mask)
-    if arr.shape != like.shape:
-        raise ShapeMismatchError(
-            f"mask: expected shape {like.shape} (the grid of {like.source or 'like'}), got {arr.shape}"
-        )
+    arr = array_on_grid(mask, like, name="mask")
     dest = _check_destination(path)
     data = _mask_for_nifti(arr)
     return _save_atomic(_nifti_on_grid(data, like.affine), dest)

@@ -161,6 +161,32 @@ LABEL_ATOL_MM = 1e-3
 """How far (mm, per affine entry) a label map's affine may differ from its image's."""
 
 
+def array_on_grid(values: np.ndarray | Volume, like: Volume, *, name: str = "mask") -> np.ndarray:
+    """The array of ``values`` checked to lie on ``like``'s grid: a bare array must have
+    ``like``'s shape; a :class:`Volume` must also have its affine (:func:`check_same_grid`).
+
+    The one check of every writer that places a label map on an image's grid
+    (:func:`medsam2kit.io.save_mask`, :func:`medsam2kit.dicom_seg.save_dicom_seg`).
+
+    Raises:
+        ShapeMismatchError: the shapes differ (names ``name`` and ``like``'s source).
+        GeometryError: a Volume on another grid.
+
+    Example:
+        >>> import numpy as np
+        >>> like = Volume(np.zeros((2, 3, 4)), np.eye(4))
+        >>> array_on_grid(np.ones((2, 3, 4), bool), like).shape
+        (2, 3, 4)
+    """
+    if isinstance(values, Volume):
+        check_same_grid(values, like, name=name)
+        values = values.array
+    arr = np.asarray(values)
+    if arr.shape != like.shape:
+        raise ShapeMismatchError(f"{name}: expected shape {like.shape} (the grid of {like.source or 'like'}), got {arr.shape}")
+    return arr
+
+
 def check_same_grid(label: Volume, image: Volume, *, name: str = "label", atol: float = LABEL_ATOL_MM) -> None:
     """Raise unless ``label`` lies on the grid of ``image``: same shape, affines within ``atol`` mm.
 
