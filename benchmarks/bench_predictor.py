@@ -138,10 +138,8 @@ def run_ours(model: Any, volume: np.ndarray, mask: np.ndarray, prompts: list[int
     def scenario3() -> int:
         frames = sequence_frames(volume, image_size=pred.image_size, window=None)
         s3 = pred.start(frames)
-        for p in separate:
-            s3.reset()
-            s3.add_mask(p, mask[p])
-            s3.propagate("both")
+        # each prompt its own track, all tracks advancing together as one batch per step
+        s3.propagate_separately([MaskPrompt(frame=p, mask=torch.as_tensor(mask[p])) for p in separate])
         return s3.encoder_calls
 
     t3, calls3 = timed(scenario3)

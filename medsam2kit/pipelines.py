@@ -202,15 +202,10 @@ class SAM2Med3DPipeline:
                     session.add(p)
             result = session.propagate("both")
             return dict.fromkeys(prompts, result)
-        out: dict[int, PropagationResult] = {}
-        for lab, plist in prompts.items():
-            runs = []
-            for p in plist:
-                session.reset()
-                session.add(p)
-                runs.append((p.frame, session.propagate("both")))
-            out[lab] = _nearest_prompt_merge(runs)
-        return out
+        # every prompt slice of every label its own track, all tracks advancing as one batch
+        tracks = [p for plist in prompts.values() for p in plist]
+        results = iter(session.propagate_separately(tracks))
+        return {lab: _nearest_prompt_merge([(p.frame, next(results)) for p in plist]) for lab, plist in prompts.items()}
 
 
 def _nearest_prompt_merge(runs: list[tuple[int, PropagationResult]]) -> PropagationResult:

@@ -166,3 +166,35 @@ def test_memory_layout_and_bad_cap(model: backend.SAM2Model, frames: torch.Tenso
 
     with pytest.raises(InvalidInputError, match="max_objects_per_batch"):
         SAM2Predictor(model, max_objects_per_batch=0)
+
+
+def test_separate_tracks_together_equal_each_track_alone(model: backend.SAM2Model, frames: torch.Tensor) -> None:
+    """SAM2Med3D's separate propagation: one track per prompt, each from its own frame, computed
+    as one batch per step, equals resetting and propagating each prompt alone."""
+    from medsam2kit.predictor import MaskPrompt, PointPrompt
+
+    prompts = [
+        MaskPrompt(frame=0, mask=_disc(30, 25), obj_id=7),  # no reverse pass from frame 0
+        MaskPrompt(frame=4, mask=_disc(54, 33), obj_id=7),
+        PointPrompt(frame=9, points=torch.tensor([[47.0, 88.0]]), labels=torch.tensor([1], dtype=torch.int32),
+                    obj_id=7),
+        MaskPrompt(frame=6, mask=_disc(96, 37), obj_id=7),
+    ]
+    session = SAM2Predictor(model).start(frames)
+    alone = []
+    for p in prompts:
+        session.reset()
+        session.add(p)
+        alone.append(session.propagate("both"))
+    calls = session.encoder_calls
+    sizes: list[int] = []
+    handle = model.memory_attention.register_forward_hook(lambda m, a, out: sizes.append(out.shape[1]))
+    try:
+        together = session.propagate_separately(prompts)
+    finally:
+        handle.remove()
+    _assert_same(together, alone)
+    assert session.encoder_calls == calls  # nothing encoded again
+    assert max(sizes) == 3 and len(sizes) < sum(int(r.visited.sum()) for r in alone)
+    with pytest.raises(Exception, match="prompts"):
+        session.propagate_separately([])

@@ -34,6 +34,7 @@ from medsam2kit.backend.state import (
     object_ids,
     preflight,
     reset_state,
+    track_each,
     track_object,
     track_objects,
 )

@@ -233,38 +233,57 @@ def track_objects(
     Returns:
         Per object index, its frame output.
     """
+    return track_each(model, state, frames={o: frame_idx for o in obj_indices}, reverse=reverse, max_batch=max_batch)
+
+
+def track_each(
+    model: SAM2Model,
+    state: InferenceState,
+    *,
+    frames: Mapping[int, int],
+    reverse: bool,
+    max_batch: int,
+) -> dict[int, FrameOutput]:
+    """Each object on its own frame (``frames``: object index -> frame), batched as
+    :func:`track_objects` does; objects on different frames use each their frame's features
+    (independent tracks advancing together, e.g. one per prompt slice).
+
+    Returns:
+        Per object index, its frame output.
+    """
     if max_batch < 1:
         raise ValueError(f"max_batch: expected >= 1, got {max_batch}")
     results: dict[int, FrameOutput] = {}
     todo: list[int] = []
-    for o in obj_indices:
-        if frame_idx in state["output_dict_per_obj"][o]["cond_frame_outputs"] or model.non_overlap_masks_for_mem_enc:
-            results[o] = track_object(model, state, obj_idx=o, frame_idx=frame_idx, reverse=reverse)
+    for o, t in frames.items():
+        if t in state["output_dict_per_obj"][o]["cond_frame_outputs"] or model.non_overlap_masks_for_mem_enc:
+            results[o] = track_object(model, state, obj_idx=o, frame_idx=t, reverse=reverse)
         else:
             todo.append(o)
     if len(todo) == 1 or max_batch == 1:
         for o in todo:
-            results[o] = track_object(model, state, obj_idx=o, frame_idx=frame_idx, reverse=reverse)
+            results[o] = track_object(model, state, obj_idx=o, frame_idx=frames[o], reverse=reverse)
         return results
-    if not todo:
-        return results
-    _, _, feats, pos, sizes = model._get_image_feature(state, frame_idx, 1)
-    features = BackboneFeatures(vision_feats=list(feats), vision_pos_embeds=list(pos), feat_sizes=list(sizes))
+    features: dict[int, BackboneFeatures] = {}
+    for t in sorted({frames[o] for o in todo}):
+        _, _, feats, pos, sizes = model._get_image_feature(state, t, 1)
+        features[t] = BackboneFeatures(vision_feats=list(feats), vision_pos_embeds=list(pos), feat_sizes=list(sizes))
     for start in range(0, len(todo), max_batch):
         chunk = todo[start : start + max_batch]
+        at = [frames[o] for o in chunk]
         outs = track_frame_batch(
             model,
-            features=features,
+            features=features[at[0]] if len(set(at)) == 1 else [features[t] for t in at],
             memories=[state["output_dict_per_obj"][o] for o in chunk],
-            frame_idx=frame_idx,
+            frame_idx=at[0] if len(set(at)) == 1 else at,
             num_frames=state["num_frames"],
             reverse=reverse,
             storage_device=state["storage_device"],
             constants=state["constants"],
         )
-        for o, out in zip(chunk, outs):
-            state["output_dict_per_obj"][o]["non_cond_frame_outputs"][frame_idx] = out
-            state["frames_tracked_per_obj"][o][frame_idx] = {"reverse": reverse}
+        for o, t, out in zip(chunk, at, outs):
+            state["output_dict_per_obj"][o]["non_cond_frame_outputs"][t] = out
+            state["frames_tracked_per_obj"][o][t] = {"reverse": reverse}
             results[o] = out
     return results
 
@@ -282,5 +301,6 @@ __all__ = [
     "reset_state",
     "memory_layout",
     "track_object",
+    "track_each",
     "track_objects",
 ]

@@ -372,9 +372,9 @@ def _pad_memories(memories: Sequence[_Memory]) -> tuple[torch.Tensor, torch.Tens
 def track_frame_batch(
     model: SAM2Model,
     *,
-    features: BackboneFeatures,
+    features: BackboneFeatures | Sequence[BackboneFeatures],
     memories: Sequence[MemoryDict],
-    frame_idx: int,
+    frame_idx: int | Sequence[int],
     num_frames: int,
     reverse: bool = False,
     storage_device: torch.device | None = None,
@@ -389,22 +389,30 @@ def track_frame_batch(
     then run once over the batch on the frame's features, expanded (not copied). Each output
     equals :func:`track_frame` of that object alone within float rounding.
 
+    Objects may also each be on their own frame (independent tracks advancing together, e.g.
+    one track per prompt slice): then ``features`` and ``frame_idx`` give one entry per object.
+
     Args:
-        features: the frame's features, batch 1 (shared by all objects).
+        features: the frame's features, batch 1 (shared by all objects, expanded), or one
+            batch-1 entry per object (concatenated).
         memories: one memory per object (each ``{"cond_frame_outputs", "non_cond_frame_outputs"}``
             with at least one conditioning frame).
+        frame_idx: the frame of every object, or one per object.
 
     Returns:
         One compact frame output per object, as :func:`track_frame` returns it.
     """
-    gathered = [
-        _gather_memory(model, features=features, output_dict=m, frame_idx=frame_idx, num_frames=num_frames,
-                       reverse=reverse)
-        for m in memories
-    ]
     batch = len(memories)
+    per_frame = [int(frame_idx)] * batch if isinstance(frame_idx, int) else [int(f) for f in frame_idx]
+    per_feats = [features] * batch if isinstance(features, BackboneFeatures) else list(features)
+    if len(per_frame) != batch or len(per_feats) != batch:
+        raise ValueError(f"track_frame_batch: {batch} memories but {len(per_frame)} frames, {len(per_feats)} features")
+    gathered = [
+        _gather_memory(model, features=f, output_dict=m, frame_idx=t, num_frames=num_frames, reverse=reverse)
+        for f, m, t in zip(per_feats, memories, per_frame)
+    ]
     tokens, pos, num_ptr, mask = _pad_memories(gathered)
-    shared = features.expand(batch)
+    shared = features.expand(batch) if isinstance(features, BackboneFeatures) else _concat(per_feats)
     from medsam2kit.backend.attention import key_padding
 
     h, w = shared.feat_sizes[-1]
@@ -429,6 +437,16 @@ def track_frame_batch(
     )
     out, _ = _compact(model, current_out, heads, storage_device=storage_device, constants=constants)
     return [unbatch_output(out, b) for b in range(batch)]
+
+
+def _concat(features: Sequence[BackboneFeatures]) -> BackboneFeatures:
+    """Batch-1 features of several frames as one batch (object axis)."""
+    return BackboneFeatures(
+        vision_feats=[torch.cat([f.vision_feats[i] for f in features], dim=1) for i in range(len(features[0].vision_feats))],
+        vision_pos_embeds=[torch.cat([f.vision_pos_embeds[i] for f in features], dim=1)
+                           for i in range(len(features[0].vision_pos_embeds))],
+        feat_sizes=features[0].feat_sizes,
+    )
 
 
 def batch_memories(memories: Sequence[MemoryDict]) -> MemoryDict:

@@ -8,6 +8,7 @@ encode-once :class:`~medsam2kit.predictor.cache.FeatureCache`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -388,6 +389,47 @@ class Session:
                     if progress is not None:
                         progress(done, total)
         return self.predictor._finish(raw, obj_ids)
+
+    def propagate_separately(self, prompts: Sequence[Prompt]) -> list[PropagationResult]:
+        """Each prompt its own track, propagated both ways from its own frame, all at once.
+
+        The result of track ``k`` equals ``reset(); add(prompts[k]); propagate("both")`` (within
+        float rounding): a track sees only its own prompt and its own memory. The tracks advance
+        together (step ``i`` of the forward pass puts track ``k`` on frame ``f_k + i``, then the
+        reverse pass on ``f_k - i``), and every step tracks them as one batch, each on its own
+        frame's features (SAM2Med3D's separate propagation of several prompt slices). The
+        session's prompts are replaced (as by :meth:`reset`); features stay cached.
+
+        Args:
+            prompts: one prompt per track (its ``obj_id`` is kept in the track's result).
+
+        Returns:
+            One :class:`PropagationResult` per prompt, in order, each with that prompt's object id.
+        """
+        if not prompts:
+            raise InvalidInputError("prompts: expected at least one prompt, got none")
+        starts = [_check_frame_index(p.frame, self.num_frames) for p in prompts]
+        self.reset()
+        for k, p in enumerate(prompts):  # track k is object k + 1 of the state, alone in its memory
+            self.add(dataclasses.replace(p, obj_id=k + 1))
+        low = self.predictor.image_size // 4
+        raws = [_empty_result(self.num_frames, 1, low) for _ in prompts]
+        with torch.inference_mode(), self.predictor.policy.autocast():
+            backend.preflight(self._model, self.state)
+            index = {oid: i for i, oid in enumerate(self.obj_ids)}  # state index of track k (obj id k + 1)
+            for reverse in (False, True):
+                # as propagate("both"): forward to the end, then back to frame 0 (skipped from frame 0)
+                lengths = [f + 1 if f > 0 else 0 for f in starts] if reverse else [self.num_frames - f for f in starts]
+                for i in range(max(lengths)):
+                    frames = {index[k + 1]: (f - i if reverse else f + i)
+                              for k, (f, n) in enumerate(zip(starts, lengths)) if i < n}
+                    outs = backend.track_each(self._model, self.state, frames=frames, reverse=reverse,
+                                              max_batch=self.predictor.max_objects_per_batch)
+                    for k in range(len(prompts)):
+                        o = index[k + 1]
+                        if o in outs:
+                            _store(raws[k], frames[o], 0, outs[o])
+        return [self.predictor._finish(raw, (p.obj_id,)) for raw, p in zip(raws, prompts)]
 
     def reset(self) -> None:
         """Remove all prompts and results; keep the encoded features."""
