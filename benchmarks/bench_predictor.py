@@ -30,7 +30,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import count_encoder, print_table, timed, write_json  # noqa: E402
 
-from medsam2kit.predictor import DEFAULT_CACHE_BUDGET_MB, SAM2Predictor, build_model, resolve_device  # noqa: E402
+from medsam2kit.predictor import (  # noqa: E402
+    DEFAULT_CACHE_BUDGET_MB,
+    MaskPrompt,
+    SAM2Predictor,
+    build_model,
+    resolve_device,
+)
 from medsam2kit.sequencer import sequence_frames  # noqa: E402
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
