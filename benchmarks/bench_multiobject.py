@@ -75,9 +75,19 @@ def ours(model: Any, video: np.ndarray, masks: np.ndarray, max_batch: int) -> di
     session.encode_all()
     for k, m in enumerate(masks):
         session.add_mask(len(video) // 2, torch.from_numpy(m), obj_id=k + 1)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
     seconds, result = timed(lambda: session.propagate("both"))
     visited = int(result.visited.sum()) - 1  # the prompted frame is not tracked
-    return {"seconds": seconds, "tracked_frames": visited}
+    n = len(masks)
+    state_bytes = sum(v.numel() * v.element_size() for outs in session.state["output_dict_per_obj"].values()
+                      for kind in outs.values() for out in kind.values() for v in out.values()
+                      if isinstance(v, torch.Tensor))
+    record = {"seconds": seconds, "tracked_frames": visited, "state_mb_per_object": state_bytes / n / 2**20}
+    if torch.cuda.is_available():
+        record["cuda_peak_mb_per_object"] = (torch.cuda.max_memory_allocated() - before) / n / 2**20
+    return record
 
 
 def upstream(model: Any, video: np.ndarray, masks: np.ndarray, config: str, size: int) -> dict[str, float]:
@@ -142,15 +152,19 @@ def main() -> None:
                    (("batched", batched), ("per_object", alone), ("upstream", up)) if v is not None}
             rec = {"model": name, "image_size": size, "objects": n, "frames": args.frames,
                    "ms_per_object_frame": per, "ratio_batched_per_object": per["batched"] / per["per_object"],
+                   "state_mb_per_object": batched["state_mb_per_object"],
+                   "cuda_peak_mb_per_object": batched.get("cuda_peak_mb_per_object"),
                    "ratio_batched_upstream": per["batched"] / per["upstream"] if "upstream" in per else None}
             records.append(rec)
             rows.append([name, size, n, per["batched"], per["per_object"], per.get("upstream", float("nan")),
-                         rec["ratio_batched_per_object"], rec["ratio_batched_upstream"] or float("nan")])
+                         rec["ratio_batched_per_object"], rec["ratio_batched_upstream"] or float("nan"),
+                         rec["state_mb_per_object"]])
             print(rec, flush=True)
     print_table(
         f"tracking per object and frame (ms), {args.frames} frames, all objects prompted on the middle frame, "
         f"both directions, encoder excluded (targets at 16 objects, 2 CPU cores: batched/per-object <= 0.5)",
-        ["model", "px", "objects", "batched", "per-object", "upstream", "batched/per-object", "batched/upstream"],
+        ["model", "px", "objects", "batched", "per-object", "upstream", "batched/per-object", "batched/upstream",
+         "state MB/object"],
         rows,
     )
     write_json("multiobject", {"what": "tracking time per object and frame, encoder excluded", "results": records})
