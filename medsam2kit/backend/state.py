@@ -198,18 +198,6 @@ def track_object(model: SAM2Model, state: InferenceState, *, obj_idx: int, frame
     return out
 
 
-def memory_layout(state: InferenceState, obj_idx: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Which frames an object's memory holds: ``(conditioning frames, other frames)``, sorted.
-
-    sam2 chooses the memories a frame attends to (closest conditioning frames, the last
-    ``num_maskmem - 1`` tracked frames, object pointers within ``max_obj_ptrs_in_encoder``) from
-    these frame indices alone, never from the values; objects with equal layouts therefore
-    attend to memories of equal shape and can be tracked as one batch.
-    """
-    outs = state["output_dict_per_obj"][obj_idx]
-    return tuple(sorted(outs["cond_frame_outputs"])), tuple(sorted(outs["non_cond_frame_outputs"]))
-
-
 def track_objects(
     model: SAM2Model,
     state: InferenceState,
@@ -228,7 +216,8 @@ def track_objects(
     attention, the mask decoder and the memory encoder run once. Each object's output is stored
     in its own memory, exactly where the per-object step stores it; results equal
     :func:`track_object`'s within float rounding. With ``non_overlap_masks_for_mem_enc`` (which
-    couples the objects of a batch in sam2's memory encoder) every object is tracked alone.
+    couples the objects of a batch in sam2's memory encoder) or without memory (``num_maskmem``
+    0) every object is tracked alone.
 
     Returns:
         Per object index, its frame output.
@@ -256,7 +245,8 @@ def track_each(
     results: dict[int, FrameOutput] = {}
     todo: list[int] = []
     for o, t in frames.items():
-        if t in state["output_dict_per_obj"][o]["cond_frame_outputs"] or model.non_overlap_masks_for_mem_enc:
+        alone = model.non_overlap_masks_for_mem_enc or model.num_maskmem == 0  # coupled, or no memory
+        if t in state["output_dict_per_obj"][o]["cond_frame_outputs"] or alone:
             results[o] = track_object(model, state, obj_idx=o, frame_idx=t, reverse=reverse)
         else:
             todo.append(o)
@@ -299,7 +289,6 @@ __all__ = [
     "object_ids",
     "preflight",
     "reset_state",
-    "memory_layout",
     "track_object",
     "track_each",
     "track_objects",

@@ -449,38 +449,6 @@ def _concat(features: Sequence[BackboneFeatures]) -> BackboneFeatures:
     )
 
 
-def batch_memories(memories: Sequence[MemoryDict]) -> MemoryDict:
-    """Several objects' memories of equal layout (the same frame keys) as one batch.
-
-    Tensors are concatenated along the object axis; the memory positional encoding (the same
-    for every frame and object) is expanded, not copied. sam2 chooses what a frame attends to
-    from the frame keys alone, so tracking the batch equals tracking each object alone.
-
-    Raises:
-        ValueError: the memories hold different frames.
-    """
-    first = memories[0]
-    for other in memories[1:]:
-        for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
-            if set(other[key]) != set(first[key]):
-                raise ValueError(f"batch_memories: {key} differ ({sorted(first[key])} vs {sorted(other[key])})")
-    merged: MemoryDict = {}
-    for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
-        merged[key] = {}
-        for t, out0 in first[key].items():
-            outs = [m[key][t] for m in memories]
-            entry: FrameOutput = {}
-            for name, value in out0.items():
-                if name == "maskmem_pos_enc":
-                    entry[name] = None if value is None else [x[:1].expand(len(outs), *x.shape[1:]) for x in value]
-                elif isinstance(value, torch.Tensor):
-                    entry[name] = torch.cat([o[name] for o in outs])
-                else:  # None (no memory encoded) for every object of the layout, or a plain value
-                    entry[name] = value
-            merged[key][t] = entry
-    return merged
-
-
 def unbatch_output(out: FrameOutput, index: int) -> FrameOutput:
     """One object's share (batch entry ``index``) of a batched frame output."""
     part: FrameOutput = {}
@@ -511,7 +479,6 @@ def _shared_pos_enc(
 
 __all__ = [
     "BackboneFeatures",
-    "batch_memories",
     "unbatch_output",
     "FrameOutput",
     "HeadsOutput",
