@@ -348,11 +348,14 @@ def load_torch(path: str | os.PathLike[str], *, what: str, name: str = "path") -
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types (pickle, zip, unpickling policy) for bad files
-        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        text = str(err).lower()
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in text and "unsupported global" in text:
             raise FileFormatError(
                 f"{name}: {src} holds Python objects other than tensors, numbers, strings and containers; "
                 f"refused for safety (a {what} must hold tensors only)"
             ) from err
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in text:  # e.g. a NIfTI given as a model
+            raise FileFormatError(f"{name}: {src} is not a {what} (not a torch file: it cannot be unpickled)") from err
         raise FileFormatError(f"{name}: {src} is not a readable {what}: {one_line(err)}") from err
 
 
