@@ -534,3 +534,15 @@ def test_size_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         load_volume(path)
     monkeypatch.setenv("MEDSAM2KIT_MAX_BYTES", "1e6")
     assert load_volume(path).shape == image.shape
+
+
+def test_a_file_that_is_not_a_torch_file_is_named_as_such(tmp_path: Path) -> None:
+    import gzip
+
+    from medsam2kit._files import load_torch
+
+    fake = tmp_path / "image.nii.gz"
+    fake.write_bytes(gzip.compress(b"\x5c\x01\x00\x00" + bytes(400)))
+    with pytest.raises(FileFormatError, match="not a torch file") as info:
+        load_torch(fake, what="coarse model file")
+    assert "refused for safety" not in str(info.value) and str(fake) in str(info.value)
