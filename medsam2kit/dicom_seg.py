@@ -72,7 +72,6 @@ MAX_SEGMENTS = 255
 """The largest label value :func:`save_dicom_seg` writes (one segment per label value)."""
 
 _NOT_DICOM = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".npz", ".png", ".jpg", ".jpeg", ".pt")
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _GRID_ATOL_MM = 1e-3
 _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -171,20 +170,15 @@ def is_dicom_path(path: str | os.PathLike[str]) -> bool:
         >>> is_dicom_path(get_testdata_file("CT_small.dcm")), is_dicom_path("case.nii.gz")
         (True, False)
     """
+    from medsam2kit.io import _DICOM_SUFFIXES, _has_dicom_preamble
+
     p = Path(path)
     if p.is_dir():
         return True
     name = p.name.lower()
     if name.endswith(_DICOM_SUFFIXES):
         return True
-    if name.endswith(_NOT_DICOM) or not p.is_file():
-        return False
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
+    return not name.endswith(_NOT_DICOM) and p.is_file() and _has_dicom_preamble(p)
 
 
 def resolve_output_format(requested: str | None, out: str | os.PathLike[str]) -> OutputFormat:
@@ -439,7 +433,7 @@ def _read(p: Path) -> Any:
 def _datasets(src: Path) -> list[tuple[Path, Any]]:
     if src.is_file():
         return [(src, _read(src))]
-    from medsam2kit.io import _has_dicom_preamble
+    from medsam2kit.io import _DICOM_SUFFIXES, _has_dicom_preamble
 
     out = []
     for f in sorted(src.iterdir()):
