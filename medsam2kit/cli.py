@@ -472,21 +472,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_map_jobs(args: argparse.Namespace, inp: Path, *, name: str) -> tuple[Any, list[tuple[Path, Path]]]:
+    """The output format and this rank's (input, output) pairs of a command that writes label
+    maps, all checked before any work: inputs DICOM when the format needs it, outputs writable
+    and new unless ``--overwrite``."""
+    from medsam2kit.dicom_seg import check_dicom_inputs, output_suffix, resolve_output_format
+
+    _check_cohort_out(args, inp)
+    fmt = resolve_output_format(args.format, args.out)
+    jobs = _my_share(_cohort(inp, args.out, output_suffix(fmt), name=name))
+    check_dicom_inputs([i for i, _ in jobs], fmt, name=name)
+    for _, out in jobs:
+        _check_out(args, out)
+    return fmt, jobs
+
+
 def _fewshot(args: argparse.Namespace) -> int:
     from medsam2kit.fewshot import SupportBank, SupportMemoryAssembler
-    from medsam2kit.dicom_seg import (
-        algorithm_name, check_dicom_inputs, output_suffix, resolve_output_format, write_labels,
-    )
+    from medsam2kit.dicom_seg import algorithm_name, write_labels
     from medsam2kit.io import load_label, load_volume
 
     if bool(args.support) == (args.bank is not None):
         raise InvalidInputError("--support/--bank: expected either one or more --support IMG LABEL or one --bank")
-    _check_cohort_out(args, args.query)
-    fmt = resolve_output_format(args.format, args.out)
-    jobs = _my_share(_cohort(args.query, args.out, output_suffix(fmt)))
-    check_dicom_inputs([q for q, _ in jobs], fmt, name="--query")
-    for _, out in jobs:
-        _check_out(args, out)
+    fmt, jobs = _label_map_jobs(args, args.query, name="--query")
     if args.save_bank is not None:
         _check_out(args, args.save_bank, name="--save-bank")
     predictor = _predictor(args)
@@ -522,19 +530,12 @@ def _fewshot(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace) -> int:
     from medsam2kit.coarse import CoarseSegmenter
-    from medsam2kit.dicom_seg import (
-        algorithm_name, check_dicom_inputs, output_suffix, resolve_output_format, write_labels,
-    )
+    from medsam2kit.dicom_seg import algorithm_name, write_labels
     from medsam2kit.io import load_volume
     from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline
     from medsam2kit.prompts import SliceFilterConfig
 
-    _check_cohort_out(args, args.input)
-    fmt = resolve_output_format(args.format, args.out)
-    jobs = _my_share(_cohort(args.input, args.out, output_suffix(fmt), name="--input"))
-    check_dicom_inputs([i for i, _ in jobs], fmt, name="--input")
-    for _, out in jobs:
-        _check_out(args, out)
+    fmt, jobs = _label_map_jobs(args, args.input, name="--input")
     coarse = CoarseSegmenter.load(args.coarse)
     config = SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=args.k), prompt_kind=args.prompt,
                              propagation=args.propagation)
