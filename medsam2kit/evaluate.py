@@ -238,7 +238,7 @@ def evaluate(
         raise InvalidInputError(f"out: expected a folder, got the file {out_dir}")
     rows: list[dict[str, object]] = []
     written: list[Path] = []
-    loaded: list[tuple[str, Volume, np.ndarray, Volume]] = []
+    montages: list[tuple[str, np.ndarray]] = []  # small RGB pictures, not the volumes: a cohort stays light
     for case, p_path, r_path in pairs:
         reference = load_volume(r_path)
         prediction = load_label(p_path, like=reference)  # same grid or an error naming both files
@@ -246,15 +246,17 @@ def evaluate(
                            tolerance_mm=tolerance_mm)
         for lab, s in scores.items():
             rows.append({"case": case, "label": lab, **_row(s)})
-        background = reference
-        if figures and case in image_paths:
-            background = load_volume(image_paths[case])
-            if not background.same_grid(reference, atol=1e-3):
-                raise GeometryError(
-                    f"images: {image_paths[case]} ({background.shape}) is not on the grid of the reference "
-                    f"{r_path} ({reference.shape}; affines differ or shapes differ)"
-                )
-        loaded.append((case, reference, prediction.array, background))
+        if figures:
+            background = reference
+            if case in image_paths:
+                background = load_volume(image_paths[case])
+                if not background.same_grid(reference, atol=1e-3):
+                    raise GeometryError(
+                        f"images: {image_paths[case]} ({background.shape}) is not on the grid of the reference "
+                        f"{r_path} ({reference.shape}; affines differ or shapes differ)"
+                    )
+            montages.append((case, overlay_montage(background, {"reference": reference.array,
+                                                                "prediction": prediction.array})))
     if labels is not None:
         _check_requested_labels(rows, pairs)
     summary = {
@@ -271,8 +273,7 @@ def evaluate(
         if figures:
             fig_dir = stage / "figures"
             fig_dir.mkdir(exist_ok=True)
-            for case, ref_vol, pred_array, background in loaded:
-                montage = overlay_montage(background, {"reference": ref_vol.array, "prediction": pred_array})
+            for case, montage in montages:
                 written.append(save_png(montage, fig_dir / f"{case}.png"))
             for metric in METRICS:
                 groups = {f"label {lab}": [float(r[metric]) for r in rows if r["label"] == lab]  # type: ignore[arg-type]
