@@ -94,6 +94,16 @@ def _check_parent(target: Path, name: str) -> None:
     raise MissingFileError(f"{name}: the folder {target.parent} does not exist (writing {target.name})")
 
 
+def _probe(tmp: Path, target: Path, name: str, *, where: str = "") -> None:
+    """Create and remove the empty file ``tmp``: an :class:`OutputError` naming ``target`` when the
+    folder does not take new files (read-only, full, a name the file system refuses)."""
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.unlink(tmp)
+    except OSError as err:
+        raise OutputError(f"{name}: cannot write {target}: {_reason(err)}{where}") from err
+
+
 def atomic_write(
     dest: str | os.PathLike[str], write: Callable[[Path], object], *, suffix: str = ".tmp", name: str = "path"
 ) -> Path:
@@ -118,11 +128,7 @@ def atomic_write(
     target = Path(dest)
     _check_parent(target, name)
     tmp = temp_path(target, suffix=suffix)
-    try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # fails early and clearly
-        os.unlink(tmp)
-    except OSError as err:
-        raise OutputError(f"{name}: cannot write {target}: {_reason(err)}") from err
+    _probe(tmp, target, name)  # fails early and clearly
     try:
         write(tmp)
         os.replace(tmp, target)
@@ -253,13 +259,8 @@ def check_writable(
             raise OutputError(f"{name}: cannot write {target}: the file name is longer than {limit} bytes")
     if _base_is_output(probe_dir, target, folder):
         clean_stale_temporaries(probe_dir)
-    probe = temp_path(probe_dir / probe_name)
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        os.unlink(probe)
-    except OSError as err:
-        where = "" if probe_dir in (target, target.parent) else f" (in {probe_dir})"
-        raise OutputError(f"{name}: cannot write {target}: {_reason(err)}{where}") from err
+    where = "" if probe_dir in (target, target.parent) else f" (in {probe_dir})"
+    _probe(temp_path(probe_dir / probe_name), target, name, where=where)
     return target
 
 
