@@ -409,6 +409,9 @@ class SupportMemoryAssembler:
         self.direction = direction
         self.max_volumetric = int(max_volumetric)
         self._descriptors = [d.to(predictor.device, torch.float32) for d in bank.descriptors]
+        # per label, bank row -> index in the label's memories; the memory positional encoding on the device
+        self._row_index = {lab: {int(r): i for i, r in enumerate(m["rows"].tolist())} for lab, m in bank.memories.items()}
+        self._pos_enc = [p.to(predictor.device) for p in bank.maskmem_pos_enc]
 
     def distances(self, fpn: Sequence[torch.Tensor]) -> torch.Tensor:
         """``(N,)`` distances from one query slice's FPN features ``[(1, C_l, H_l, W_l)]`` to the bank."""
@@ -544,15 +547,14 @@ class SupportMemoryAssembler:
     def _support_memory(self, label: int, rows: np.ndarray) -> dict[int, backend.FrameOutput]:
         """The retrieved supports of one query slice as conditioning memory (virtual frames 0..)."""
         mem = self.bank.memories[label]
-        row_index = {int(r): i for i, r in enumerate(mem["rows"].tolist())}
+        row_index = self._row_index[label]
         device = self.predictor.device
-        pos_enc = [p.to(device) for p in self.bank.maskmem_pos_enc]
         cond: dict[int, backend.FrameOutput] = {}
         for j, r in enumerate(rows[rows >= 0]):
             e = row_index[int(r)]
             cond[j] = {name: mem[name][e : e + 1].to(device)
                        for name in ("maskmem_features", "pred_masks", "obj_ptr", "object_score_logits")}
-            cond[j]["maskmem_pos_enc"] = pos_enc
+            cond[j]["maskmem_pos_enc"] = self._pos_enc
         return cond
 
     def _segment_group(
