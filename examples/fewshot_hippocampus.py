@@ -60,7 +60,8 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     save_mask(result.labels, images[2], args.out / "query_labels.nii.gz")
-    save_png(overlay_montage(images[2], {"truth": truth, "FATE-SAM": result.labels.array}), args.out / "overlay.png")
+    save_png(overlay_montage(images[2], {"FATE-SAM": result.labels.array}, reference=truth, title=f"{source}: FATE-SAM",
+                             dice={"FATE-SAM": dice}), args.out / "overlay.png")
     summary = {"source": source, "model": args.model,
                "support_slices": len(pipeline.bank), "query_encoder_calls": result.encoder_calls,
                "dice_per_label": dice,

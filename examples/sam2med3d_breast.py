@@ -67,8 +67,10 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     save_mask(result.labels, image, args.out / "breast_labels.nii.gz")
-    picture = overlay_montage(image, {"truth": truth.astype(np.uint8), "coarse": coarse_mask.astype(np.uint8),
-                                      "fused": fused.astype(np.uint8)}, axis=axis)
+    picture = overlay_montage(image, {"coarse": coarse_mask.astype(np.uint8), "fused": fused.astype(np.uint8)},
+                              reference=truth.astype(np.uint8), title=f"{source}: SAM2Med3D", axis=axis,
+                              dice={"coarse": {1: dice(coarse_mask, truth)}, "fused": {1: dice(fused, truth)}},
+                              label_names={1: "tumour"})
     save_png(picture, args.out / "overlay.png")
     summary = {
         "source": source,

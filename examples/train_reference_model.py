@@ -1,44 +1,75 @@
-"""Reproduce the bundled micro reference model from its seed (phantoms only, CPU is enough).
+"""Reproduce the bundled micro reference models from their seeds (two CPU cores are enough).
 
-    python examples/train_reference_model.py --seed 0 --out runs/reference
+    python examples/train_reference_model.py                       # the real-image model (default)
+    python examples/train_reference_model.py --recipe phantoms     # the phantom-only model
 
-trains ``sam2.1_hiera_micro`` from random initialisation with :mod:`medsam2kit.train` on the 3D
-phantoms of :func:`medsam2kit.phantoms.random_phantom` (recipe:
-:func:`medsam2kit.reference.reference_train_config`), then writes the weights alone
-(``{"model": state_dict}``, about 7 MB) to ``--export`` (default: the package's
-``medsam2kit/weights/sam2.1_hiera_micro_phantoms.pt``). The shipped file was made with
-``--seed 0 --steps 2000`` on two CPU cores (about 25 minutes); ``medsam2kit.reference`` and
-``docs/reference_model.md`` give its held-out figures.
+``--recipe real`` (the default model of the zoo and the demo) fine-tunes the phantom-only model
+on the shared real data (``../shared/data`` or ``$MEDSAM2KIT_DATA``) with its held-out cases
+left out, plus self-supervised supervoxel objects of the same volumes and moving fetal-head
+images (recipe: :func:`medsam2kit.reference.real_train_config`; ``--sources`` keeps a subset, for
+the ablation). ``--recipe phantoms`` trains ``sam2.1_hiera_micro`` from random initialisation on
+the 3D phantoms (:func:`medsam2kit.reference.reference_train_config`).
+
+The run folder (``--out``) holds checkpoints, per-step records and the loss/validation curves
+(``curves.png``); a run interrupted at any point resumes from its last checkpoint when started
+again with the same arguments. At the end the weights alone (``{"model": state_dict}``, about
+7 MB) are written to ``--export`` (default: the package's file of that recipe).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 import medsam2kit
+from medsam2kit._data import shared_data_dir
 from medsam2kit._files import atomic_write
-from medsam2kit.reference import REFERENCE_WEIGHTS, reference_train_config
+from medsam2kit.reference import (DEFAULT_SOURCES, PHANTOM_WEIGHTS, REAL_WEIGHTS, SOURCE_WEIGHTS,
+                                  real_train_config, reference_train_config)
 from medsam2kit.train import fit
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=("real", "phantoms"), default="real")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--out", default="runs/reference", help="training run folder")
-    parser.add_argument("--export", default=str(Path(medsam2kit.__file__).parent / "weights" / REFERENCE_WEIGHTS),
-                        help="where the weights go")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
+    parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
+                        help=f"real recipe: comma-separated sources to train on (of {', '.join(SOURCE_WEIGHTS)})")
+    parser.add_argument("--out", default=None, help="training run folder (default: runs/reference_<recipe>)")
+    parser.add_argument("--export", default=None, help="where the weights go (default: the package's file)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = fit(reference_train_config(seed=args.seed, steps=args.steps, output_dir=args.out, progress=True))
+    out = args.out or f"runs/reference_{args.recipe}"
+    weights = Path(medsam2kit.__file__).parent / "weights"
+    if args.recipe == "phantoms":
+        config = reference_train_config(seed=args.seed, steps=args.steps or 2000, output_dir=out, progress=True)
+        export = Path(args.export or weights / PHANTOM_WEIGHTS)
+    else:
+        data = shared_data_dir()
+        if data is None:
+            sys.exit("train_reference_model: the real recipe needs the shared data folder (../shared/data beside "
+                     "the project, or $MEDSAM2KIT_DATA); use --recipe phantoms without it")
+        sources = tuple(s for s in args.sources.split(",") if s)
+        unknown = sorted(set(sources) - set(SOURCE_WEIGHTS))
+        if unknown or not sources:
+            sys.exit(f"train_reference_model: --sources: expected names among {', '.join(SOURCE_WEIGHTS)}, got {args.sources!r}")
+        config = real_train_config(data, seed=args.seed, steps=args.steps or 2400, output_dir=out, sources=sources,
+                                   progress=True)
+        export = Path(args.export or weights / REAL_WEIGHTS)
+    last = Path(out) / "checkpoint_last.pt"
+    if last.is_file():
+        print(f"resuming from {last}", file=sys.stderr)
+        config = config.replace(resume=str(last))
+    result = fit(config)
     state = torch.load(result.final_model, map_location="cpu", weights_only=True)["model"]
-    dest = atomic_write(Path(args.export), lambda tmp: torch.save({"model": state}, tmp))
+    dest = atomic_write(export, lambda tmp: torch.save({"model": state}, tmp))
     print(json.dumps({"weights": str(dest), "bytes": dest.stat().st_size, "val": result.val}, indent=2))
 
 

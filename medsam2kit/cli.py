@@ -2,7 +2,7 @@
 
 Subcommands: ``info`` (versions, device, configs found, where the weights are), ``models`` (the
 model zoo, see :mod:`medsam2kit.models`), ``demo`` (propagation, FATE-SAM and SAM2Med3D with the
-bundled reference model on held-out phantoms, see :mod:`medsam2kit.demo`), ``coarse`` (fit the
+bundled reference model on held-out phantoms and shared real cases, see :mod:`medsam2kit.demo`), ``coarse`` (fit the
 coarse network ``segment`` needs), ``segment``, ``fewshot``, ``finetune`` and ``evaluate``. Exit
 codes: 0 success, 1 a medsam2kit error (the message says what was wrong), 2 bad command-line
 usage. Commands that run for more than a few seconds report progress on stderr (a bar, or one
@@ -13,7 +13,7 @@ Output label maps in a folder are named ``<case>_labels.nii.gz``, the case named
 ``a_labels.nii.gz``, which pairs with the reference ``a_label.nii.gz``.
 
 The commands that run SAM2 take ``--model NAME|PATH`` (a zoo name, downloaded and checked on first
-use, or a checkpoint file); without it they use the bundled reference model (phantoms only) and
+use, or a checkpoint file); without it they use the bundled reference model (a micro SAM 2.1) and
 say so in one line. ``--config``/``--checkpoint`` are the expert form; random weights only with
 ``--random-init``.
 
@@ -105,13 +105,16 @@ def _parser() -> argparse.ArgumentParser:
         parents=[verbosity],
         help="SAM2 propagation, FATE-SAM and SAM2Med3D on held-out phantoms (and shared data)",
         description=(
-            "On held-out phantoms (and on the hippocampus MRI cases of the shared data folder when "
-            "present): propagation from one prompted slice per label (beside the copy-the-prompt "
-            "baseline), FATE-SAM from two labelled supports with no prompt, and SAM2Med3D from a "
-            "deliberately weak coarse network (beside the coarse network alone). Writes NIfTI "
-            "masks with each input's geometry, PNG overlays, dice_table.md/.csv and summary.json "
-            "to --out. The default model is the bundled micro reference model, trained on "
-            "phantoms only (not for clinical use); --model picks another (see 'medsam2kit models'); "
+            "On a held-out phantom (and on the held-out real cases of the shared data folder when "
+            "present: hippocampus, prostate, CT lesions, brain tumour, carotid recordings, fetal-head "
+            "images): propagation from one prompted slice per label, from a mask and from a box "
+            "(beside copying the prompt mask to the labelled slices), FATE-SAM from two labelled "
+            "supports with no prompt, SAM2Med3D from a deliberately weak coarse network (beside the "
+            "coarse network alone), tracking of recordings (beside copying the first mask) and box "
+            "prompts on images (beside the filled box). Writes NIfTI masks with each input's "
+            "geometry, titled PNG overlays, dice_table.md/.csv and summary.json to --out. The "
+            "default model is the bundled micro reference model, fine-tuned on a few real cases "
+            "(not for clinical use); --model picks another (see 'medsam2kit models'); "
             "--random-init runs with random weights: the run is real, the masks are not meaningful."
         ),
         epilog=_DEMO_EXAMPLE,
@@ -124,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="held-out phantom seed (default 0)")
     demo.add_argument("--data", type=Path, default=None,
                       help="shared data folder (default: $MEDSAM2KIT_DATA or ../shared/data when present)")
-    demo.add_argument("--no-data", action="store_true", help="phantoms only, even when shared data is present")
+    demo.add_argument("--no-data", action="store_true", help="the phantom case only, even when shared data is present")
     demo.add_argument("--coarse-steps", type=int, default=40,
                       help="training steps of the weak coarse network (default 40)")
 
@@ -247,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (default: the bundled reference model, phantoms only)")
+    group = parser.add_argument_group("model (default: the bundled reference model, a micro SAM 2.1)")
     group.add_argument("--model", default=None, metavar="NAME|PATH",
                        help="a model zoo name ('medsam2kit models' lists them; downloaded and checked on first "
                             "use) or a checkpoint file (config guessed from its keys)")

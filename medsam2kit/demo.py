@@ -1,20 +1,27 @@
-"""The end-to-end demo: the three ways of segmenting a volume with SAM2, scored against truth.
+"""The end-to-end demo: SAM2's ways of segmenting volumes, videos and images, each scored
+against the truth and beside its simple baseline.
 
-On held-out phantoms (:func:`medsam2kit.reference.heldout_phantoms`: two support volumes and a
-query) and, when present, on the real hippocampus MRI cases of the shared data folder, with the
-bundled reference model (or any predictor):
+With the bundled reference model (or any predictor), on a held-out phantom (two phantom
+supports and a query, :func:`medsam2kit.reference.heldout_phantoms`) and, when the shared data
+folder is present, on its held-out real cases (:data:`medsam2kit.reference.HELD_OUT`: cases no
+reference model trained on):
 
-* ``propagation``: the query's true mask on one slice per label (its largest) as the only
-  prompt, propagated through the volume; beside it the copy-the-prompt baseline (that mask
-  repeated on every slice);
-* ``fewshot``: FATE-SAM from the two labelled supports, no prompt at all;
+* ``propagation (mask)`` / ``propagation (box)``: per label, the true mask of its largest slice,
+  or the box around it, as the only prompt, propagated through the volume; beside it the
+  ``copy to labelled slices`` baseline (that mask on every slice holding the label);
+* ``fewshot``: FATE-SAM from labelled supports, no prompt at all (phantom, hippocampus);
 * ``sam2med3d``: a deliberately weak coarse network (a small U-Net fitted for a few steps on the
   supports), its reliable slices as prompts, SAM2 propagation and confidence fusion; beside it
-  the coarse network alone.
+  the coarse network alone (phantom, hippocampus);
+* ``tracking``: a carotid ultrasound recording from the mask of its first labelled frame,
+  beside ``copy first mask``;
+* ``box prompt``: fetal-head ultrasound images from the box around the head, beside the
+  ``filled box``.
 
-:func:`run_demo` writes, per case, the image, the truth and every prediction as NIfTI (the
-input's grid and geometry), one overlay montage per method, and the Dice table
-(``dice_table.csv``, ``dice_table.md``) plus ``summary.json``. ``medsam2kit demo`` runs it.
+:func:`run_demo` writes, per volume, the image, the truth and every prediction as NIfTI (the
+input's grid and geometry), one titled overlay montage per method (and per recording and image
+set), and the Dice table (``dice_table.csv``, ``dice_table.md``) plus ``summary.json``.
+``medsam2kit demo`` runs it.
 
 Example:
     >>> from medsam2kit.reference import heldout_phantoms
@@ -33,7 +40,8 @@ import io
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +51,17 @@ import torch
 from medsam2kit._files import atomic_write
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.errors import InvalidInputError
-from medsam2kit.fewshot import FewShotPipeline, label_map_from_logits
+from medsam2kit.fewshot import FewShotPipeline
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
-from medsam2kit.sequencer import sequence_volume
+from medsam2kit.tasks import Propagated, box_prompt_image, filled_box, one_prompt_propagation, track_recording
 from medsam2kit.volume import Volume
 
 Pair = tuple[Volume, Volume]
+
+#: Fetal-head images the demo scores (of the 76 held out; the model card scores them all).
+DEMO_IMAGES = 12
 
 
 @dataclass(frozen=True)
@@ -58,10 +69,12 @@ class DiceRow:
     """One line of the Dice table.
 
     Attributes:
-        task: ``"propagation"``, ``"fewshot"`` or ``"sam2med3d"``.
+        task: ``"propagation (mask)"``, ``"propagation (box)"``, ``"fewshot"``, ``"sam2med3d"``,
+            ``"tracking"`` or ``"box prompt"``.
         case: the case's name.
         label: the label value.
-        method: ``"sam2"``, ``"copy prompt"``, ``"fate-sam"``, ``"coarse"`` or ``"fused"``.
+        method: ``"sam2"``, a baseline (``"copy to labelled slices"``, ``"copy first mask"``,
+            ``"filled box"``), ``"fate-sam"``, ``"coarse"`` or ``"fused"``.
         dice: Dice against the truth (1.0 when both are empty).
     """
 
@@ -70,55 +83,6 @@ class DiceRow:
     label: int
     method: str
     dice: float
-
-
-@dataclass(frozen=True)
-class Propagated:
-    """What :func:`one_prompt_propagation` made.
-
-    Attributes:
-        labels: the label map on the image's grid.
-        prompt_slices: per label, the slice (along ``axis``) whose true mask was the prompt.
-        axis: the slicing axis.
-        baseline: per label, the copy-the-prompt baseline (the prompt mask on every slice).
-    """
-
-    labels: np.ndarray = field(repr=False)
-    prompt_slices: Mapping[int, int]
-    axis: int
-    baseline: Mapping[int, np.ndarray] = field(repr=False)
-
-
-def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volume,
-                           labels: Sequence[int] | None = None) -> Propagated:
-    """Prompt each label with its true mask on its largest slice and propagate both ways.
-
-    All labels are objects of one session (each slice is encoded once); the label map takes
-    per voxel the label of the largest positive logit.
-
-    Raises:
-        InvalidInputError: ``label`` is not on ``image``'s grid, or a label is absent.
-    """
-    _check_pair(image, label, "label")
-    wanted = _labels_of(label) if labels is None else tuple(int(v) for v in labels)
-    seq = sequence_volume(image, image_size=predictor.image_size)
-    axis = seq.layout.axis
-    others = tuple(a for a in range(3) if a != axis)
-    session = predictor.start(seq)
-    prompts: dict[int, int] = {}
-    baseline: dict[int, np.ndarray] = {}
-    for lab in wanted:
-        mask = label.array == lab
-        areas = mask.sum(axis=others)
-        if not areas.any():
-            raise InvalidInputError(f"labels: label {lab} is absent from the label map")
-        prompts[lab] = int(np.argmax(areas))
-        prompt = np.take(mask, prompts[lab], axis=axis)
-        session.add_mask(seq.frame_of_slice(prompts[lab]), seq.mask_to_frame(prompt), obj_id=lab)
-        baseline[lab] = np.broadcast_to(np.expand_dims(prompt, axis), mask.shape).copy()
-    result = session.propagate("both")
-    logits = {lab: seq.to_volume_logits(result.logits()[:, k].numpy()) for k, lab in enumerate(result.obj_ids)}
-    return Propagated(label_map_from_logits(logits, image.shape), prompts, axis, baseline)
 
 
 def weak_coarse(supports: Sequence[Pair], *, num_labels: int, steps: int = 40,
@@ -171,67 +135,115 @@ def phantom_case(seed: int = 0) -> DemoCase:
     return DemoCase(f"phantom_{seed}", query, tuple(supports), (1, 2))
 
 
-def hippocampus_cases(data_dir: Path) -> list[DemoCase]:
-    """The shared hippocampus MRI cases, each in turn the query with the others as supports
-    (labels 1 anterior, 2 posterior); empty when the folder is absent."""
+def real_cases(data_dir: Path) -> list[DemoCase]:
+    """The held-out 3D shared cases (:data:`medsam2kit.reference.HELD_OUT`: no reference model
+    trained on them): each a query for propagation; the hippocampus case also for FATE-SAM and
+    SAM2Med3D, with the two training hippocampus cases as its labelled supports (labels 1
+    anterior, 2 posterior). Empty when the folder is absent."""
     from medsam2kit.io import load_label, load_volume
+    from medsam2kit.reference import held_out_cases, is_held_out
 
-    folder = data_dir / "msd_hippocampus"
-    images = sorted(folder.glob("*_img.nii.gz")) if folder.is_dir() else []
-    pairs = []
-    for path in images:
-        image = load_volume(path)
-        pairs.append((path.name.removesuffix("_img.nii.gz"), (image, load_label(str(path).replace("_img.", "_label."),
-                                                                                    like=image))))
-    if len(pairs) < 2:
-        return []
-    return [DemoCase(name, pair, tuple(p for n, p in pairs if n != name), (1, 2))
-            for name, pair in pairs]
+    cases = []
+    for case in held_out_cases(data_dir, "volume"):
+        assert isinstance(case.image, Volume) and isinstance(case.label, Volume)
+        supports: tuple[Pair, ...] = ()
+        if case.dataset == "msd_hippocampus":
+            paths = [p for p in sorted((data_dir / case.dataset).glob("*_img.nii.gz"))
+                     if not is_held_out(case.dataset, p)]
+            images = [load_volume(p) for p in paths]
+            supports = tuple((im, load_label(str(p).replace("_img.", "_label."), like=im)) for p, im in zip(paths, images))
+        cases.append(DemoCase(case.name, (case.image, case.label), supports, (1, 2) if supports else ()))
+    return cases
 
 
 def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, *,
              coarse_steps: int = 40, generator: torch.Generator | None = None,
              progress: Callable[[str], None] | None = None) -> list[DiceRow]:
-    """All three tasks on one case; with ``out``, its NIfTI files and overlays go to ``out/<name>``
-    (``generator`` draws the weak coarse network's weights and shuffling; ``progress`` is called
-    with one line as each stage starts)."""
+    """The volume tasks on one case: propagation from a mask and from a box, and, when the case
+    has supports, FATE-SAM and SAM2Med3D; with ``out``, its NIfTI files and overlays go to
+    ``out/<name>`` (``generator`` draws the weak coarse network's weights and shuffling;
+    ``progress`` is called with one line as each stage starts)."""
     image, label = case.query
     rows: list[DiceRow] = []
     maps: dict[str, np.ndarray] = {}
     stage = progress if progress is not None else (lambda line: None)
 
-    stage(f"{case.name} {image.shape}: propagation from one prompted slice per label")
+    stage(f"{case.name} {image.shape}: propagation from one prompted slice per label (mask, then box)")
     prop = one_prompt_propagation(predictor, image, label)
-    maps["propagation"] = prop.labels
+    boxed = one_prompt_propagation(predictor, image, label, prompt="box")
+    maps["propagation"], maps["propagation_box"] = prop.labels, boxed.labels
     for lab in prop.prompt_slices:
         truth = label.array == lab
-        rows.append(DiceRow("propagation", case.name, lab, "sam2", dice(prop.labels == lab, truth)))
-        rows.append(DiceRow("propagation", case.name, lab, "copy prompt", dice(prop.baseline[lab], truth)))
+        rows.append(DiceRow("propagation (mask)", case.name, lab, "sam2", dice(prop.labels == lab, truth)))
+        rows.append(DiceRow("propagation (mask)", case.name, lab, "copy to labelled slices",
+                            dice(prop.baseline[lab], truth)))
+        rows.append(DiceRow("propagation (box)", case.name, lab, "sam2", dice(boxed.labels == lab, truth)))
 
-    supports = tuple((img, keep_labels(lab, case.labels)) for img, lab in case.supports)
-    truth_map = keep_labels(label, case.labels).array
-    stage(f"{case.name}: FATE-SAM from {len(supports)} support(s)")
-    fewshot = FewShotPipeline(predictor, supports)(image).array
-    maps["fewshot"] = fewshot
-    rows += [DiceRow("fewshot", case.name, lab, "fate-sam", dice(fewshot == lab, truth_map == lab)) for lab in case.labels]
+    if case.supports:
+        supports = tuple((img, keep_labels(lab, case.labels)) for img, lab in case.supports)
+        truth_map = keep_labels(label, case.labels).array
+        stage(f"{case.name}: FATE-SAM from {len(supports)} support(s)")
+        fewshot = FewShotPipeline(predictor, supports)(image).array
+        maps["fewshot"] = fewshot
+        rows += [DiceRow("fewshot", case.name, lab, "fate-sam", dice(fewshot == lab, truth_map == lab))
+                 for lab in case.labels]
 
-    stage(f"{case.name}: SAM2Med3D (fitting a weak coarse network, {coarse_steps} steps, then SAM2)")
-    coarse = weak_coarse(supports, num_labels=max(case.labels), steps=coarse_steps, generator=generator)
-    result = SAM2Med3DPipeline(coarse, predictor).run(image)
-    coarse_map = np.argmax(result.coarse, axis=0)
-    maps["coarse"], maps["sam2med3d"] = coarse_map, result.labels.array
-    for lab in case.labels:
-        rows.append(DiceRow("sam2med3d", case.name, lab, "coarse", dice(coarse_map == lab, truth_map == lab)))
-        rows.append(DiceRow("sam2med3d", case.name, lab, "fused", dice(result.labels.array == lab, truth_map == lab)))
+        stage(f"{case.name}: SAM2Med3D (fitting a weak coarse network, {coarse_steps} steps, then SAM2)")
+        coarse = weak_coarse(supports, num_labels=max(case.labels), steps=coarse_steps, generator=generator)
+        result = SAM2Med3DPipeline(coarse, predictor).run(image)
+        coarse_map = np.argmax(result.coarse, axis=0)
+        maps["coarse"], maps["sam2med3d"] = coarse_map, result.labels.array
+        for lab in case.labels:
+            rows.append(DiceRow("sam2med3d", case.name, lab, "coarse", dice(coarse_map == lab, truth_map == lab)))
+            rows.append(DiceRow("sam2med3d", case.name, lab, "fused",
+                                dice(result.labels.array == lab, truth_map == lab)))
 
     if out is not None:
         stage(f"{case.name}: writing {out / case.name}")
-        _write_case(out / case.name, image, label, maps, prop.axis)
+        _write_case(out / case.name, image, label, maps, prop.axis, case=case.name, rows=rows)
+    return rows
+
+
+def run_recording(predictor: SAM2Predictor, name: str, frames: np.ndarray, masks: np.ndarray,
+                  out: Path | None = None) -> list[DiceRow]:
+    """Track a recording from its first labelled frame's mask (:func:`medsam2kit.tasks.track_recording`)
+    against copying that mask; with ``out``, an overlay montage of its frames goes to
+    ``out/<name>/overlay_tracking.png``."""
+    scores = track_recording(predictor, frames, masks)
+    rows = [DiceRow("tracking", name, 1, "sam2", scores.dice), DiceRow("tracking", name, 1, "copy first mask",
+                                                                       scores.copy_dice)]
+    if out is not None:
+        video = Volume(np.asarray(frames, dtype=np.float32), np.eye(4))
+        title = f"{name}: tracking from the mask of frame {scores.prompt_frame} (J&F {scores.jf:.3f})"
+        _write_montage(out / name / "overlay_tracking.png", video, scores.masks.astype(np.uint8),
+                       (np.asarray(masks) != 0).astype(np.uint8), title, {1: scores.dice}, axis=0)
+    return rows
+
+
+def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray, np.ndarray]],
+               out: Path | None = None, *, name: str = "images") -> list[DiceRow]:
+    """Box prompts on 2D images (:func:`medsam2kit.tasks.box_prompt_image`) against the filled
+    box; with ``out``, a montage of the first images (all of one size) goes to
+    ``out/<name>/overlay_box_prompt.png``."""
+    rows: list[DiceRow] = []
+    shown: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for case, image, mask in images:
+        pred = box_prompt_image(predictor, image, mask)
+        rows += [DiceRow("box prompt", f"{name}/{case}", 1, "sam2", dice(pred, mask)),
+                 DiceRow("box prompt", f"{name}/{case}", 1, "filled box", dice(filled_box(mask), mask))]
+        if len(shown) < 6 and (not shown or image.shape == shown[0][0].shape):
+            shown.append((image, pred, mask))
+    if out is not None and shown:
+        stack = Volume(np.stack([s[0] for s in shown]).astype(np.float32), np.eye(4))
+        mean = float(np.mean([r.dice for r in rows if r.method == "sam2"]))
+        _write_montage(out / name / "overlay_box_prompt.png", stack, np.stack([s[1] for s in shown]).astype(np.uint8),
+                       np.stack([s[2] for s in shown]).astype(np.uint8),
+                       f"{name}: box prompts, {len(shown)} of {len(images)} images", {1: mean}, axis=0)
     return rows
 
 
 def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Path | None = None,
-             coarse_steps: int = 40, info: Mapping[str, Any] | None = None,
+             coarse_steps: int = 40, max_images: int = DEMO_IMAGES, info: Mapping[str, Any] | None = None,
              say: Callable[[str], None] = print,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
@@ -239,32 +251,50 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     ``say`` receives the results (a line per case, the table); ``progress`` one line as each
     stage of each case starts (``medsam2kit demo`` prints them on stderr).
 
+    The cases: a held-out phantom (:func:`phantom_case`) and, with ``data_dir``, the held-out
+    shared cases (:data:`medsam2kit.reference.HELD_OUT`): the 3D ones (:func:`real_cases`), the
+    carotid recordings and the first ``max_images`` fetal-head images.
+
     ``seed`` is the demo's configuration, recorded in the case name: it picks the held-out
-    phantom (:func:`phantom_case`) and seeds a fresh ``torch.Generator`` for each case's weak
-    coarse network, so a run is reproducible from the command line.
+    phantom and seeds a fresh ``torch.Generator`` for each case's weak coarse network, so a run
+    is reproducible from the command line.
 
     Raises:
         InvalidInputError: ``out`` is an existing file.
     """
+    from medsam2kit.reference import held_out_cases
+
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: expected a folder, got the file {out}")
     begin = time.perf_counter()
-    cases = [phantom_case(seed)] + (hippocampus_cases(data_dir) if data_dir is not None else [])
+    cases = [phantom_case(seed)] + (real_cases(data_dir) if data_dir is not None else [])
+    recordings = held_out_cases(data_dir, "recording") if data_dir is not None else []
+    images = held_out_cases(data_dir, "image")[:max_images] if data_dir is not None else []
+    total = len(cases) + len(recordings) + (1 if images else 0)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[DiceRow] = []
     seconds: dict[str, float] = {}
-    for case in cases:
+
+    def timed(name: str, work: Callable[[], list[DiceRow]]) -> None:
         start = time.perf_counter()
         if progress is not None:
-            progress(f"case {len(seconds) + 1}/{len(cases)}: {case.name}")
-        rows += run_case(predictor, case, out, coarse_steps=coarse_steps,
-                         generator=torch.Generator().manual_seed(seed), progress=progress)
-        seconds[case.name] = round(time.perf_counter() - start, 2)
-        say(f"{case.name}: done in {seconds[case.name]} s")
+            progress(f"case {len(seconds) + 1}/{total}: {name}")
+        rows.extend(work())
+        seconds[name] = round(time.perf_counter() - start, 2)
+        say(f"{name}: done in {seconds[name]} s")
+
+    for case in cases:
+        timed(case.name, partial(run_case, predictor, case, out, coarse_steps=coarse_steps,
+                                 generator=torch.Generator().manual_seed(seed), progress=progress))
+    for rec in recordings:
+        timed(rec.name, partial(run_recording, predictor, rec.name, np.asarray(rec.image), np.asarray(rec.label), out))
+    if images:
+        pairs = [(c.name, np.asarray(c.image), np.asarray(c.label)) for c in images]
+        timed("hc18_fetal_us", partial(run_images, predictor, pairs, out, name="hc18_fetal_us"))
     table = dice_table(rows)
     _write_text(out / "dice_table.md", table)
     _write_text(out / "dice_table.csv", _csv(rows))
-    summary = {**(info or {}), "cases": [c.name for c in cases], "seconds": seconds,
+    summary = {**(info or {}), "cases": list(seconds), "seconds": seconds,
                "seconds_total": round(time.perf_counter() - begin, 2), "rows": [asdict(r) for r in rows],
                "mean_dice": mean_dice(rows)}
     _write_text(out / "summary.json", json.dumps(summary, indent=2))
@@ -286,15 +316,27 @@ def mean_dice(rows: Sequence[DiceRow]) -> dict[str, float]:
 
 
 def dice_table(rows: Sequence[DiceRow]) -> str:
-    """The rows as a Markdown table, one column per method of each task, one line per case and label."""
+    """The rows as a Markdown table, one column per method of each task, one line per case and
+    label; cases named ``"<set>/<item>"`` (the images of a set) share one line, their mean, with
+    the count.
+
+    Example:
+        >>> rows = [DiceRow("box prompt", "us/1", 1, "sam2", 0.5), DiceRow("box prompt", "us/2", 1, "sam2", 1.0)]
+        >>> dice_table(rows).splitlines()[2]
+        '| us (2) | 1 | 0.750 |'
+    """
     methods = list(dict.fromkeys((r.task, r.method) for r in rows))
-    keys = list(dict.fromkeys((r.case, r.label) for r in rows))
-    value = {(r.case, r.label, r.task, r.method): r.dice for r in rows}
+    groups: dict[tuple[str, int, str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r.case.split("/")[0], r.label, r.task, r.method), []).append(r.dice)
+    keys = list(dict.fromkeys((case, lab) for case, lab, _, _ in groups))
+    counts = {case: len({r.case for r in rows if r.case.split("/")[0] == case}) for case, _ in keys}
     head = "| case | label | " + " | ".join(f"{t}: {m}" for t, m in methods) + " |"
     lines = [head, "|" + "---|" * (2 + len(methods))]
     for case, lab in keys:
-        cells = [f"{value[(case, lab, t, m)]:.3f}" if (case, lab, t, m) in value else "" for t, m in methods]
-        lines.append(f"| {case} | {lab} | " + " | ".join(cells) + " |")
+        cells = [f"{np.mean(groups[(case, lab, t, m)]):.3f}" if (case, lab, t, m) in groups else "" for t, m in methods]
+        name = f"{case} ({counts[case]})" if any("/" in r.case and r.case.startswith(case + "/") for r in rows) else case
+        lines.append(f"| {name} | {lab} | " + " | ".join(cells) + " |")
     means = mean_dice(rows)
     lines.append("| **mean** | | " + " | ".join(f"**{means[f'{t}/{m}']:.3f}**" for t, m in methods) + " |")
     return "\n".join(lines) + "\n"
@@ -308,7 +350,18 @@ def _csv(rows: Sequence[DiceRow]) -> str:
     return buf.getvalue()
 
 
-def _write_case(folder: Path, image: Volume, label: Volume, maps: Mapping[str, np.ndarray], axis: int) -> None:
+#: The Dice rows (task, method) of each map that :func:`run_case` writes, for the montages' headings.
+_MAP_ROWS: Mapping[str, tuple[str, str]] = {
+    "propagation": ("propagation (mask)", "sam2"), "propagation_box": ("propagation (box)", "sam2"),
+    "fewshot": ("fewshot", "fate-sam"),
+    "coarse": ("sam2med3d", "coarse"), "sam2med3d": ("sam2med3d", "fused"),
+}
+
+
+def _write_case(folder: Path, image: Volume, label: Volume, maps: Mapping[str, np.ndarray], axis: int, *,
+                case: str = "", rows: Sequence[DiceRow] = ()) -> None:
+    """The case's NIfTI files and one montage per method: titled with the case and the method,
+    its Dice per label (from ``rows``) in the heading, the truth (of the labels scored) dashed."""
     from medsam2kit.io import save_mask, save_volume
     from medsam2kit.viz import overlay_montage, save_png
 
@@ -317,22 +370,26 @@ def _write_case(folder: Path, image: Volume, label: Volume, maps: Mapping[str, n
     save_mask(label.array, image, folder / "ground_truth.nii.gz")
     for name, arr in maps.items():
         save_mask(arr.astype(np.uint8), image, folder / f"{name}.nii.gz")
-        save_png(overlay_montage(image, {"truth": np.asarray(label.array), name: arr}, axis=axis),
-                 folder / f"overlay_{name}.png")
+        task, method = _MAP_ROWS.get(name, (name, name))
+        scores = {r.label: r.dice for r in rows if (r.task, r.method) == (task, method) and r.case == case}
+        truth = keep_labels(label, sorted(scores)).array if scores else np.asarray(label.array)
+        title = f"{case}: {task}" + (f" ({method})" if method not in (task, "sam2") else "")
+        picture = overlay_montage(image, {method: arr}, reference=truth, title=title, dice={method: scores},
+                                  axis=axis)
+        save_png(picture, folder / f"overlay_{name}.png")
+
+
+def _write_montage(path: Path, image: Volume, pred: np.ndarray, truth: np.ndarray, title: str,
+                   scores: Mapping[int, float], *, axis: int) -> None:
+    from medsam2kit.viz import overlay_montage, save_png
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(overlay_montage(image, {"sam2": pred}, reference=truth, title=title, dice={"sam2": dict(scores)}, axis=axis),
+             path)
 
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def _labels_of(label: Volume) -> tuple[int, ...]:
-    return tuple(int(v) for v in np.unique(label.array) if v != 0)
-
-
-def _check_pair(image: Volume, label: Volume, name: str) -> None:
-    if not image.same_grid(label):
-        raise InvalidInputError(f"{name}: expected a label map on the image's grid {image.shape}, got {label.shape} "
-                                "or another affine")
 
 
 __all__ = [
@@ -340,12 +397,15 @@ __all__ = [
     "DiceRow",
     "Propagated",
     "dice_table",
-    "hippocampus_cases",
+
     "keep_labels",
     "mean_dice",
     "one_prompt_propagation",
     "phantom_case",
+    "real_cases",
     "run_case",
     "run_demo",
+    "run_images",
+    "run_recording",
     "weak_coarse",
 ]

@@ -9,7 +9,8 @@ grid (shape and affine: a mismatch is an error naming both files), scores every 
   interval of the mean (Student t, clipped to the metric's range: ``[0, 1]`` for Dice, IoU and
   NSD, ``[0, inf)`` for distances; NaN with fewer than two cases) and the number of cases with a
   finite value;
-* ``figures/<case>.png``: overlay montages (reference and prediction outlines) of chosen slices;
+* ``figures/<case>.png``: overlay montages of chosen slices, titled with the case, the Dice per
+  label in the heading (prediction filled, reference dashed, one colour per label, a legend);
 * ``figures/box_<metric>.png``: box plots per metric and label.
 
 Files pair by case name (:func:`case_name`, the rule every command shares): ``a_labels.nii.gz``
@@ -255,8 +256,9 @@ def evaluate(
                         f"images: {image_paths[case]} ({background.shape}) is not on the grid of the reference "
                         f"{r_path} ({reference.shape}; affines differ or shapes differ)"
                     )
-            montages.append((case, overlay_montage(background, {"reference": reference.array,
-                                                                "prediction": prediction.array})))
+            montages.append((case, overlay_montage(
+                background, {"prediction": prediction.array}, reference=reference.array, reference_name="reference",
+                title=case, dice={"prediction": {lab: s.dice for lab, s in scores.items()}})))
     if labels is not None:
         _check_requested_labels(rows, pairs)
     summary = {

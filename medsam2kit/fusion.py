@@ -3,36 +3,54 @@
 A coarse 3D network gives a probability ``p_c`` for the whole volume; SAM2, propagated from a few
 prompt slices, gives a refined probability ``p_s`` on the slices it visited, with an object-score
 logit and a predicted IoU per slice. SAM2 is good near its prompts and drifts away from them; the
-coarse network is consistent but blurry. The fusion trusts each one per slice by its confidence,
-and trusts SAM2 less the farther (in mm) a slice is from the nearest prompt slice (design ours;
-the paper gives no formula). For slice ``z`` along ``axis``:
+coarse network is consistent but blurry. And SAM2's own scores are not evidence that it is right:
+an uninformative SAM2 (random weights, or a model that never saw this kind of image) reports
+object scores of 9-10 on every slice, with or without the structure. The fusion therefore trusts
+each input per slice by its confidence, trusts SAM2 less the farther (in mm) a slice is from the
+nearest prompt slice, and trusts it only as far as its mask agrees with what the coarse network is
+sure of (design ours; the paper gives no formula). For slice ``z`` along ``axis``:
 
 * SAM2 confidence ``q_s(z) = sigmoid(object_score(z)) * clip(iou(z), 0, 1)`` (0 when not visited);
+* SAM2 evidence ``e(z)`` in ``(0, 1]`` (:func:`sam_evidence`): a soft Dice between SAM2's mask
+  and the coarse network's confident foreground (``p_c >= confident``) in which SAM2's
+  foreground elsewhere counts as far as the coarse network doubts it (``1 - p_c``), and once
+  more on confident background (``p_c <= 1 - confident``); on the slice, times the same ratio
+  over all visited non-prompt slices;
 * coarse confidence ``q_c(z) = 1 - mean H(p_c) / log 2`` over the coarse mask of the slice
   (``p_c > threshold``; the whole slice when that is empty), ``H`` the binary entropy;
 * distance ``d(z)`` = mm from the nearest prompt slice (``|z - k| * spacing[axis]``);
-* SAM2 weight ``w(z) = sigmoid((log q_s - log q_c - d / tau) / T + b)``, i.e. at ``T = 1, b = 0``
-  SAM2's share ``a_s / (a_s + q_c)`` of the trust, with ``a_s = q_s exp(-d / tau)``.
-  ``w = 0`` exactly when ``q_s = 0``; ``w = 1`` exactly when ``q_c = 0 < q_s``;
+* SAM2 weight ``w(z) = e^gamma sigmoid((log q_s - log q_c - d / tau) / T + b)``, i.e. at
+  ``T = 1, b = 0`` SAM2's share ``a_s / (a_s + q_c)`` of the trust, with
+  ``a_s = q_s exp(-d / tau)``, bounded by its evidence. ``w = 0`` exactly when ``q_s = 0`` (or
+  ``e = 0 < gamma``); ``w = e^gamma`` exactly when ``q_c = 0 < q_s``;
 * fused ``p = w p_s + (1 - w) p_c`` per voxel, clamped to ``[0, 1]``.
 
-``tau`` (mm), the temperature ``T`` and the bias ``b`` are the parameters; :class:`ConfidenceFusion`
-makes them learnable. Then the volumetric consistency step (:func:`postprocess_mask`) thresholds
-the fused probability and cleans the mask: only voxels inside the union of the thresholded inputs
-are kept, small or non-largest 3D components are removed, and holes are filled only when they lie
-entirely inside that union. So the final mask never holds a voxel that neither input called
-foreground.
+SAM2's weight never exceeds its evidence, so ``|p - p_c| <= e^gamma |p_s - p_c|``: a SAM2 that
+contradicts everything the coarse network is sure of gets ``e`` near 0 and the fused probability
+stays the coarse one, whatever its object scores, IoUs or the coarse network's own doubt; a SAM2
+that covers the confident core and refines the uncertain rim keeps most of its weight. ``tau``
+(mm), the temperature ``T``, the bias ``b`` and the evidence power ``gamma`` (0: no evidence
+term) are the parameters; :class:`ConfidenceFusion` makes them learnable. Then the volumetric
+consistency step (:func:`postprocess_mask`) thresholds the fused probability and cleans the
+mask: only voxels inside the union of the thresholded inputs are kept, small or non-largest 3D
+components are removed, and holes are filled only when they lie entirely inside the inputs the
+fusion listens to (the coarse mask, and SAM2's on the slices where ``w >= 1/2``). So the final
+mask never holds a voxel that neither input called foreground, and an untrusted SAM2 fills no
+hole.
 
 Example:
     >>> import numpy as np
     >>> from medsam2kit.fusion import fuse
-    >>> coarse = np.zeros((5, 8, 8), np.float32); coarse[:, 2:6, 2:6] = 0.7
-    >>> sam = np.zeros_like(coarse); sam[:, 3:6, 2:6] = 0.95
+    >>> coarse = np.zeros((5, 8, 8), np.float32); coarse[:, 1:7, 1:7] = 0.6; coarse[:, 2:6, 2:6] = 0.95
+    >>> sam = np.zeros_like(coarse); sam[:, 2:6, 1:7] = 0.95  # the confident core, part of the rim
     >>> scores = np.array([np.nan, 4.0, 4.0, 4.0, np.nan], np.float32)
     >>> ious = np.array([np.nan, 0.9, 0.9, 0.9, np.nan], np.float32)
     >>> res = fuse(coarse, sam, scores, ious, prompt_slices=[2], spacing=(3.0, 1.0, 1.0))
     >>> [round(float(w), 2) for w in res.sam_weight]  # unvisited, visited near the prompt, unvisited
-    [0.0, 0.87, 0.88, 0.87, 0.0]
+    [0.0, 0.55, 0.58, 0.55, 0.0]
+    >>> noise = np.random.default_rng(0).random(coarse.shape).astype(np.float32)
+    >>> [round(float(e), 2) for e in fuse(coarse, noise, scores + 6, ious, prompt_slices=[2]).evidence]
+    [0.0, 0.1, 0.09, 0.08, 0.0]
     >>> res.mask.shape, res.probability.dtype
     ((5, 8, 8), dtype('float32'))
 """
@@ -59,7 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from medsam2kit.sequencer import FrameSequence
 
 HoleFilling = Literal["none", "2d", "3d"]
-Learnable = Literal["tau", "temperature", "bias"]
+Learnable = Literal["tau", "temperature", "bias", "evidence"]
 ArrayOrTensor = npt.ArrayLike | torch.Tensor
 
 # --------------------------------------------------------------------------------------------
@@ -79,6 +97,11 @@ class FusionParams:
         threshold: probability above which a coarse voxel is "inside the coarse mask" for the
             coarse confidence (the same threshold is not used for the final mask; see
             :class:`ConsistencyParams`).
+        evidence_power: ``gamma >= 0``; SAM2's weight is at most ``e^gamma``, its evidence
+            (:func:`sam_evidence`) to that power; 0 ignores the evidence (the weight of
+            versions before it).
+        confident: coarse probability at or above which a voxel is confident foreground (at or
+            below ``1 - confident``: confident background) for the evidence; in ``(0.5, 1]``.
 
     Example:
         >>> FusionParams(tau_mm=30.0).temperature
@@ -89,6 +112,8 @@ class FusionParams:
     temperature: float = 1.0
     bias: float = 0.0
     threshold: float = 0.5
+    evidence_power: float = 1.0
+    confident: float = 0.9
 
     def __post_init__(self) -> None:
         if math.isnan(self.tau_mm) or self.tau_mm <= 0:
@@ -99,6 +124,12 @@ class FusionParams:
             raise InvalidInputError(f"bias: expected a finite number, got {self.bias}")
         if not (0.0 <= self.threshold < 1.0):
             raise InvalidInputError(f"threshold: expected a value in [0, 1), got {self.threshold}")
+        if not (math.isfinite(self.evidence_power) and self.evidence_power >= 0):
+            raise InvalidInputError(
+                f"evidence_power: expected a finite number >= 0, got {self.evidence_power}"
+            )
+        if not (0.5 < self.confident <= 1.0):
+            raise InvalidInputError(f"confident: expected a value in (0.5, 1], got {self.confident}")
 
 
 @dataclass(frozen=True)
@@ -111,7 +142,8 @@ class ConsistencyParams:
         min_component_mm3: remove components smaller than this volume in mm^3 (0: keep all).
         fill_holes: ``"2d"`` fill holes per slice along the slice axis (a superset of the 3D
             holes), ``"3d"`` fill enclosed 3D cavities only, ``"none"``. A hole is filled only
-            when all of it lies inside the union of the thresholded inputs.
+            when all of it lies inside the union of the thresholded inputs (in :func:`fuse`:
+            the coarse mask, and SAM2's on the slices where its weight is at least 1/2).
         connectivity: 1 (faces, 6-neighbourhood in 3D), 2 (faces and edges) or 3 (26-neighbourhood)
             for the foreground components; holes always use face connectivity of the background.
         restrict_to_union: intersect the thresholded fused mask with the union of the
@@ -152,6 +184,7 @@ class FusionResult:
         sam_weight: float32 ``([L,] N)`` SAM2 weight ``w`` per slice (coarse weight ``1 - w``).
         sam_confidence: float32 ``([L,] N)`` ``q_s``.
         coarse_confidence: float32 ``([L,] N)`` ``q_c``.
+        evidence: float32 ``([L,] N)`` SAM2's evidence ``e`` (:func:`sam_evidence`; 0 where not visited).
         distance_mm: float32 ``(N,)`` distance to the nearest prompt slice.
         union: bool ``([L,] D, H, W)`` union of the thresholded inputs (the bound of ``mask``).
         axis: the slice axis.
@@ -162,6 +195,7 @@ class FusionResult:
     sam_weight: np.ndarray
     sam_confidence: np.ndarray
     coarse_confidence: np.ndarray
+    evidence: np.ndarray
     distance_mm: np.ndarray
     union: np.ndarray = field(repr=False)
     axis: int
@@ -215,9 +249,9 @@ def _check_prob(t: torch.Tensor, name: str, allow_nan: torch.Tensor | None = Non
         raise InvalidInputError(f"{name}: expected probabilities in [0, 1], got values such as {vals}")
 
 
-def _prompt_distance(n: int, prompt_slices: Sequence[int] | None, step_mm: float) -> torch.Tensor:
+def _prompt_indices(n: int, prompt_slices: Sequence[int] | None) -> list[int] | None:
     if prompt_slices is None:
-        return torch.zeros(n, dtype=torch.float32)
+        return None
     idx = [int(k) for k in prompt_slices]
     if not idx:
         raise InvalidInputError(
@@ -226,6 +260,13 @@ def _prompt_distance(n: int, prompt_slices: Sequence[int] | None, step_mm: float
     bad = [k for k in idx if not 0 <= k < n]
     if bad:
         raise InvalidInputError(f"prompt_slices: expected indices in [0, {n - 1}], got {bad}")
+    return idx
+
+
+def _prompt_distance(n: int, prompt_slices: Sequence[int] | None, step_mm: float) -> torch.Tensor:
+    idx = _prompt_indices(n, prompt_slices)
+    if idx is None:
+        return torch.zeros(n, dtype=torch.float32)
     z = np.arange(n)[:, None]
     d = np.abs(z - np.asarray(idx)[None, :]).min(axis=1) * step_mm
     return torch.from_numpy(d.astype(np.float32))
@@ -238,6 +279,7 @@ class _Prepared:
     visited: torch.Tensor  # (L, N) bool
     q_s: torch.Tensor  # (L, N)
     q_c: torch.Tensor  # (L, N)
+    evidence: torch.Tensor  # (L, N), 0 on unvisited slices
     dist: torch.Tensor  # (N,)
     axis: int
     spacing: tuple[float, ...]
@@ -332,17 +374,113 @@ def _coarse_conf(c: torch.Tensor, axis: int, threshold: float) -> torch.Tensor:
         return torch.where(n_in > 0, mean_in, mean_all)
 
 
-def _prepare(
+def sam_evidence(
     coarse: ArrayOrTensor | Volume,
     sam: ArrayOrTensor | Volume,
-    object_scores: ArrayOrTensor,
-    ious: ArrayOrTensor,
-    prompt_slices: Sequence[int] | None,
+    *,
+    visited: npt.ArrayLike | torch.Tensor | None = None,
+    prompt_slices: Sequence[int] | None = None,
+    axis: int | None = None,
+    spacing: float | Sequence[float] | None = None,
+    confident: float = 0.9,
+) -> torch.Tensor:
+    """SAM2's evidence per slice: how far its mask agrees with what the coarse network is sure of.
+
+    With ``F`` the coarse network's confident foreground (``p_c >= confident``) and ``B`` its
+    confident background (``p_c <= 1 - confident``), on slice ``z``:
+
+    * ``agree = sum_F p_s`` and ``missed = sum_F (1 - p_s)``: SAM2 on and off the confident core;
+    * ``doubt = sum_{not F} p_s (1 - p_c)``: SAM2's foreground outside the core, each voxel
+      counted as far as the coarse network doubts it;
+    * ``against = sum_B p_s``: SAM2's foreground on confident background, counted once more;
+
+    ``e_slice(z) = (2 agree + 1) / (2 agree + missed + doubt + against + 1)``, a soft Dice
+    between SAM2's mask and the confident core (one-voxel pseudo-count: 1 when both are empty).
+    Refining the rim where the coarse network is unsure costs SAM2 little; painting what it
+    doubts, or missing its core, costs much; and SAM2 earns trust only by covering a confident
+    core. ``e_volume`` is the same ratio of the sums over the visited slices that are not prompt
+    slices (SAM2 echoes a mask prompt there; all visited slices when there are no others), so a
+    SAM2 that is wrong wherever it can be checked is not trusted where it cannot. The evidence is
+    ``e(z) = e_slice(z) * e_volume`` in ``(0, 1]`` on visited slices, 0 on the others.
+
+    Args:
+        coarse: float ``([L,] D, H, W)`` coarse probability in ``[0, 1]`` (or a :class:`Volume`).
+        sam: float ``([L,] D, H, W)`` SAM2 probability in ``[0, 1]`` (NaN allowed on unvisited slices).
+        visited: bool ``([L,] N)`` slices SAM2 visited (default: all).
+        prompt_slices: indices along ``axis`` of the prompt slices (left out of ``e_volume``).
+        axis: slice axis (default: the library's default axis, as in :func:`fuse`).
+        spacing: voxel size in mm (default: the :class:`Volume`'s, else 1 mm); only for the axis.
+        confident: in ``(0.5, 1]``, see above.
+
+    Returns:
+        float32 tensor ``([L,] N)``.
+
+    Example:
+        >>> import numpy as np
+        >>> coarse = np.zeros((3, 8, 8), np.float32); coarse[:, 1:7, 1:7] = 0.6; coarse[:, 2:6, 2:6] = 0.95
+        >>> refined = np.zeros_like(coarse); refined[:, 2:6, 1:7] = 1.0  # the core and part of the rim
+        >>> noise = np.random.default_rng(0).random(coarse.shape).astype(np.float32)
+        >>> [round(float(e), 2) for e in sam_evidence(coarse, refined, prompt_slices=[1])]
+        [0.83, 0.83, 0.83]
+        >>> [round(float(e), 3) for e in sam_evidence(coarse, noise, prompt_slices=[1])]
+        [0.107, 0.109, 0.099]
+    """
+    c, s, ax, _, multi = _volumes(coarse, sam, axis, spacing)
+    n = c.shape[1 + ax]
+    want = (c.shape[0], n) if multi else (n,)
+    if visited is None:
+        vis = torch.ones(c.shape[0], n, dtype=torch.bool)
+    else:
+        v = visited if isinstance(visited, torch.Tensor) else torch.from_numpy(np.asarray(visited))
+        if tuple(v.shape) != want or v.dtype != torch.bool:
+            raise ShapeMismatchError(
+                f"visited: expected a bool array of shape {want}, got {v.dtype} of shape {tuple(v.shape)}"
+            )
+        vis = v.reshape(c.shape[0], n)
+    if not 0.5 < confident <= 1.0:
+        raise InvalidInputError(f"confident: expected a value in (0.5, 1], got {confident}")
+    s = _sam_on_visited(c, s, vis, ax)
+    e = _evidence(c, s, vis, _prompt_indices(n, prompt_slices), ax, float(confident))
+    return e if multi else e[0]
+
+
+def _evidence(
+    c: torch.Tensor,
+    s: torch.Tensor,
+    visited: torch.Tensor,
+    prompts: list[int] | None,
+    axis: int,
+    confident: float,
+) -> torch.Tensor:
+    """(L, D, H, W) coarse and SAM2 (0 on unvisited slices) -> (L, N) evidence (see sam_evidence)."""
+    with torch.no_grad():
+        c, s = c.detach().double(), s.detach().double()
+        dims = tuple(d for d in (1, 2, 3) if d != 1 + axis)
+        fg, bg = (c >= confident).double(), (c <= 1.0 - confident).double()
+        agree, missed = (s * fg).sum(dims), ((1.0 - s) * fg).sum(dims)
+        cost = (s * (1.0 - fg) * (1.0 - c)).sum(dims) + (s * bg).sum(dims)  # doubt + against
+        pooled = visited.clone()
+        if prompts is not None:
+            pooled[:, prompts] = False
+        pooled = torch.where(pooled.any(dim=1, keepdim=True), pooled, visited).double()
+
+        def ratio(a: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return (2.0 * a + 1.0) / (2.0 * a + m + k + 1.0)
+
+        def total(x: torch.Tensor) -> torch.Tensor:
+            return (x * pooled).sum(dim=1, keepdim=True)
+
+        e = ratio(agree, missed, cost) * ratio(total(agree), total(missed), total(cost))
+        return torch.where(visited, e, torch.zeros_like(e)).to(torch.float32)
+
+
+def _volumes(
+    coarse: ArrayOrTensor | Volume,
+    sam: ArrayOrTensor | Volume,
     axis: int | None,
     spacing: float | Sequence[float] | None,
-    coarse_conf: ArrayOrTensor | None,
-    threshold: float,
-) -> _Prepared:
+) -> tuple[torch.Tensor, torch.Tensor, int, tuple[float, ...], bool]:
+    """Checked float32 ``(L, D, H, W)`` coarse and SAM2 tensors, the axis, spacing and whether multi-label."""
     geometry = coarse if isinstance(coarse, Volume) else sam if isinstance(sam, Volume) else None
     c, s = _to_tensor(coarse, "coarse"), _to_tensor(sam, "sam")
     if c.shape != s.shape:
@@ -356,6 +494,40 @@ def _prepare(
         c, s = c[None], s[None]
     sp = check_spacing(spacing, default=None if geometry is None else geometry.spacing)
     ax = resolve_axis(axis, shape=c.shape[1:], spacing=sp, volume=geometry)
+    return c, s, ax, sp, multi
+
+
+def _sam_on_visited(c: torch.Tensor, s: torch.Tensor, visited: torch.Tensor, axis: int) -> torch.Tensor:
+    """Check both probabilities (SAM2's may be NaN on unvisited slices) and zero SAM2 off its slices."""
+    _check_prob(c, "coarse")
+    vis_b = _bcast(visited, axis).expand_as(s)
+    _check_prob(s, "sam (on visited slices; NaN allowed only on unvisited ones)", allow_nan=~vis_b)
+    return torch.where(vis_b, s, torch.zeros_like(s))
+
+
+def _per_slice(x: ArrayOrTensor, name: str, want: tuple[int, ...], shape: tuple[int, ...]) -> torch.Tensor:
+    """A given per-slice input in [0, 1] of shape ``want``, as ``(L, N)``."""
+    t = _to_tensor(x, name)
+    if tuple(t.shape) != want:
+        raise ShapeMismatchError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
+    _check_prob(t, name)
+    return t.reshape(shape)
+
+
+def _prepare(
+    coarse: ArrayOrTensor | Volume,
+    sam: ArrayOrTensor | Volume,
+    object_scores: ArrayOrTensor,
+    ious: ArrayOrTensor,
+    prompt_slices: Sequence[int] | None,
+    axis: int | None,
+    spacing: float | Sequence[float] | None,
+    coarse_conf: ArrayOrTensor | None,
+    evidence: ArrayOrTensor | None,
+    threshold: float,
+    confident: float,
+) -> _Prepared:
+    c, s, ax, sp, multi = _volumes(coarse, sam, axis, spacing)
     n = c.shape[1 + ax]
     os_t, iou_t = _to_tensor(object_scores, "object_scores"), _to_tensor(ious, "ious")
     want = (c.shape[0], n) if multi else (n,)
@@ -367,20 +539,18 @@ def _prepare(
     os_t, iou_t = os_t.reshape(c.shape[0], n), iou_t.reshape(c.shape[0], n)
     q_s = sam_confidence(os_t, iou_t)
     visited = ~(torch.isnan(os_t) | torch.isnan(iou_t))
-    _check_prob(c, "coarse")
-    vis_b = _bcast(visited, ax).expand_as(s)
-    _check_prob(s, "sam (on visited slices; NaN allowed only on unvisited ones)", allow_nan=~vis_b)
-    s = torch.where(vis_b, s, torch.zeros_like(s))
+    s = _sam_on_visited(c, s, visited, ax)
+    shape = (c.shape[0], n)
     if coarse_conf is None:
         q_c = _coarse_conf(c, ax, threshold)
     else:
-        q_c = _to_tensor(coarse_conf, "coarse_confidence")
-        if tuple(q_c.shape) != want:
-            raise ShapeMismatchError(f"coarse_confidence: expected shape {want}, got {tuple(q_c.shape)}")
-        _check_prob(q_c, "coarse_confidence")
-        q_c = q_c.reshape(c.shape[0], n)
+        q_c = _per_slice(coarse_conf, "coarse_confidence", want, shape)
     dist = _prompt_distance(n, prompt_slices, sp[ax])
-    return _Prepared(c, s, visited, q_s, q_c, dist, ax, sp, multi)
+    if evidence is None:
+        e = _evidence(c, s, visited, _prompt_indices(n, prompt_slices), ax, confident)
+    else:
+        e = _per_slice(evidence, "evidence", want, shape)
+    return _Prepared(c, s, visited, q_s, q_c, e, dist, ax, sp, multi)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,18 +561,25 @@ def _prepare(
 def _weights(
     q_s: torch.Tensor,
     q_c: torch.Tensor,
+    evidence: torch.Tensor,
     dist: torch.Tensor,
     log_tau: torch.Tensor,
     log_temperature: torch.Tensor,
     bias: torch.Tensor,
+    evidence_power: torch.Tensor,
 ) -> torch.Tensor:
     tiny = torch.finfo(torch.float32).tiny
+    gamma = evidence_power.clamp_min(0.0)
     # Clamped logs keep every branch finite, so gradients never meet inf * 0.
     log_ratio = torch.log(q_s.clamp_min(tiny)) - torch.log(q_c.clamp_min(tiny))
     logit = (log_ratio - dist * torch.exp(-log_tau)) * torch.exp(-log_temperature) + bias
     w = torch.sigmoid(logit)
     w = torch.where(q_c <= 0, torch.ones_like(w), w)
-    return torch.where(q_s <= 0, torch.zeros_like(w), w)
+    w = torch.where(q_s <= 0, torch.zeros_like(w), w)
+    # The evidence bounds the weight: w <= e^gamma (e^0 = 1, also for e = 0).
+    bound = torch.exp(gamma * torch.log(evidence.clamp_min(tiny)))
+    bound = torch.where((evidence <= 0) & (gamma > 0), torch.zeros_like(bound), bound)
+    return w * bound
 
 
 def _combine(coarse: torch.Tensor, sam: torch.Tensor, w: torch.Tensor, axis: int) -> torch.Tensor:
@@ -410,11 +587,12 @@ def _combine(coarse: torch.Tensor, sam: torch.Tensor, w: torch.Tensor, axis: int
     return (wb * sam + (1.0 - wb) * coarse).clamp(0.0, 1.0)
 
 
-def _param_tensors(params: FusionParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _param_tensors(params: FusionParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return (
         torch.tensor(math.log(params.tau_mm), dtype=torch.float32),
         torch.tensor(math.log(params.temperature), dtype=torch.float32),
         torch.tensor(params.bias, dtype=torch.float32),
+        torch.tensor(params.evidence_power, dtype=torch.float32),
     )
 
 
@@ -484,8 +662,15 @@ def postprocess_mask(
 
 
 def _postprocess(
-    m: np.ndarray, allow: np.ndarray, sp: tuple[float, ...], axis: int, params: ConsistencyParams
+    m: np.ndarray,
+    allow: np.ndarray,
+    sp: tuple[float, ...],
+    axis: int,
+    params: ConsistencyParams,
+    fill_allow: np.ndarray | None = None,
 ) -> np.ndarray:
+    """``fill_allow`` (a subset of ``allow``; default ``allow``) bounds the filled holes."""
+    fill_bound = allow if fill_allow is None else fill_allow
     out = m & allow if params.restrict_to_union else m.copy()
     if params.keep_largest or params.min_component_mm3 > 0:
         labels, n = ndimage.label(out, structure=ndimage.generate_binary_structure(3, params.connectivity))
@@ -505,7 +690,7 @@ def _postprocess(
         holes = ndimage.binary_fill_holes(out, structure=structure) & ~out
         if holes.any():
             hl, nh = ndimage.label(holes, structure=structure)
-            outside = np.bincount(hl[~allow].ravel(), minlength=nh + 1) > 0
+            outside = np.bincount(hl[~fill_bound].ravel(), minlength=nh + 1) > 0
             outside[0] = True
             out = out | ~outside[hl]
     return out
@@ -522,10 +707,16 @@ def _finish(
     p = prob.detach().cpu().numpy().astype(np.float32, copy=False)
     t = consistency.threshold
     vis = _bcast(prep.visited, prep.axis).expand_as(prep.sam).numpy()
-    union = (prep.coarse.numpy() > t) | ((prep.sam.numpy() > t) & vis)
-    masks = np.stack(
-        [_postprocess(p[i] > t, union[i], prep.spacing, prep.axis, consistency) for i in range(p.shape[0])]
-    )
+    coarse_fg, sam_fg = prep.coarse.detach().numpy() > t, (prep.sam.detach().numpy() > t) & vis
+    union = coarse_fg | sam_fg
+    # Holes are filled only inside the inputs the fusion listened to: SAM2's mask counts on the
+    # slices where it carries at least half the weight (an untrusted SAM2 fills no hole).
+    trusted = _bcast(w.detach().cpu() >= 0.5, prep.axis).expand_as(prep.sam).numpy()
+    fill_allow = coarse_fg | (sam_fg & trusted)
+    masks = np.stack([
+        _postprocess(p[i] > t, union[i], prep.spacing, prep.axis, consistency, fill_allow[i])
+        for i in range(p.shape[0])
+    ])
 
     def sq(a: np.ndarray) -> np.ndarray:
         return a if prep.multi else a[0]
@@ -536,6 +727,7 @@ def _finish(
         sam_weight=sq(w.detach().numpy().astype(np.float32)),
         sam_confidence=sq(prep.q_s.numpy()),
         coarse_confidence=sq(prep.q_c.detach().numpy()),
+        evidence=sq(prep.evidence.detach().numpy()),
         distance_mm=prep.dist.numpy(),
         union=sq(union),
         axis=prep.axis,
@@ -554,6 +746,7 @@ def fuse(
     params: FusionParams = FusionParams(),
     consistency: ConsistencyParams = ConsistencyParams(),
     coarse_confidence: ArrayOrTensor | None = None,
+    evidence: ArrayOrTensor | None = None,
 ) -> FusionResult:
     """Fuse a coarse and a SAM2 probability volume slice by slice, then clean the mask.
 
@@ -579,6 +772,8 @@ def fuse(
         consistency: the :class:`ConsistencyParams` of the post-processing.
         coarse_confidence: float ``([L,] N)`` in ``[0, 1]`` to use instead of the entropy-based
             :func:`coarse_confidence`.
+        evidence: float ``([L,] N)`` in ``[0, 1]`` to use instead of :func:`sam_evidence`
+            (computed with ``params.confident``).
 
     Returns:
         A :class:`FusionResult`.
@@ -596,11 +791,12 @@ def fuse(
         (True, [0.0, 0.0])
     """
     prep = _prepare(
-        coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence, params.threshold
+        coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence, evidence,
+        params.threshold, params.confident,
     )
     with torch.no_grad():
-        log_tau, log_t, b = _param_tensors(params)
-        w = _weights(prep.q_s, prep.q_c, prep.dist, log_tau, log_t, b)
+        log_tau, log_t, b, gamma = _param_tensors(params)
+        w = _weights(prep.q_s, prep.q_c, prep.evidence, prep.dist, log_tau, log_t, b, gamma)
         prob = _combine(prep.coarse, prep.sam, w, prep.axis)
     return _finish(prep, prob, w, consistency)
 
@@ -611,17 +807,20 @@ def fuse(
 
 
 class ConfidenceFusion(nn.Module):
-    """:func:`fuse` as a ``torch.nn.Module`` whose ``tau``, temperature and bias are learnable.
+    """:func:`fuse` as a ``torch.nn.Module`` with learnable ``tau``, temperature, bias and evidence power.
 
-    The parameters are stored as ``log_tau`` (log mm), ``log_temperature`` and ``bias`` (float32
-    scalars), so gradient steps keep ``tau`` and ``T`` positive. ``forward`` returns the fused
-    probability, differentiable with respect to the parameters and to both input probabilities
-    (the per-slice confidences are treated as constants). For the same parameters it equals
+    The parameters are stored as ``log_tau`` (log mm), ``log_temperature``, ``bias`` and
+    ``evidence_power`` (float32 scalars), so gradient steps keep ``tau`` and ``T`` positive; the
+    evidence power is used clamped at 0. ``forward`` returns the fused probability,
+    differentiable with respect to the parameters and to both input probabilities (the per-slice
+    confidences and the evidence are treated as constants). For the same parameters it equals
     :func:`fuse`'s ``probability`` exactly: both run the same code.
 
     Args:
-        params: initial values (``threshold`` is kept for the coarse confidence).
-        learnable: which of ``"tau"``, ``"temperature"``, ``"bias"`` get gradients.
+        params: initial values (``threshold`` and ``confident`` are kept for the coarse
+            confidence and the evidence).
+        learnable: which of ``"tau"``, ``"temperature"``, ``"bias"``, ``"evidence"`` get
+            gradients (by default all but ``"evidence"``).
 
     Example:
         >>> import torch
@@ -639,16 +838,18 @@ class ConfidenceFusion(nn.Module):
         learnable: Sequence[Learnable] = ("tau", "temperature", "bias"),
     ) -> None:
         super().__init__()
-        bad = [k for k in learnable if k not in ("tau", "temperature", "bias")]
+        bad = [k for k in learnable if k not in ("tau", "temperature", "bias", "evidence")]
         if bad:
             raise InvalidInputError(
-                f"learnable: expected names among 'tau', 'temperature', 'bias', got {bad}"
+                f"learnable: expected names among 'tau', 'temperature', 'bias', 'evidence', got {bad}"
             )
-        log_tau, log_t, b = _param_tensors(params)
+        log_tau, log_t, b, gamma = _param_tensors(params)
         self.log_tau = nn.Parameter(log_tau, requires_grad="tau" in learnable)
         self.log_temperature = nn.Parameter(log_t, requires_grad="temperature" in learnable)
         self.bias = nn.Parameter(b, requires_grad="bias" in learnable)
+        self.evidence_power = nn.Parameter(gamma, requires_grad="evidence" in learnable)
         self.threshold = float(params.threshold)
+        self.confident = float(params.confident)
 
     @property
     def params(self) -> FusionParams:
@@ -658,6 +859,8 @@ class ConfidenceFusion(nn.Module):
             temperature=math.exp(float(self.log_temperature.detach())),
             bias=float(self.bias.detach()),
             threshold=self.threshold,
+            evidence_power=max(0.0, float(self.evidence_power.detach())),
+            confident=self.confident,
         )
 
     def _run(
@@ -670,19 +873,23 @@ class ConfidenceFusion(nn.Module):
         axis: int | None,
         spacing: float | Sequence[float] | None,
         coarse_confidence: ArrayOrTensor | None,
+        evidence: ArrayOrTensor | None,
     ) -> tuple[_Prepared, torch.Tensor, torch.Tensor, bool]:
         prep = _prepare(
-            coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence, self.threshold
+            coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence, evidence,
+            self.threshold, self.confident,
         )
         dev = self.log_tau.device
         c, s = prep.coarse, prep.sam  # float32 views that keep the autograd graph of tensor inputs
         w = _weights(
             prep.q_s.to(dev),
             prep.q_c.to(dev),
+            prep.evidence.to(dev),
             prep.dist.to(dev),
             self.log_tau,
             self.log_temperature,
             self.bias,
+            self.evidence_power,
         )
         prob = _combine(c.to(dev), s.to(dev), w, prep.axis)
         return prep, prob, w, prep.multi
@@ -698,6 +905,7 @@ class ConfidenceFusion(nn.Module):
         axis: int | None = None,
         spacing: float | Sequence[float] | None = None,
         coarse_confidence: ArrayOrTensor | None = None,
+        evidence: ArrayOrTensor | None = None,
     ) -> torch.Tensor:
         """Fused probability (see :func:`fuse` for the arguments).
 
@@ -705,7 +913,7 @@ class ConfidenceFusion(nn.Module):
             float32 tensor ``([L,] D, H, W)`` in ``[0, 1]``, on the parameters' device.
         """
         _, prob, _, multi = self._run(
-            coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence
+            coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence, evidence
         )
         return prob if multi else prob[0]
 
@@ -717,6 +925,7 @@ class ConfidenceFusion(nn.Module):
         *,
         prompt_slices: Sequence[int] | None,
         slice_spacing_mm: float = 1.0,
+        evidence: ArrayOrTensor | None = None,
     ) -> torch.Tensor:
         """The per-slice SAM2 weight ``w`` from per-slice inputs only (differentiable).
 
@@ -726,6 +935,8 @@ class ConfidenceFusion(nn.Module):
             coarse_confidence: float, same shape, in ``[0, 1]``.
             prompt_slices: prompt slice indices (``None``: no decay).
             slice_spacing_mm: spacing along the slice axis.
+            evidence: float, same shape, in ``[0, 1]`` (:func:`sam_evidence`; default 1, no
+                evidence term).
 
         Returns:
             float32 tensor of the input shape.
@@ -741,10 +952,15 @@ class ConfidenceFusion(nn.Module):
                 f"coarse_confidence: expected shape {tuple(q_s.shape)}, got {tuple(q_c.shape)}"
             )
         _check_prob(q_c, "coarse_confidence")
+        shape = tuple(q_s.shape)
+        e = torch.ones_like(q_s) if evidence is None else _per_slice(evidence, "evidence", shape, shape)
         step = check_spacing(slice_spacing_mm, ndim=1, name="slice_spacing_mm")[0]
         dist = _prompt_distance(int(q_s.shape[-1]), prompt_slices, step)
         dev = self.log_tau.device
-        return _weights(q_s.to(dev), q_c.to(dev), dist.to(dev), self.log_tau, self.log_temperature, self.bias)
+        return _weights(
+            q_s.to(dev), q_c.to(dev), e.to(dev), dist.to(dev), self.log_tau, self.log_temperature, self.bias,
+            self.evidence_power,
+        )
 
     def fuse(
         self,
@@ -758,11 +974,12 @@ class ConfidenceFusion(nn.Module):
         spacing: float | Sequence[float] | None = None,
         consistency: ConsistencyParams = ConsistencyParams(),
         coarse_confidence: ArrayOrTensor | None = None,
+        evidence: ArrayOrTensor | None = None,
     ) -> FusionResult:
         """Like :func:`fuse` with this module's current parameters (no gradients)."""
         with torch.no_grad():
             prep, prob, w, _ = self._run(
-                coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence
+                coarse, sam, object_scores, ious, prompt_slices, axis, spacing, coarse_confidence, evidence
             )
         return _finish(prep, prob.cpu(), w.cpu(), consistency)
 
@@ -837,7 +1054,6 @@ def sam_inputs_from_propagation(
 
 
 __all__ = [
-    "label_vs_rivals",
     "ConfidenceFusion",
     "ConsistencyParams",
     "FusionParams",
@@ -846,7 +1062,9 @@ __all__ = [
     "SamInputs",
     "coarse_confidence",
     "fuse",
+    "label_vs_rivals",
     "postprocess_mask",
     "sam_confidence",
+    "sam_evidence",
     "sam_inputs_from_propagation",
 ]

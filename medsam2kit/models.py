@@ -76,8 +76,10 @@ if TYPE_CHECKING:
 ENV_HOME = "MEDSAM2KIT_HOME"
 #: Seconds huggingface_hub waits for the hub's answer before falling back to the cache.
 HUB_TIMEOUT_S = 5.0
-#: Name of the bundled reference model's entry.
+#: Name of the bundled reference model's entry (the default model).
 REFERENCE = "reference"
+#: Name of the bundled phantom-only model's entry.
+REFERENCE_PHANTOMS = "reference-phantoms"
 
 
 @dataclass(frozen=True)
@@ -208,15 +210,15 @@ def _medsam2(name: str, filename: str, sha256: str | None, description: str) -> 
     )
 
 
-def _reference() -> ModelEntry:
-    from medsam2kit.reference import REFERENCE_CONFIG, REFERENCE_WEIGHTS
+def _bundled(name: str, filename: str, description: str) -> ModelEntry:
+    from medsam2kit.reference import REFERENCE_CONFIG
 
     return ModelEntry(
-        name=REFERENCE,
+        name=name,
         family="medsam2kit",
         config=REFERENCE_CONFIG,
         image_size=128,
-        filename=REFERENCE_WEIGHTS,
+        filename=filename,
         layout="model",
         dtype="float32",
         sha256=None,
@@ -225,9 +227,20 @@ def _reference() -> ModelEntry:
         url=None,
         homepage="docs/reference_model.md",
         licence="Apache-2.0 (ships with medsam2kit)",
-        description="bundled micro SAM 2.1 (1.8 M parameters) trained on phantoms only; not for clinical use",
+        description=description,
         notes=("Ships inside the package (medsam2kit/weights), found with "
                "medsam2kit.reference.reference_checkpoint(); never downloaded, so no sha256 is kept."),
+    )
+
+
+def _references() -> tuple[ModelEntry, ...]:
+    from medsam2kit.reference import PHANTOM_WEIGHTS, REFERENCE_WEIGHTS
+
+    return (
+        _bundled(REFERENCE, REFERENCE_WEIGHTS, "bundled micro SAM 2.1 (1.8 M parameters) fine-tuned by medsam2kit on "
+                 "real shared MRI, CT and ultrasound cases plus phantoms; not for clinical use"),
+        _bundled(REFERENCE_PHANTOMS, PHANTOM_WEIGHTS, "the first bundled micro SAM 2.1, trained on phantoms only "
+                 "(segments phantoms, not real images); not for clinical use"),
     )
 
 
@@ -293,7 +306,7 @@ _ENTRIES: tuple[ModelEntry, ...] = (
 
 @functools.cache
 def _entries() -> tuple[ModelEntry, ...]:
-    return (*_ENTRIES, _reference())
+    return (*_ENTRIES, *_references())
 
 
 def list_models() -> list[ModelEntry]:
@@ -550,7 +563,7 @@ def _fetch(entry: ModelEntry, folder: Path, *, download: bool) -> Path:
     if entry.bundled:
         from medsam2kit.reference import reference_checkpoint
 
-        return reference_checkpoint()
+        return reference_checkpoint(entry.filename)
     manual = folder / entry.filename
     if manual.is_file():
         _verify(entry, manual, folder, ours=True)
@@ -612,7 +625,7 @@ def resolve_checkpoint(
     Example:
         >>> entry, path = resolve_checkpoint("reference")
         >>> entry.name, path.name
-        ('reference', 'sam2.1_hiera_micro_phantoms.pt')
+        ('reference', 'sam2.1_hiera_micro_real.pt')
     """
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
@@ -639,7 +652,7 @@ def cached_checkpoint(entry: ModelEntry, *, cache_dir: str | os.PathLike[str] | 
         from medsam2kit.reference import reference_checkpoint
 
         try:
-            return reference_checkpoint()
+            return reference_checkpoint(entry.filename)
         except MissingFileError:
             return None
     folder = model_cache_dir(cache_dir)
@@ -713,7 +726,7 @@ def resolve_model(
     Example:
         >>> spec = resolve_model("reference")
         >>> spec.config, spec.image_size, spec.checkpoint.name
-        ('sam2.1_hiera_micro', 128, 'sam2.1_hiera_micro_phantoms.pt')
+        ('sam2.1_hiera_micro', 128, 'sam2.1_hiera_micro_real.pt')
     """
     entry, path = resolve_checkpoint(name_or_path, cache_dir=cache_dir)
     return _choose(entry, path, config, image_size, lambda: inspect_checkpoint(path))
@@ -744,10 +757,10 @@ class LoadedModel:
 
         Example:
             >>> load_model("reference", device="cpu").describe()
-            'bundled reference model sam2.1_hiera_micro (phantom-trained, not for clinical use)'
+            'bundled model reference (sam2.1_hiera_micro, 128 px; not for clinical use)'
         """
         if self.entry is not None and self.entry.bundled:
-            return f"bundled reference model {self.config} (phantom-trained, not for clinical use)"
+            return f"bundled model {self.entry.name} ({self.config}, {self.image_size} px; not for clinical use)"
         if self.entry is not None:
             return f"{self.entry.name} ({self.config}, {self.image_size} px) from {self.checkpoint}"
         return f"{self.checkpoint} ({self.config}, {self.image_size} px)"
@@ -803,6 +816,7 @@ __all__ = [
     "ENV_HOME",
     "HUB_TIMEOUT_S",
     "REFERENCE",
+    "REFERENCE_PHANTOMS",
     "LoadedModel",
     "ModelEntry",
     "ResolvedModel",

@@ -142,9 +142,12 @@ class SAM2Med3DPipeline:
         (:func:`~medsam2kit.fusion.label_vs_rivals`; its 0.5 threshold is the coarse argmax, so
         a label that wins with ``p < 0.5`` among several classes is not lost where SAM2 says
         nothing). Each label is fused on its own (a label with no reliable slice keeps that
-        probability as the fusion's only source); the label map then gives each voxel the label
-        of highest fused probability among the labels whose fused mask holds it, background
-        where none does.
+        probability as the fusion's only source); SAM2's weight on a slice rests on its evidence
+        (:func:`~medsam2kit.fusion.sam_evidence`: agreement with the voxels that probability is
+        sure of, the prompt slices left out of the volume term since SAM2 echoes its mask prompts
+        there), so an uninformative SAM2 leaves the coarse result. The label map then gives each
+        voxel the label of highest fused probability among the labels whose fused mask holds it,
+        background where none does.
         """
         if not isinstance(volume, Volume):
             raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")

@@ -1,15 +1,21 @@
-"""The bundled micro reference model: a small SAM2.1 trained by this library on phantoms only.
+"""The bundled micro reference models: small SAM2.1s trained by this library, on CPU.
 
 No SAM2 weights can be assumed to be present (tests, CI, a first look at the library), yet with
 random weights nothing shows that the pipelines segment anything. The package therefore ships
-one small model, ``sam2.1_hiera_micro`` (the real sam2 classes scaled down to 1.8 M parameters,
-128 px frames), trained with :mod:`medsam2kit.train` on the 3D phantoms of
-:func:`medsam2kit.phantoms.random_phantom`. It is the default model of ``medsam2kit demo`` and of
-the semantic tests. It knows phantoms and nothing else: **not for clinical use**, and not a
-substitute for Meta's checkpoints on real images (see ``docs/reference_model.md``, the model card).
+``sam2.1_hiera_micro`` (the real sam2 classes scaled down to 1.8 M parameters, 128 px frames)
+trained with :mod:`medsam2kit.train` twice:
 
-:func:`reference_train_config` is the exact recipe; ``examples/train_reference_model.py``
-reproduces the shipped weights from its seed.
+* ``reference`` (:data:`REFERENCE_WEIGHTS`, the default model): the phantom model fine-tuned on
+  the shared real cases (MRI and CT volumes, carotid recordings, fetal-head images moving along
+  random trajectories) minus the held-out ones (:data:`HELD_OUT`), plus phantoms
+  (:func:`real_train_config`);
+* ``reference-phantoms`` (:data:`PHANTOM_WEIGHTS`): trained from random initialisation on the 3D
+  phantoms of :func:`medsam2kit.phantoms.random_phantom` only (:func:`reference_train_config`).
+
+Both are small models trained for minutes on two CPU cores: **not for clinical use**, and no
+substitute for Meta's or MedSAM2's checkpoints on real images (``docs/reference_model.md`` is
+the model card, with the held-out figures). ``examples/train_reference_model.py`` reproduces
+either from its seed; ``examples/evaluate_reference_model.py`` scores them on the held-out cases.
 
 Example:
     >>> cfg = reference_train_config(seed=0)
@@ -21,11 +27,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medsam2kit.errors import MissingFileError
+from medsam2kit.errors import InvalidInputError, MissingFileError
 from medsam2kit.volume import Volume
 
 if TYPE_CHECKING:
@@ -37,7 +44,11 @@ if TYPE_CHECKING:
 #: The sam2 configuration of the reference model (shipped in ``medsam2kit/configs``).
 REFERENCE_CONFIG = "sam2.1_hiera_micro"
 #: File name of the shipped weights inside the package (``medsam2kit/weights``).
-REFERENCE_WEIGHTS = "sam2.1_hiera_micro_phantoms.pt"
+REFERENCE_WEIGHTS = "sam2.1_hiera_micro_real.pt"
+#: The phantom-only weights (the first reference model; the real-image recipe starts from them).
+PHANTOM_WEIGHTS = "sam2.1_hiera_micro_phantoms.pt"
+#: The real-image weights (:func:`real_train_config`).
+REAL_WEIGHTS = "sam2.1_hiera_micro_real.pt"
 #: Seeds of the phantoms the reference model is trained and validated on; held-out tests and the
 #: demo draw theirs from other seeds (see :func:`heldout_phantom`).
 TRAIN_SEED, VAL_SEED, HELDOUT_SEED = 1000, 2000, 3000
@@ -57,17 +68,19 @@ def heldout_phantoms(seed: int, count: int) -> list[tuple[Volume, Volume]]:
     return [random_phantom(np.random.default_rng([HELDOUT_SEED, seed, k])) for k in range(count)]
 
 
-def reference_checkpoint() -> Path:
-    """Path of the shipped weights (``{"model": state_dict}``, loadable by sam2's ``build_sam2``).
+def reference_checkpoint(filename: str = "") -> Path:
+    """Path of shipped weights (``{"model": state_dict}``, loadable by sam2's ``build_sam2``):
+    ``filename`` in the package's ``weights`` folder (default: the reference model's,
+    :data:`REFERENCE_WEIGHTS`).
 
     Raises:
         MissingFileError: the package was installed without its weights.
 
     Example:
         >>> reference_checkpoint().name
-        'sam2.1_hiera_micro_phantoms.pt'
+        'sam2.1_hiera_micro_real.pt'
     """
-    path = Path(str(resources.files("medsam2kit") / "weights" / REFERENCE_WEIGHTS))
+    path = _packaged(filename or REFERENCE_WEIGHTS)
     if not path.is_file():
         raise MissingFileError(f"reference model: {path} is missing; reinstall medsam2kit or run "
                                "examples/train_reference_model.py to make it")
@@ -87,9 +100,144 @@ def reference_predictor(device: str | torch.device | None = None, **kwargs: Any)
     return SAM2Predictor.from_config(REFERENCE_CONFIG, reference_checkpoint(), device=device or "cpu", **kwargs)
 
 
+#: Shared cases (``../shared/data``, see :func:`medsam2kit._data.shared_data_dir`) that the
+#: real-image reference model never trains on, per dataset folder: file-name prefixes, split by
+#: case, recording or image (never by slice or frame). Its figures are reported on these.
+HELD_OUT: dict[str, tuple[str, ...]] = {
+    "msd_hippocampus": ("hippocampus_199",),
+    "msd_prostate": ("prostate_28",),
+    "deeplesion_ct": ("CT_Lesion_000009", "CT_Lesion_000010"),
+    "pyradiomics": ("brain1",),
+    "carotid_us": ("carotid_202201121823380035", "carotid_202201121826590036", "carotid_202201121823140034"),
+    "hc18_fetal_us": tuple(f"{i:03d}_HC" for i in (*range(0, 16), *range(100, 160))),
+}
+
+#: Sampling weight of each source of the real-image recipe (see :func:`real_datasets`).
+SOURCE_WEIGHTS: dict[str, float] = {"phantoms": 0.5, "volumes": 1.5, "regions": 0.75, "carotid": 1.0, "fetal": 1.0}
+#: The sources of the shipped real-image model: the self-supervised supervoxels (``regions``)
+#: lowered every held-out figure in the ablation (docs/reference_model.md), so they are left out.
+DEFAULT_SOURCES: tuple[str, ...] = ("phantoms", "volumes", "carotid", "fetal")
+
+
+def is_held_out(folder: str, path: Path) -> bool:
+    """Whether a shared file belongs to a held-out case of :data:`HELD_OUT`.
+
+    Example:
+        >>> is_held_out("msd_hippocampus", Path("hippocampus_199_img.nii.gz"))
+        True
+    """
+    return path.name.startswith(HELD_OUT.get(folder, ()))
+
+
+def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
+                  regions_per_axis: int = 6, seed: int = TRAIN_SEED) -> list[dict[str, Any]]:
+    """Training dataset specs (as dicts for :func:`~medsam2kit.train.config.config_from_dict`)
+    of the real-image recipe, from the shared data folder, held-out cases excluded.
+
+    Sources: ``phantoms`` (600 3D phantoms), ``volumes`` (the labelled 3D cases, sliced along
+    their through-plane axis; 1 mm isotropic ones along every axis), ``regions`` (supervoxel
+    objects of the same volumes, :func:`medsam2kit.train.selfsup.region_labels`), ``carotid``
+    (the labelled recordings) and ``fetal`` (the fetal-head images, each an 8-frame moving clip).
+    Each source's weight (:data:`SOURCE_WEIGHTS`) is shared among its specs.
+    """
+    from medsam2kit.train.selfsup import region_axes
+
+    groups: dict[str, list[dict[str, Any]]] = {k: [] for k in sources}
+    if "phantoms" in groups:
+        groups["phantoms"].append({"kind": "synthetic", "phantom": "volume", "count": 600, "seed": seed})
+    images = [(f, p) for f in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics")
+              for p in sorted((data_dir / f).glob("*_img.nii.gz")) if not is_held_out(f, p)]
+    for folder, path in images:
+        label = str(path).replace("_img.nii.gz", "_label.nii.gz")
+        if "volumes" in groups:
+            from medsam2kit.io import load_volume
+
+            vol = load_volume(path)
+            axes = region_axes(vol.shape, vol.spacing) if len(set(vol.spacing)) == 1 else [None]
+            groups["volumes"] += [{"kind": "volume", "path": str(path), "mask_path": label, "axis": a} for a in axes]
+        if "regions" in groups:
+            groups["regions"].append({"kind": "regions", "path": str(path), "count": regions_per_axis, "seed": seed})
+    if "carotid" in groups:
+        groups["carotid"] += [{"kind": "cine", "path": str(p)} for p in sorted((data_dir / "carotid_us").glob("*.npz"))
+                              if not is_held_out("carotid_us", p)]
+    if "fetal" in groups:
+        groups["fetal"] += [{"kind": "images", "path": str(p), "motion_frames": 8, "seed": seed}
+                            for p in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png"))
+                            if not is_held_out("hc18_fetal_us", p)]
+    return [{**spec, "weight": SOURCE_WEIGHTS[name] / len(specs), "name": f"{name}:{Path(spec.get('path', 'phantoms')).name}"}
+            for name, specs in groups.items() for spec in specs]
+
+
+def real_validation(data_dir: Path) -> list[dict[str, Any]]:
+    """Validation specs of the real-image recipe: the held-out 3D cases and carotid recordings."""
+    specs: list[dict[str, Any]] = []
+    for folder in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics"):
+        for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
+            if is_held_out(folder, path):
+                specs.append({"kind": "volume", "path": str(path),
+                              "mask_path": str(path).replace("_img.nii.gz", "_label.nii.gz")})
+    specs += [{"kind": "cine", "path": str(p)} for p in sorted((data_dir / "carotid_us").glob("*.npz"))
+              if is_held_out("carotid_us", p)]
+    return specs
+
+
+@dataclass(frozen=True)
+class SharedCase:
+    """One held-out shared case: a volume with labels, a recording or a 2D image.
+
+    Attributes:
+        dataset: the shared data folder it comes from.
+        name: the case name (file name without suffixes).
+        image: a :class:`~medsam2kit.volume.Volume` (3D cases) or an array ``(T, H, W)`` /
+            ``(H, W)`` (recordings, images).
+        label: the same kind, the true labels.
+    """
+
+    dataset: str
+    name: str
+    image: Volume | np.ndarray = field(repr=False)
+    label: Volume | np.ndarray = field(repr=False)
+
+
+def held_out_cases(data_dir: Path, kind: str) -> list[SharedCase]:
+    """The held-out shared cases (:data:`HELD_OUT`) of one kind: ``"volume"`` (hippocampus,
+    prostate, CT lesions, brain tumour), ``"recording"`` (carotid) or ``"image"`` (fetal head);
+    empty when the folder is absent.
+
+    Raises:
+        InvalidInputError: ``kind`` is unknown.
+    """
+    from medsam2kit.io import load_label, load_volume
+
+    out: list[SharedCase] = []
+    if kind == "volume":
+        for folder in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics"):
+            for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
+                if is_held_out(folder, path):
+                    image = load_volume(path)
+                    label = load_label(str(path).replace("_img.nii.gz", "_label.nii.gz"), like=image)
+                    out.append(SharedCase(folder, path.name.removesuffix("_img.nii.gz"), image, label))
+    elif kind == "recording":
+        for path in sorted((data_dir / "carotid_us").glob("*.npz")):
+            if is_held_out("carotid_us", path):
+                with np.load(path) as npz:
+                    out.append(SharedCase("carotid_us", path.stem, npz["frames"], npz["masks"] != 0))
+    elif kind == "image":
+        from PIL import Image
+
+        for path in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png")):
+            if is_held_out("hc18_fetal_us", path):
+                with Image.open(path) as im, Image.open(path.with_name(path.stem + "_mask.png")) as mk:
+                    out.append(SharedCase("hc18_fetal_us", path.stem, np.asarray(im.convert("L")),
+                                          np.asarray(mk.convert("L")) > 127))
+    else:
+        raise InvalidInputError(f"kind: expected 'volume', 'recording' or 'image', got {kind!r}")
+    return out
+
+
 def reference_train_config(*, seed: int = 0, steps: int = 2000, output_dir: str = "runs/reference",
                            progress: bool = False) -> TrainConfig:
-    """The training recipe of the reference model (from random initialisation).
+    """The training recipe of the phantom-only reference model (from random initialisation).
 
     Clips of 8 slices from 600 phantom volumes (every label an object: shell, core, tube),
     prompted as SAM2 trains (masks, or clicks/boxes with one round of corrections), AdamW at
@@ -124,13 +272,69 @@ def reference_train_config(*, seed: int = 0, steps: int = 2000, output_dir: str 
     }, source="reference_train_config")
 
 
+def real_train_config(data_dir: Path, *, seed: int = 0, steps: int = 2400, output_dir: str = "runs/reference_real",
+                      sources: tuple[str, ...] = DEFAULT_SOURCES, init: str | Path | None = None,
+                      progress: bool = False) -> TrainConfig:
+    """The training recipe of the real-image reference model: the phantom model fine-tuned on
+    :func:`real_datasets` (held-out cases excluded), validated on :func:`real_validation`.
+
+    Clips of 8 frames, 4 per step, up to 3 objects each, prompts as SAM2 trains (masks, or
+    clicks/boxes with one round of corrections: box prompts matter for ultrasound), AdamW at
+    3e-4 for every part after a 100-step warm-up, cosine to 2 %, gradients clipped at norm 1.
+
+    Args:
+        data_dir: the shared data folder.
+        seed: seed of clip sampling, prompts and dropout.
+        steps: optimiser steps.
+        output_dir: the run folder.
+        sources: the sources kept (an ablation drops some).
+        init: the weights to start from (default: the phantom-only model).
+        progress: show a progress bar.
+    """
+    from medsam2kit.train.config import config_from_dict
+
+    return config_from_dict({
+        "model": {"config": REFERENCE_CONFIG, "checkpoint": str(init or _packaged(PHANTOM_WEIGHTS))},
+        "data": {
+            "train": real_datasets(data_dir, sources=sources),
+            "val": real_validation(data_dir),
+            "clip_length": 8,
+            "batch_size": 4,
+            "max_objects": 3,
+            "val_max_frames": 24,
+        },
+        "prompts": {"mode": "mixed", "prob_point": 0.5, "frames_to_correct": 1, "correction_clicks": 2},
+        "optim": {"lr": 3e-4, "encoder_lr": 3e-4, "weight_decay": 0.01, "grad_clip": 1.0,
+                  "warmup_steps": 100, "min_lr_ratio": 0.02},
+        "schedule": {"steps": steps, "steps_per_epoch": 250, "val_every_epochs": 2},
+        "log": {"progress": progress, "plot": True},
+        "output_dir": output_dir,
+        "seed": seed,
+    }, source="real_train_config")
+
+
+def _packaged(name: str) -> Path:
+    return Path(str(resources.files("medsam2kit") / "weights" / name))
+
+
 __all__ = [
+    "DEFAULT_SOURCES",
+    "HELD_OUT",
+    "HELDOUT_SEED",
+    "PHANTOM_WEIGHTS",
+    "REAL_WEIGHTS",
     "REFERENCE_CONFIG",
     "REFERENCE_WEIGHTS",
-    "HELDOUT_SEED",
+    "SOURCE_WEIGHTS",
     "TRAIN_SEED",
     "VAL_SEED",
+    "SharedCase",
+    "held_out_cases",
     "heldout_phantoms",
+    "is_held_out",
+    "real_datasets",
+    "real_train_config",
+    "real_validation",
     "reference_checkpoint",
     "reference_predictor",
     "reference_train_config",

@@ -16,7 +16,7 @@ def test_info_prints_versions_and_configs(capsys: pytest.CaptureFixture[str], mo
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "sam2 1.1.0" in out and "sam2.1_hiera_micro" in out and "device auto ->" in out
-    assert "bundled reference weights: " in out and "sam2.1_hiera_micro_phantoms.pt" in out
+    assert "bundled reference weights: " in out and "sam2.1_hiera_micro_real.pt" in out
     assert f"model cache: {tmp_path / 'models'}" in out
 
 
@@ -87,7 +87,7 @@ def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
     assert main(["demo", "--out", str(out), "--no-data", "--quiet"]) == 0
     case = out / "phantom_0"
     image = nib.load(case / "image.nii.gz")
-    methods = ("propagation", "fewshot", "coarse", "sam2med3d")
+    methods = ("propagation", "propagation_box", "fewshot", "coarse", "sam2med3d")
     for name in ("ground_truth", *methods):
         other = nib.load(case / f"{name}.nii.gz")
         assert other.shape == image.shape
@@ -95,17 +95,18 @@ def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
         assert nib.aff2axcodes(other.affine) == nib.aff2axcodes(image.affine)
     assert all((case / f"overlay_{m}.png").stat().st_size > 1000 for m in methods)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["cases"] == ["phantom_0"] and summary["model"].startswith("bundled reference model")
+    assert summary["cases"] == ["phantom_0"] and summary["model"].startswith("bundled model reference")
     rows = (out / "dice_table.csv").read_text().splitlines()
     assert rows[0] == "task,case,label,method,dice"
-    assert len(rows) - 1 == len(summary["rows"]) >= 10  # 2 labels x (fate-sam, coarse, fused) + propagation x 2
+    assert len(rows) - 1 == len(summary["rows"]) >= 12  # labels 1, 2 x (fate-sam, coarse, fused) + propagation x 3
     assert all(0.0 <= float(r.rsplit(",", 1)[1]) <= 1.0 for r in rows[1:])
     table = (out / "dice_table.md").read_text()
-    for column in ("propagation: sam2", "propagation: copy prompt", "fewshot: fate-sam", "sam2med3d: coarse",
-                   "sam2med3d: fused"):
+    for column in ("propagation (mask): sam2", "propagation (mask): copy to labelled slices",
+                   "propagation (box): sam2", "fewshot: fate-sam", "sam2med3d: coarse", "sam2med3d: fused"):
         assert column in table
-    assert set(summary["mean_dice"]) == {"propagation/sam2", "propagation/copy prompt", "fewshot/fate-sam",
-                                         "sam2med3d/coarse", "sam2med3d/fused"}
+    assert set(summary["mean_dice"]) == {"propagation (mask)/sam2", "propagation (mask)/copy to labelled slices",
+                                         "propagation (box)/sam2", "fewshot/fate-sam", "sam2med3d/coarse",
+                                         "sam2med3d/fused"}
 
 
 def test_demo_errors_exit_1_and_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -221,7 +222,7 @@ def test_segment_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert load_label(out, like=vol).shape == vol.shape
     # no model option: the bundled reference model, said in one line
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model:")]
-    assert lines == ["model: bundled reference model sam2.1_hiera_micro (phantom-trained, not for clinical use); "
+    assert lines == ["model: bundled model reference (sam2.1_hiera_micro, 128 px; not for clinical use); "
                      "use --model for another"]
     assert main(["segment", "--input", str(tmp_path / "img.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
                  "--out", str(out), "--k", "2", "--random-init", "--quiet", "--overwrite"]) == 0

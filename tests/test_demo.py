@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -28,21 +30,6 @@ def test_heldout_phantoms_are_not_the_training_phantoms() -> None:
     # reproducible from the seed
     a, b = heldout_phantoms(5, 1)[0][1].array, heldout_phantoms(5, 1)[0][1].array
     assert np.array_equal(a, b)
-
-
-def test_propagation_prompts_each_label_on_its_largest_slice_and_copies_it_for_the_baseline(
-        predictor: SAM2Predictor, one_torch_thread: None) -> None:
-    image, label = ellipsoid_phantom((10, 48, 40), tube=True, rng=3)
-    out = one_prompt_propagation(predictor, image, label)
-    arr = label.array
-    assert set(out.prompt_slices) == {1, 2, 3}
-    for lab, s in out.prompt_slices.items():
-        areas = [(np.take(arr, i, axis=out.axis) == lab).sum() for i in range(arr.shape[out.axis])]
-        assert areas[s] == max(areas)
-        prompt = np.take(arr, s, axis=out.axis) == lab
-        for i in range(arr.shape[out.axis]):  # brute force: the prompt on every slice
-            assert np.array_equal(np.take(out.baseline[lab], i, axis=out.axis), prompt)
-    assert out.labels.shape == image.shape and set(np.unique(out.labels)) <= {0, 1, 2, 3}
 
 
 def test_propagation_rejects_a_label_map_on_another_grid_or_an_absent_label(predictor: SAM2Predictor) -> None:
@@ -74,6 +61,31 @@ def test_dice_table_has_one_column_per_method_and_the_means() -> None:
     assert mean_dice(rows) == {"propagation/sam2": 0.8, "propagation/copy prompt": 0.5, "fewshot/fate-sam": 0.25}
 
 
+def test_write_case_titles_each_montage_with_the_case_and_its_dice_per_label(tmp_path: Path) -> None:
+    """The demo's overlays carried no case, method or Dice: each montage now has a title and a
+    heading with the method's Dice per label, each with its label's colour."""
+    from PIL import Image
+
+    from medsam2kit.demo import _write_case
+    from medsam2kit.viz import label_colour
+
+    image, label = ellipsoid_phantom((8, 32, 28), rng=1)
+    maps = {"fewshot": np.roll(label.array, 1, axis=2), "coarse": label.array}
+    rows = [DiceRow("fewshot", "c", 1, "fate-sam", 0.81), DiceRow("fewshot", "c", 2, "fate-sam", 0.72),
+            DiceRow("sam2med3d", "c", 1, "coarse", 0.6), DiceRow("fewshot", "other", 1, "fate-sam", 0.1)]
+    _write_case(tmp_path / "with", image, label, maps, 0, case="c", rows=rows)
+    _write_case(tmp_path / "without", image, label, maps, 0)
+    pictures = {k: np.asarray(Image.open(tmp_path / k / "overlay_fewshot.png")) for k in ("with", "without")}
+    assert pictures["with"].shape == pictures["without"].shape
+    off_page = np.any(pictures["with"][:, 8:32] != 255, axis=-1).mean(axis=1) > 0.9
+    top = int(np.flatnonzero(off_page)[0])  # the first row of panels: above it the title and the heading
+    assert top > 40
+    for lab in (1, 2):  # the Dice swatches of labels 1 and 2, only when the rows are given
+        assert np.all(pictures["with"][:top] == label_colour(lab), axis=-1).sum() > 50
+        assert not np.all(pictures["without"][:top] == label_colour(lab), axis=-1).any()
+    assert (tmp_path / "with" / "overlay_coarse.png").is_file() and (tmp_path / "with" / "fewshot.nii.gz").is_file()
+
+
 def test_run_case_reports_each_stage(predictor: SAM2Predictor, one_torch_thread: None) -> None:
     """``medsam2kit demo`` showed nothing while it worked: run_case now reports each stage."""
     from medsam2kit.demo import DemoCase, run_case
@@ -84,3 +96,46 @@ def test_run_case_reports_each_stage(predictor: SAM2Predictor, one_torch_thread:
                     progress=lines.append)
     assert rows and [line.split(":")[1].split()[0] for line in lines] == ["propagation", "FATE-SAM", "SAM2Med3D"]
     assert lines[0].startswith("tiny (6, 32, 32): propagation")
+
+
+def test_real_cases_are_the_held_out_volumes_with_training_supports(shared_data: Path) -> None:
+    from medsam2kit.demo import real_cases
+    from medsam2kit.reference import HELD_OUT
+
+    cases = real_cases(shared_data)
+    volumes = [p for f in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics") for p in HELD_OUT[f]]
+    assert sorted(c.name for c in cases) == sorted(
+        p.name.removesuffix("_img.nii.gz") for f in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics")
+        for p in (shared_data / f).glob("*_img.nii.gz") if p.name.startswith(tuple(volumes)))
+    for case in cases:
+        if case.name.startswith("hippocampus"):
+            assert len(case.supports) == 2 and case.labels == (1, 2)
+            query = case.query[0].array
+            for image, label in case.supports:  # the two training cases, never the query itself
+                assert image.shape == label.shape
+                assert image.shape != query.shape or not np.array_equal(image.array, query)
+        else:
+            assert case.supports == () and case.labels == ()
+
+
+def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2Predictor, shared_data: Path,
+                                                                tmp_path: Path, one_torch_thread: None) -> None:
+    from medsam2kit.demo import run_images, run_recording
+    from medsam2kit.metrics import dice
+    from medsam2kit.reference import held_out_cases
+    from medsam2kit.tasks import filled_box
+
+    rec = held_out_cases(shared_data, "recording")[0]
+    frames, masks = np.asarray(rec.image), np.asarray(rec.label)
+    rows = run_recording(predictor, rec.name, frames, masks, tmp_path)
+    assert [(r.task, r.method) for r in rows] == [("tracking", "sam2"), ("tracking", "copy first mask")]
+    first = int(np.flatnonzero(masks.reshape(len(masks), -1).any(1))[0])
+    later = masks[first + 1:]
+    assert rows[1].dice == pytest.approx(dice(np.broadcast_to(masks[first], later.shape), later))
+    assert (tmp_path / rec.name / "overlay_tracking.png").stat().st_size > 1000
+    images = [(c.name, np.asarray(c.image), np.asarray(c.label)) for c in held_out_cases(shared_data, "image")[:2]]
+    rows = run_images(predictor, images, tmp_path, name="fetal")
+    assert [r.case for r in rows] == [f"fetal/{n}" for n, _, _ in images for _ in range(2)]
+    assert rows[1].dice == pytest.approx(dice(filled_box(images[0][2]), images[0][2]))
+    assert dice_table(rows).splitlines()[2].startswith("| fetal (2) | 1 |")
+    assert (tmp_path / "fetal" / "overlay_box_prompt.png").is_file()

@@ -160,11 +160,13 @@ def test_images_pair_by_the_case_rule_and_unmatched_are_named(tmp_path: Path) ->
         save_volume(image, imgs / f"case{seed}_img.nii.gz")
     report = evaluate(tmp_path / "pred", tmp_path / "gt", tmp_path / "out", images=imgs)
     assert (tmp_path / "out" / "figures" / "case1.png").exists() and report.rows
-    # the montage is drawn on the image (not on the label map): more than a handful of grey levels
+    # the montage is drawn on the image, not on the reference label map as without ``images``
     from PIL import Image
 
-    rgb = np.asarray(Image.open(tmp_path / "out" / "figures" / "case1.png").convert("L"))
-    assert len(np.unique(rgb)) > 20
+    evaluate(tmp_path / "pred", tmp_path / "gt", tmp_path / "out_no_images")
+    rgb, on_labels = (np.asarray(Image.open(tmp_path / out / "figures" / "case1.png").convert("L")).astype(int)
+                      for out in ("out", "out_no_images"))
+    assert rgb.shape == on_labels.shape and (rgb != on_labels).mean() > 0.3
     (imgs / "case3_img.nii.gz").rename(imgs / "other_img.nii.gz")
     with pytest.raises(InvalidInputError, match=r"no image in .*case3_label\.nii\.gz.*other_img\.nii\.gz"):
         evaluate(tmp_path / "pred", tmp_path / "gt", tmp_path / "out2", images=imgs)

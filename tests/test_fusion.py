@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +111,14 @@ def test_exact_limits(case: dict) -> None:
     np.testing.assert_array_equal(_call(case, object_scores=minus_inf).probability, case["coarse"])
     zero_iou = np.zeros(n, np.float32)
     np.testing.assert_array_equal(_call(case, ious=zero_iou).probability, case["coarse"])
-    # No coarse weight and SAM2 visited everywhere with some confidence -> SAM2 exactly.
-    r = _call(
-        case,
-        object_scores=np.full(n, 1.0, np.float32),
-        ious=np.full(n, 0.8, np.float32),
-        coarse_confidence=np.zeros(n, np.float32),
-    )
+    # No coarse weight and SAM2 visited everywhere with some confidence -> SAM2's weight is its
+    # evidence bound e^gamma exactly; with full evidence, SAM2 exactly.
+    kw = {"object_scores": np.full(n, 1.0, np.float32), "ious": np.full(n, 0.8, np.float32),
+          "coarse_confidence": np.zeros(n, np.float32)}
+    r = _call(case, **kw)
+    gamma = np.float32(case["params"].evidence_power)
+    np.testing.assert_allclose(r.sam_weight, r.evidence**gamma, rtol=1e-6)
+    r = _call(case, evidence=np.ones(n, np.float32), **kw)
     np.testing.assert_array_equal(r.probability, case["sam"])
     assert np.all(r.sam_weight == 1.0)
 
@@ -129,16 +131,21 @@ def test_monotone_in_each_probability(case: dict, seed: int, given_conf: bool) -
     up = np.minimum(
         1, np.where(rng.random(case["sam"].shape) < 0.5, rng.random(case["sam"].shape), 0)
     ).astype(np.float32)
-    # SAM2's probability never enters the weights: monotone as it is.
-    sam_up = np.clip(case["sam"] + up, 0, 1).astype(np.float32)
-    assert np.all(_call(case, sam=sam_up).probability >= base.probability)
-    # The coarse probability also drives the coarse confidence; with fixed confidences the fused
+    # SAM2's probability enters the weights only through its evidence (its agreement with the
+    # confident coarse voxels, which the issue asks for); with the evidence fixed the fused
     # probability is monotone in it (documented guarantee).
+    ev = base.evidence
+    np.testing.assert_array_equal(_call(case, evidence=ev).probability, base.probability)
+    sam_up = np.clip(case["sam"] + up, 0, 1).astype(np.float32)
+    assert np.all(_call(case, sam=sam_up, evidence=ev).probability >= base.probability)
+    # The coarse probability also drives the coarse confidence and the evidence; with both fixed
+    # the fused probability is monotone in it (documented guarantee).
     conf = base.coarse_confidence
-    base_c = _call(case, coarse_confidence=conf)
+    base_c = _call(case, coarse_confidence=conf, evidence=ev)
     np.testing.assert_array_equal(base_c.probability, base.probability)
     coarse_up = np.clip(case["coarse"] + up, 0, 1).astype(np.float32)
-    assert np.all(_call(case, coarse=coarse_up, coarse_confidence=conf).probability >= base.probability)
+    up_c = _call(case, coarse=coarse_up, coarse_confidence=conf, evidence=ev)
+    assert np.all(up_c.probability >= base.probability)
 
 
 def test_weight_decays_with_distance_in_mm() -> None:
@@ -153,10 +160,10 @@ def test_weight_decays_with_distance_in_mm() -> None:
     np.testing.assert_allclose(r.distance_mm, 2.0 * np.abs(np.arange(n) - 5))
     assert np.all(np.diff(w[5:]) < 0) and np.all(np.diff(w[:6]) > 0)
     np.testing.assert_allclose(w[:5], w[6:][::-1], rtol=1e-6)
-    # Closed form at T = 1, b = 0: w = a_s / (a_s + q_c), a_s = q_s exp(-d / tau).
+    # Closed form at T = 1, b = 0, gamma = 1: w = e a_s / (a_s + q_c), a_s = q_s exp(-d / tau).
     q_s = 1 / (1 + math.exp(-3.0)) * 0.9
     a_s = q_s * np.exp(-r.distance_mm / 5.0)
-    np.testing.assert_allclose(w, a_s / (a_s + r.coarse_confidence), rtol=1e-5)
+    np.testing.assert_allclose(w, r.evidence * a_s / (a_s + r.coarse_confidence), rtol=1e-5)
     # The decay is in mm: doubling the slice spacing halves tau's reach.
     r2 = fuse(
         coarse,
@@ -226,6 +233,169 @@ def test_confidences() -> None:
     h = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2)
     np.testing.assert_allclose(conf, [1.0, 1 - h, 0.0], atol=1e-6)
     np.testing.assert_allclose(fu.coarse_confidence(p.transpose(1, 0, 2), axis=1).numpy(), conf, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------
+# SAM2's evidence, and the fusion with an uninformative SAM2
+# --------------------------------------------------------------------------------------------
+
+
+def _core_and_rim(n: int = 4) -> np.ndarray:
+    """A coarse estimate: a confident 4x4 core (0.95) in an uncertain 6x6 rim (0.6), n slices."""
+    coarse = np.zeros((n, 8, 8), np.float32)
+    coarse[:, 1:7, 1:7] = 0.6
+    coarse[:, 2:6, 2:6] = 0.95
+    return coarse
+
+
+def test_evidence_rewards_agreement_with_the_confident_voxels_only() -> None:
+    coarse = _core_and_rim()
+    core = (coarse >= 0.9).astype(np.float32)
+    refined = np.zeros_like(coarse)
+    refined[:, 2:6, 1:7] = 1.0  # the core and part of the uncertain rim
+    elsewhere = np.zeros_like(coarse)
+    elsewhere[:, 5:8, 0:3] = 1.0  # off the core, mostly on confident background
+    ev = {name: fu.sam_evidence(coarse, s).numpy() for name, s in
+          (("core", core), ("refined", refined), ("elsewhere", elsewhere), ("empty", np.zeros_like(coarse)))}
+    np.testing.assert_allclose(ev["core"], 1.0)  # exactly the confident core: full evidence
+    # refining the rim costs a little (each rim voxel as far as the coarse network doubts it)
+    def ratio(slices: int) -> float:  # agree 16, missed 0, doubt 8 * 0.4, against 0 per slice
+        return (2 * 16 * slices + 1) / (2 * 16 * slices + 8 * 0.4 * slices + 1)
+
+    np.testing.assert_allclose(ev["refined"], ratio(1) * ratio(4), rtol=1e-6)  # the slice, the volume
+    assert np.all(ev["elsewhere"] < 0.01) and np.all(ev["empty"] < 0.01)
+    # nothing to find and SAM2 finds nothing: agreement
+    np.testing.assert_allclose(fu.sam_evidence(np.zeros_like(coarse), np.zeros_like(coarse)).numpy(), 1.0)
+    # unvisited slices have no evidence; the prompt slices are left out of the volume term
+    vis = np.array([True, True, False, True])
+    bad_prompt = refined.copy()
+    bad_prompt[0] = elsewhere[0]
+    e = fu.sam_evidence(coarse, bad_prompt, visited=vis, prompt_slices=[0]).numpy()
+    assert e[2] == 0 and e[0] < 0.1  # a bad prompt slice: its own term; the others do not suffer
+    np.testing.assert_allclose(e[[1, 3]], ratio(1) * ratio(2), rtol=1e-6)
+    # multi-label: per label
+    both = fu.sam_evidence(np.stack([coarse, coarse]), np.stack([core, elsewhere])).numpy()
+    np.testing.assert_allclose(both[0], 1.0)
+    assert both.shape == (2, 4) and np.all(both[1] < 0.01)
+
+
+def test_evidence_errors() -> None:
+    c = _core_and_rim()
+    with pytest.raises(InvalidInputError, match="confident"):
+        fu.sam_evidence(c, c, confident=0.5)
+    with pytest.raises(ShapeMismatchError, match="visited"):
+        fu.sam_evidence(c, c, visited=np.ones(3, bool))
+    with pytest.raises(InvalidInputError, match="prompt_slices"):
+        fu.sam_evidence(c, c, prompt_slices=[4])
+    with pytest.raises(InvalidInputError, match="confident"):
+        FusionParams(confident=1.5)
+    with pytest.raises(InvalidInputError, match="evidence_power"):
+        FusionParams(evidence_power=-1.0)
+    with pytest.raises(ShapeMismatchError, match="evidence"):
+        fuse(c, c, np.ones(4), np.ones(4), prompt_slices=[0], evidence=np.ones(3))
+
+
+def test_evidence_power_zero_is_the_weight_without_evidence() -> None:
+    """gamma = 0: the weight of before the evidence term, sigmoid(log q_s - log q_c - d / tau)."""
+    coarse = _core_and_rim(5)
+    noise = np.random.default_rng(0).random(coarse.shape).astype(np.float32)
+    scores, ious = np.full(5, 9.0, np.float32), np.full(5, 0.9, np.float32)
+    r = fuse(coarse, noise, scores, ious, prompt_slices=[2], params=FusionParams(evidence_power=0.0))
+    q_s = 0.9 / (1 + math.exp(-9.0))
+    a_s = q_s * np.exp(-r.distance_mm / 20.0)
+    np.testing.assert_allclose(r.sam_weight, a_s / (a_s + r.coarse_confidence), rtol=1e-5)
+    with_evidence = fuse(coarse, noise, scores, ious, prompt_slices=[2])
+    assert r.sam_weight.min() > 0.7 and with_evidence.sam_weight.max() < 0.25
+    # evidence given instead of computed; 0 evidence (with gamma > 0) is no weight at all
+    np.testing.assert_array_equal(fuse(coarse, noise, scores, ious, prompt_slices=[2], evidence=np.ones(5),
+                                       params=FusionParams(evidence_power=3.0)).sam_weight, r.sam_weight)
+    assert not fuse(coarse, noise, scores, ious, prompt_slices=[2], evidence=np.zeros(5)).sam_weight.any()
+
+
+def _coarse_from_truth(truth: np.ndarray, rng: np.random.Generator, blur: float, noise: float,
+                       shift: int) -> np.ndarray:
+    """A coarse estimate from the truth: blurred (voxels), shifted in-plane, with Gaussian noise."""
+    p = np.roll(ndimage.gaussian_filter(truth.astype(np.float32), blur), shift, axis=2)
+    return np.clip(p + rng.normal(0.0, noise, p.shape), 0, 1).astype(np.float32)
+
+
+NOISE_KINDS = ("uniform", "blobs", "everything", "nothing")
+
+
+def _noise_sam(kind: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """SAM2 replaced by noise: uniform probabilities, random in-plane blobs, a mask over
+    everything, or nothing at all."""
+    if kind == "uniform":
+        return rng.random(shape).astype(np.float32)
+    if kind == "blobs":
+        b = ndimage.gaussian_filter(rng.random(shape), (0, 3, 3))
+        return (b > np.quantile(b, rng.uniform(0.3, 0.95))).astype(np.float32) * 0.95
+    level = 0.9 if kind == "everything" else 0.02
+    return np.clip(level + rng.normal(0.0, 0.03, shape), 0, 1).astype(np.float32)
+
+
+def _never_worse_with_noise(label: Volume, rng: np.random.Generator, kinds: Sequence[str] = NOISE_KINDS,
+                            **coarse: float) -> list[tuple[str, str, float, float, float]]:
+    """(structure, noise kind, coarse Dice, Dice of the fusion without SAM2, fused Dice) with SAM2
+    replaced by noise whose object scores are high (8-10) and predicted IoUs random, prompts on
+    1-3 slices of the structure, along axis 0. Structures: the phantom's shell (label 1, hollow
+    and thin), core (label 2) and the whole ellipsoid (both)."""
+    from medsam2kit.metrics import dice
+
+    out = []
+    n = label.shape[0]
+    arr = label.array
+    for name, truth in (("shell", arr == 1), ("core", arr == 2), ("whole", (arr == 1) | (arr == 2))):
+        p_c = _coarse_from_truth(truth, rng, **coarse)  # type: ignore[arg-type]
+        zs = np.flatnonzero(truth.reshape(n, -1).any(axis=1))
+        nan = np.full(n, np.nan, np.float32)
+        alone = fuse(p_c, np.zeros_like(p_c), nan, nan, prompt_slices=None, axis=0, spacing=label.spacing)
+        for kind in kinds:
+            sam = _noise_sam(kind, truth.shape, rng)
+            scores = rng.uniform(8.0, 10.0, n).astype(np.float32)
+            ious = rng.uniform(0.3, 1.0, n).astype(np.float32)
+            prompts = sorted(set(rng.choice(zs, size=min(3, len(zs)), replace=False).tolist()))
+            r = fuse(p_c, sam, scores, ious, prompt_slices=prompts, axis=0, spacing=label.spacing)
+            out.append((name, kind, dice(p_c > 0.5, truth), dice(alone.mask, truth), dice(r.mask, truth)))
+    return out
+
+
+def _assert_never_worse(rows: list[tuple[str, str, float, float, float]], *, against_coarse: bool) -> None:
+    """SAM2's noise costs at most 0.02 Dice against the same fusion without SAM2 (the coarse
+    estimate through the consistency step), on every structure; with ``against_coarse``, also
+    against the coarse mask itself on the solid structures (the consistency step alone may cost
+    more: keep_largest drops a piece that the blur cut off a thin shell or a small core)."""
+    for name, kind, d_coarse, d_alone, d_fused in rows:
+        assert d_fused >= d_alone - 0.02, (name, kind, d_alone, d_fused)
+        if against_coarse and name != "shell":
+            assert d_fused >= d_coarse - 0.02, (name, kind, d_coarse, d_fused)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**31 - 1), st.floats(0.5, 2.5), st.floats(0.0, 0.25), st.integers(0, 3),
+       st.sampled_from(NOISE_KINDS))
+def test_noise_in_place_of_sam2_never_costs_more_than_002_dice(seed: int, blur: float, noise: float, shift: int,
+                                                               kind: str) -> None:
+    """The issue's property: with SAM2 replaced by noise (object scores 8-10), the fused mask
+    scores at least the Dice of the fusion without SAM2 - 0.02, on random phantoms and coarse
+    estimates blurred, shifted and noisy to various degrees."""
+    from medsam2kit.phantoms import random_phantom
+
+    rng = np.random.default_rng(seed)
+    _, label = random_phantom(rng)
+    _assert_never_worse(_never_worse_with_noise(label, rng, (kind,), blur=blur, noise=noise, shift=shift),
+                        against_coarse=False)
+
+
+def test_noise_in_place_of_sam2_on_the_heldout_phantoms() -> None:
+    """The same property on the reference model's held-out phantoms, every kind of noise."""
+    from medsam2kit.reference import heldout_phantoms
+
+    rng = np.random.default_rng(0)
+    rows = [row for _, label in heldout_phantoms(0, 3)
+            for row in _never_worse_with_noise(label, rng, blur=1.5, noise=0.15, shift=2)]
+    assert len(rows) == 3 * 3 * len(NOISE_KINDS)
+    _assert_never_worse(rows, against_coarse=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +531,7 @@ def test_gradients_flow_and_training_improves() -> None:
     sam[9:] = np.roll(target[9:], 3, axis=2)  # SAM2 drifts far from the prompt
     scores = np.full(n, 3.0, np.float32)
     ious = np.full(n, 0.9, np.float32)
-    module = ConfidenceFusion(FusionParams(tau_mm=50.0))
+    module = ConfidenceFusion(FusionParams(tau_mm=50.0), learnable=("tau", "temperature", "bias", "evidence"))
     c, s, tgt = torch.from_numpy(coarse), torch.from_numpy(sam.astype(np.float32)), torch.from_numpy(target)
     kw = {"prompt_slices": [2], "spacing": (2.0, 1.0, 1.0)}
 
@@ -387,6 +557,7 @@ def test_gradients_flow_and_training_improves() -> None:
     c2 = c.clone().requires_grad_(True)
     frozen(c2, s, scores, ious, **kw).sum().backward()
     assert c2.grad is not None and bool((c2.grad >= 0).all()) and frozen.log_tau.grad is None
+    assert frozen.evidence_power.grad is None  # not learnable by default
     w = frozen.sam_weight(scores, ious, np.full(n, 0.5, np.float32), prompt_slices=[2], slice_spacing_mm=2.0)
     assert w.shape == (n,) and w.requires_grad
 
@@ -467,6 +638,13 @@ def test_sam_inputs_from_propagation() -> None:
 
 @pytest.mark.shared_data
 def test_real_breast_mri(shared_data: Path) -> None:
+    """A blurry coarse estimate of a real lesion (a small confident core, an uncertain rim) and a
+    SAM2 that is right: the fusion improves on the coarse mask. The same coarse estimate with noise in place
+    of SAM2 (object scores 10): the fusion keeps the coarse result.
+
+    (The coarse estimate used to be blurred below 0.5 everywhere, with no confident voxel, and
+    SAM2 still won every slice, reaching Dice > 0.9: trust without evidence, which the issue
+    calls wrong, since a random SAM2 was trusted the same way; such a SAM2 now gets weight ~0.)"""
     import nibabel as nib
 
     from medsam2kit.metrics import dice
@@ -478,7 +656,7 @@ def test_real_breast_mri(shared_data: Path) -> None:
     zs = np.flatnonzero(np.moveaxis(lab, axis, 0).reshape(lab.shape[axis], -1).any(1))
     rng = np.random.default_rng(0)
     coarse = np.clip(
-        ndimage.gaussian_filter(lab.astype(np.float32), 1.5) * 0.9 + rng.normal(0, 0.05, lab.shape), 0, 1
+        ndimage.gaussian_filter(lab.astype(np.float32), 1.5) * 2.0 + rng.normal(0, 0.05, lab.shape), 0, 1
     )
     coarse = coarse.astype(np.float32)
     sam = np.moveaxis(lab, axis, 0).astype(np.float32) * 0.97
@@ -489,7 +667,14 @@ def test_real_breast_mri(shared_data: Path) -> None:
     mid = int(zs[len(zs) // 2])
     r = fuse(coarse, sam, scores, ious, prompt_slices=[mid], axis=axis, spacing=sp)
     assert not np.any(r.mask & ~r.union)
-    assert dice(r.mask, lab) > max(0.9, dice(coarse > 0.5, lab) - 1e-9)
+    d_coarse = dice(coarse > 0.5, lab)
+    assert 0.6 < d_coarse < 0.85  # blurry, with a confident core
+    # SAM2's weight is bounded by its evidence (here 0.06-0.34 per slice: the confident core is
+    # a sixth of this small lesion), so it refines the coarse mask part of the way
+    assert dice(r.mask, lab) > d_coarse + 0.05
+    noise = rng.random(lab.shape).astype(np.float32)
+    rn = fuse(coarse, noise, scores + 6.0, ious, prompt_slices=[mid], axis=axis, spacing=sp)
+    assert dice(rn.mask, lab) >= d_coarse - 0.02 and rn.sam_weight.max() < 0.1
 
 
 def test_default_axis_is_the_library_rule() -> None:

@@ -392,5 +392,5 @@ def test_reference_entry_is_the_bundled_model() -> None:
     entry, path = resolve_checkpoint("reference")
     assert entry is not None and entry.bundled and path == reference_checkpoint()
     loaded = load_model("reference", device="cpu")
-    assert loaded.describe().startswith("bundled reference model sam2.1_hiera_micro")
+    assert loaded.describe().startswith("bundled model reference (sam2.1_hiera_micro")
     assert_weights_equal(loaded.model, reference_predictor().model.state_dict())

@@ -118,7 +118,9 @@ def test_hippocampus_coarse_then_fusion_with_a_second_estimate(pred: SAM2Predict
     assert load_label(out, like=images[2]).shape == images[2].shape
     assert result.encoder_calls <= images[2].shape[result.outcomes[1].selection.axis]
     consistency = inter_slice_consistency(result.labels.array > 0, axis=result.outcomes[1].selection.axis)
-    print(f"pipeline with random SAM2 weights: Dice {dice(result.labels.array > 0, truth):.3f}, {consistency}")
+    d_pipe = dice(result.labels.array > 0, truth)
+    print(f"pipeline with random SAM2 weights: Dice {d_pipe:.3f}, {consistency}")
+    assert d_pipe >= d1 - 0.02  # random SAM2 weights used to take this down to ~0.2 (the issue)
 
 
 def _assert_fusion_invariant(fusion: FusionResult, threshold: float) -> None:
@@ -171,3 +173,95 @@ def test_label_map_is_one_exclusive_rule_over_the_fused_masks(pred: SAM2Predicto
         _assert_fusion_invariant(o.fusion, cfg.consistency.threshold)
     np.testing.assert_array_equal(masks[1], prob[1] > 0.5)
     np.testing.assert_array_equal(result.labels.array, np.where(masks[1], 1, 0))
+
+
+# --------------------------------------------------------------------------------------------
+# The fusion never makes the coarse result worse without evidence that SAM2 is right
+# --------------------------------------------------------------------------------------------
+
+
+def blurred_coarse(label: Volume, sigma: float = 2.5, noise: float = 0.15, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A weak coarse 'network': the one-hot truth blurred in-plane by ``sigma`` voxels, with
+    Gaussian noise, renormalised (a confident core, an uncertain rim)."""
+    from scipy import ndimage
+
+    def model(volume: Volume) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        n = int(label.array.max()) + 1
+        onehot = np.stack([(label.array == k).astype(np.float32) for k in range(n)])
+        blurred = ndimage.gaussian_filter(onehot, (0, 0, sigma, sigma)) + rng.normal(0, noise, onehot.shape)
+        p = np.clip(blurred, 1e-3, None)
+        return (p / p.sum(axis=0, keepdims=True)).astype(np.float32)
+
+    return model
+
+
+def _coarse_and_fused_dice(result, label: Volume) -> dict[int, tuple[float, float]]:  # type: ignore[no-untyped-def]
+    coarse_map = np.argmax(result.coarse, axis=0)
+    return {lab: (dice(coarse_map == lab, label.array == lab), dice(result.labels.array == lab, label.array == lab))
+            for lab in result.outcomes}
+
+
+@pytest.mark.parametrize("weights", ["random", "random, object scores ~10"])
+def test_a_random_sam2_costs_at_most_002_dice(pred: SAM2Predictor, weights: str) -> None:
+    """The issue: an uninformative SAM2 reports high object scores on every slice, and the fusion
+    used to follow it (hippocampus 0.21 against the coarse 0.80). With the real pipeline and a
+    random-init micro model, as built and with its object scores pushed to ~10 as the issue saw,
+    each label's fused Dice is at least the coarse one's - 0.02 on a held-out phantom (the
+    fusion without the evidence term gave the core label Dice 0.0 against the coarse 0.94)."""
+    from medsam2kit.reference import heldout_phantoms
+
+    if weights == "random":
+        torch.manual_seed(1)
+        pred = SAM2Predictor.from_config("sam2.1_hiera_micro", device="cpu")
+    image, label = heldout_phantoms(0, 1)[0]
+    result = SAM2Med3DPipeline(blurred_coarse(label), pred).run(image)
+    scores = result.outcomes[1].propagation.object_scores  # type: ignore[union-attr]
+    if weights != "random":
+        assert float(scores.min()) > 8.0  # the issue's symptom: "present" on every slice
+    for lab, (d_coarse, d_fused) in _coarse_and_fused_dice(result, label).items():
+        assert d_fused >= d_coarse - 0.02, (lab, d_coarse, d_fused)
+        assert result.outcomes[lab].fusion.evidence.max() < 0.5
+
+
+@pytest.mark.shared_data
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("weights", ["random, object scores ~10", "phantom-only reference"])
+def test_hippocampus_with_an_uninformative_sam2_keeps_the_coarse_dice(pred: SAM2Predictor, shared_data: Path,
+                                                                       weights: str) -> None:
+    """The issue's case, kept fast: a coarse network fitted for 60 steps on two shared
+    hippocampus cases, the third segmented by the pipeline with an uninformative SAM2 (random
+    weights with object scores ~10, or the reference model, which never saw an MRI): fused Dice
+    >= coarse Dice - 0.02 (here the fusion without the evidence term gave 0.45 and 0.0 against
+    the coarse 0.59)."""
+    from medsam2kit.reference import reference_predictor
+
+    folder = shared_data / "msd_hippocampus"
+    images = [load_volume(folder / f"hippocampus_{c}_img.nii.gz") for c in (184, 195, 199)]
+    labels = [load_label(folder / f"hippocampus_{c}_label.nii.gz", like=v) for c, v in zip((184, 195, 199), images)]
+    seg = CoarseSegmenter(CoarseConfig(num_labels=1, context=0, image_size=48, base_channels=8, depth=2, axis=0))
+    binary = [lab.with_array((lab.array > 0).astype(np.uint8)) for lab in labels[:2]]
+    seg.fit(images[:2], binary, steps=60, batch_size=16, generator=torch.Generator().manual_seed(1))
+    predictor = pred if weights.startswith("random") else reference_predictor()
+    result = SAM2Med3DPipeline(seg, predictor).run(images[2])
+    truth = labels[2].array > 0
+    d_coarse = dice(np.argmax(result.coarse, axis=0) == 1, truth)
+    d_fused = dice(result.labels.array == 1, truth)
+    print(f"hippocampus 199, {weights}: coarse Dice {d_coarse:.3f}, fused {d_fused:.3f}")
+    assert d_coarse > 0.3
+    assert d_fused >= d_coarse - 0.02
+
+
+@pytest.mark.semantic
+def test_the_reference_model_fused_is_at_least_the_coarse() -> None:
+    """With the bundled reference model on a held-out phantom and a blurred coarse estimate,
+    the fusion keeps SAM2's weight where it agrees with the confident voxels: fused >= coarse
+    on every label, and better on average."""
+    from medsam2kit.reference import heldout_phantoms, reference_predictor
+
+    image, label = heldout_phantoms(0, 1)[0]
+    result = SAM2Med3DPipeline(blurred_coarse(label), reference_predictor()).run(image)
+    rows = _coarse_and_fused_dice(result, label)
+    for lab, (d_coarse, d_fused) in rows.items():
+        assert d_fused >= d_coarse, (lab, d_coarse, d_fused)
+    assert np.mean([f for _, f in rows.values()]) > np.mean([c for c, _ in rows.values()]), rows

@@ -1,8 +1,12 @@
-"""Semantic end-to-end tests: the bundled reference model segments held-out phantoms.
+"""Semantic end-to-end tests of the bundled models.
 
-Every phantom here comes from :func:`medsam2kit.reference.heldout_phantoms` (generator seeds that
-training and validation never used). The thresholds are the issue's targets; the figures reached
-are in docs/reference_model.md. Marked ``semantic``; ``pytest --durations`` shows their times.
+The phantom-only model (``reference-phantoms``) segments held-out phantoms: every phantom here
+comes from :func:`medsam2kit.reference.heldout_phantoms` (generator seeds that training and
+validation never used). The default model (``reference``, fine-tuned on real shared cases)
+beats the phantom-only model on held-out real cases (:data:`medsam2kit.reference.HELD_OUT`;
+skipped without the shared data). Thresholds are the issues' targets where reached, else the
+measured gain with a margin; the figures are in docs/reference_model.md. Marked ``semantic``;
+``pytest --durations`` shows their times.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import (
+    PHANTOM_WEIGHTS,
     REFERENCE_CONFIG,
+    held_out_cases,
     heldout_phantoms,
     reference_checkpoint,
     reference_predictor,
@@ -32,27 +38,51 @@ pytestmark = pytest.mark.semantic
 
 @pytest.fixture(scope="module")
 def predictor() -> SAM2Predictor:
-    return reference_predictor()
+    """The phantom-only model: the phantom tests below are about it."""
+    return SAM2Predictor.from_config(REFERENCE_CONFIG, reference_checkpoint(PHANTOM_WEIGHTS), device="cpu")
 
 
-def test_the_shipped_weights_are_small_and_load_into_sam2(predictor: SAM2Predictor) -> None:
+@pytest.mark.parametrize("filename", ["", PHANTOM_WEIGHTS])
+def test_the_shipped_weights_are_small_and_load_into_sam2(filename: str) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from medsam2kit.predictor import resolve_config
 
-    path = reference_checkpoint()
+    path = reference_checkpoint(filename)
     assert path.stat().st_size <= 10 * 2**20
     # what sam2's build_sam2 does: instantiate the config's model, load the "model" entry strictly
     upstream = instantiate(OmegaConf.load(resolve_config(REFERENCE_CONFIG)).model, _recursive_=True)
     upstream.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"], strict=True)
-    ours = predictor.model.state_dict()
+    ours = SAM2Predictor.from_config(REFERENCE_CONFIG, path, device="cpu").model.state_dict()
     theirs = upstream.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     # trained, not random: a fresh random model differs
     fresh = SAM2Predictor.from_config(REFERENCE_CONFIG, device="cpu").model.state_dict()
     assert not torch.equal(ours["sam_mask_decoder.iou_token.weight"], fresh["sam_mask_decoder.iou_token.weight"])
+
+
+def test_the_default_model_beats_the_phantom_model_on_held_out_real_cases(predictor: SAM2Predictor,
+                                                                          shared_data: Path) -> None:
+    """On cases neither model trained on: hippocampus propagation, carotid tracking, fetal-head
+    box prompts (measured: 0.287 vs 0.067, 0.270 vs 0.000, 0.572 vs 0.112 on all 76 images)."""
+    from medsam2kit.tasks import box_prompt_image, track_recording
+
+    real = reference_predictor()
+    (hippo,) = [c for c in held_out_cases(shared_data, "volume") if c.dataset == "msd_hippocampus"]
+    assert isinstance(hippo.image, Volume) and isinstance(hippo.label, Volume)
+    scores: dict[str, list[float]] = {}
+    for name, model in (("real", real), ("phantoms", predictor)):
+        prop = one_prompt_propagation(model, hippo.image, hippo.label)
+        hip = np.mean([dice(prop.labels == lab, hippo.label.array == lab) for lab in prop.prompt_slices])
+        car = np.mean([track_recording(model, np.asarray(c.image), np.asarray(c.label)).dice
+                       for c in held_out_cases(shared_data, "recording")])
+        fetal = np.mean([dice(box_prompt_image(model, np.asarray(c.image), np.asarray(c.label)), np.asarray(c.label))
+                         for c in held_out_cases(shared_data, "image")[:12]])
+        scores[name] = [float(hip), float(car), float(fetal)]
+    print("hippocampus, carotid, fetal (real vs phantom model):", scores)
+    assert all(r >= p + 0.1 for r, p in zip(scores["real"], scores["phantoms"])), scores
 
 
 def test_propagation_from_one_prompted_slice_beats_copying_the_prompt(predictor: SAM2Predictor) -> None:
@@ -115,7 +145,8 @@ def test_finetuning_on_an_ultrasound_phantom_task_raises_validation_dice(tmp_pat
 
     base = reference_train_config()
     cfg = config_from_dict({
-        "model": {"config": REFERENCE_CONFIG, "checkpoint": str(reference_checkpoint()), "disable_dropout": True},
+        "model": {"config": REFERENCE_CONFIG, "checkpoint": str(reference_checkpoint(PHANTOM_WEIGHTS)),
+                  "disable_dropout": True},
         "data": {"train": [{"kind": "synthetic", "count": 16, "frames": 8, "seed": 11}],
                  "val": [{"kind": "synthetic", "count": 4, "frames": 8, "seed": 12}],
                  "clip_length": 6, "batch_size": 2},
@@ -126,7 +157,7 @@ def test_finetuning_on_an_ultrasound_phantom_task_raises_validation_dice(tmp_pat
         "output_dir": str(tmp_path / "run"),
     })
     val = synthetic_videos(4, frames=8, image_size=128, seed=12)
-    before = evaluate(build_model(REFERENCE_CONFIG, reference_checkpoint(), device="cpu"), val,
+    before = evaluate(build_model(REFERENCE_CONFIG, reference_checkpoint(PHANTOM_WEIGHTS), device="cpu"), val,
                       device=torch.device("cpu"))["val_dice"]
     result = fit(cfg)
     assert result.val is not None

@@ -401,7 +401,7 @@ def test_cli_finetune_weights_are_never_random_unless_asked(tmp_path: Path, caps
     assert micro.model.checkpoint == ""
     chosen = _default_weights(micro, random_init=False)
     assert chosen.model.checkpoint == str(reference_checkpoint())
-    assert "bundled reference model" in capsys.readouterr().err
+    assert "bundled model reference" in capsys.readouterr().err
     assert _default_weights(micro, random_init=True) == micro
     assert "random weights" in capsys.readouterr().err
     tiny = micro.replace(**{"model.config": "sam2.1_hiera_t"})

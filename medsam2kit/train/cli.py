@@ -155,7 +155,7 @@ def _default_weights(cfg: TrainConfig, *, random_init: bool) -> TrainConfig:
     from medsam2kit.reference import REFERENCE_CONFIG, reference_checkpoint
 
     if config_name(cfg.model.config) == REFERENCE_CONFIG:
-        print(f"model: bundled reference model {REFERENCE_CONFIG} (phantom-trained, not for clinical use); "
+        print(f"model: bundled model reference ({REFERENCE_CONFIG}, 128 px; not for clinical use); "
               "use --model for another", file=sys.stderr)
         return cfg.replace(**{"model.checkpoint": str(reference_checkpoint())})
     raise ConfigError(

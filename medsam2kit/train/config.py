@@ -29,7 +29,7 @@ from typing import Any, cast, get_args, get_origin, Literal, Union
 
 from medsam2kit.errors import ConfigError, MissingFileError
 
-DatasetKind = Literal["cine", "frames", "images", "volume", "synthetic"]
+DatasetKind = Literal["cine", "frames", "images", "volume", "regions", "synthetic"]
 Duration = Literal["all", "short", "long"]
 PhantomKind = Literal["ultrasound", "volume"]
 AugmentName = Literal["none", "ultrasound", "generic", "combined"]
@@ -52,8 +52,11 @@ class DatasetSpec:
             :func:`medsam2kit.io.load_volume` file plus ``mask_path``), ``"frames"`` (a folder of
             frame images with a ``masks/`` subfolder or ``*<mask_suffix>.png`` masks: one video),
             ``"images"`` (the same layout, each image its own one-frame clip), ``"volume"`` (a 3D
-            image plus a label map, sliced along ``axis`` into a sequence) or ``"synthetic"``
-            (``count`` phantoms made by :mod:`medsam2kit.phantoms`, see ``phantom``).
+            image plus a label map, sliced along ``axis`` into a sequence), ``"regions"``
+            (self-supervised: any 3D image, no labels; ``count`` sequences per volume and slicing
+            axis, each object a supervoxel of real texture, see
+            :func:`medsam2kit.train.selfsup.region_labels`) or ``"synthetic"`` (``count``
+            phantoms made by :mod:`medsam2kit.phantoms`, see ``phantom``).
         path: a file or folder, or a glob pattern (``"data/*.npz"``); one video per match.
         name: label in logs (default: the kind and the path).
         mask_path: the label file for ``cine``/``volume`` when it is not ``path`` itself; may
@@ -65,8 +68,12 @@ class DatasetSpec:
         weight: sampling weight when several datasets are mixed.
         frame_range: ``[start, stop)`` frames of every video to keep (e.g. a train/val split of
             one recording); ``None`` keeps all.
-        axis: slicing axis of a volume (default: the through-plane axis).
-        count: number of synthetic clips; ``frames``: their length; ``seed``: their seed.
+        axis: slicing axis of a volume (default: the through-plane axis; for ``regions``: every
+            axis whose in-plane voxel sides differ by at most 2.5x).
+        count: number of synthetic clips (``regions``: sequences per volume and axis);
+            ``frames``: their length; ``seed``: their seed (also of ``regions`` and ``motion_frames``).
+        motion_frames: for ``images``: each image becomes a clip of this many frames moving along
+            a smooth random trajectory (:func:`medsam2kit.train.selfsup.moving_clip`); 1 keeps stills.
         phantom: what ``synthetic`` makes: ``"ultrasound"`` clips
             (:func:`~medsam2kit.phantoms.ultrasound_clip`, ``frames`` long) or ``"volume"``
             phantoms sliced into sequences (:func:`~medsam2kit.phantoms.random_phantom`).
@@ -86,6 +93,7 @@ class DatasetSpec:
     frames: int = 12
     seed: int = 0
     phantom: PhantomKind = "ultrasound"
+    motion_frames: int = 1
 
     @property
     def label(self) -> str:
@@ -549,6 +557,7 @@ def _validate(cfg: TrainConfig) -> None:
             _check(spec.weight > 0, f"{where}.weight: expected > 0, got {spec.weight}")
             _check(spec.kind == "synthetic" or bool(spec.path), f"{where}.path: required for kind {spec.kind!r}")
             _check(spec.count >= 1 and spec.frames >= 1, f"{where}.count/frames: expected >= 1")
+            _check(spec.motion_frames >= 1, f"{where}.motion_frames: expected >= 1, got {spec.motion_frames}")
             _check(spec.kind != "volume" or bool(spec.mask_path) or spec.path.lower().endswith(".npz"),
                    f"{where}.mask_path: required for kind 'volume' (the label map of each image, e.g. "
                    f"'labels/{{stem}}_label.nii.gz'); only an .npz volume can hold its labels itself, got path "

@@ -254,6 +254,11 @@ def load_videos(spec: DatasetSpec, *, image_size: int) -> list[Video]:
         vids = synthetic_videos(spec.count, frames=spec.frames, image_size=image_size, seed=spec.seed)
         return [_crop(v, spec.frame_range) for v in vids]
     paths = _expand(spec.path)
+    if spec.kind == "regions":
+        from medsam2kit.train.selfsup import region_videos
+
+        return [_crop(v, spec.frame_range) for p in paths
+                for v in region_videos(p, image_size=image_size, count=spec.count, seed=spec.seed, axis=spec.axis)]
     videos: list[Video | None] = []
     for p in paths:
         if spec.kind == "cine":
@@ -277,10 +282,15 @@ def load_videos(spec: DatasetSpec, *, image_size: int) -> list[Video]:
                 frames, labels = _read_images(pairs)
                 videos.append(make_video(frames, labels, image_size=image_size, name=str(p), label_values=spec.labels))
             else:
-                for img, msk in pairs:
+                for i, (img, msk) in enumerate(pairs):
                     frames, labels = _read_images([(img, msk)])
-                    videos.append(make_video(frames, labels, image_size=image_size, name=str(img),
-                                             label_values=spec.labels))
+                    video = make_video(frames, labels, image_size=image_size, name=str(img), label_values=spec.labels)
+                    if video is not None and spec.motion_frames > 1:
+                        from medsam2kit.train.selfsup import moving_video
+
+                        video = moving_video(video, spec.motion_frames,
+                                             generator=torch.Generator().manual_seed(derive_seed(spec.seed, i)))
+                    videos.append(video)
     found = [_crop(v, spec.frame_range) for v in videos if v is not None]
     return [v for v in found if bool(v.present.any())]
 
@@ -537,24 +547,28 @@ def _natural_key(p: Path) -> list[object]:
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)]
 
 
-def _frame_files(folder: Path, mask_suffix: str) -> list[tuple[Path, Path]]:
-    if not folder.is_dir():
-        raise InvalidInputError(f"path: expected a folder of frame images, got {folder}")
-    images = sorted((p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES), key=_natural_key)
-    mask_dir = folder / "masks"
-    pairs = []
-    for img in images:
-        if mask_suffix and img.stem.endswith(mask_suffix):
-            continue
-        candidates = [mask_dir / img.name, mask_dir / f"{img.stem}.png", folder / f"{img.stem}{mask_suffix}.png",
-                      folder / f"{img.stem}{mask_suffix}{img.suffix}"]
-        mask = next((c for c in candidates if c.is_file()), None)
-        if mask is None:
-            raise MissingFileError(f"{img}: no mask found (looked for {[str(c) for c in candidates]})")
-        pairs.append((img, mask))
+def _frame_files(path: Path, mask_suffix: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of a folder of frame images, or of one image file."""
+    if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES:
+        return [(path, _mask_of(path, mask_suffix))]
+    if not path.is_dir():
+        raise InvalidInputError(f"path: expected a folder of frame images or an image file, got {path}")
+    images = sorted((p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES), key=_natural_key)
+    pairs = [(img, _mask_of(img, mask_suffix)) for img in images
+             if not (mask_suffix and img.stem.endswith(mask_suffix))]
     if not pairs:
-        raise MissingFileError(f"path: no frame images ({', '.join(_IMAGE_SUFFIXES)}) in {folder}")
+        raise MissingFileError(f"path: no frame images ({', '.join(_IMAGE_SUFFIXES)}) in {path}")
     return pairs
+
+
+def _mask_of(img: Path, mask_suffix: str) -> Path:
+    folder = img.parent
+    candidates = [folder / "masks" / img.name, folder / "masks" / f"{img.stem}.png",
+                  folder / f"{img.stem}{mask_suffix}.png", folder / f"{img.stem}{mask_suffix}{img.suffix}"]
+    mask = next((c for c in candidates if c.is_file()), None)
+    if mask is None:
+        raise MissingFileError(f"{img}: no mask found (looked for {[str(c) for c in candidates]})")
+    return mask
 
 
 def _read_images(pairs: Sequence[tuple[Path, Path]]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,136 @@
+"""Self-supervised training objects (supervoxels of real volumes, moving images) and the real split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from medsam2kit.errors import InvalidInputError
+from medsam2kit.train.config import DatasetSpec
+from medsam2kit.train.data import load_videos
+from medsam2kit.train.selfsup import moving_clip, moving_video, region_axes, region_labels
+
+
+def _blobs(seed: int, shape: tuple[int, int, int] = (16, 48, 48)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vol = ndimage.gaussian_filter(rng.normal(size=shape), 2.0) * 10
+    return (vol + rng.normal(scale=0.3, size=shape)).astype(np.float32)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), axis=st.integers(0, 2))
+def test_region_objects_span_slices_and_have_the_drawn_size(seed: int, axis: int) -> None:
+    vol = _blobs(seed)
+    min_slices, area_range = 3, (0.01, 0.12)
+    lab = region_labels(vol, (1.0, 1.0, 1.0), axis=axis, rng=np.random.default_rng(seed), min_slices=min_slices,
+                        area_range=area_range)
+    assert lab.shape == vol.shape and lab.dtype == np.uint8
+    plane = np.prod([n for a, n in enumerate(vol.shape) if a != axis])
+    values = [v for v in np.unique(lab) if v != 0]
+    assert values == list(range(1, len(values) + 1)) and len(values) <= 8
+    for v in values:
+        obj = np.moveaxis(lab == v, axis, 0)
+        per_slice = obj.reshape(obj.shape[0], -1).sum(1)
+        extent = int((per_slice > 0).sum())
+        assert extent >= min_slices
+        median_area = obj.sum() / extent / plane  # the selection rule, recomputed by brute force
+        assert area_range[0] / 2 <= median_area <= area_range[1] * 2
+
+
+def test_region_labels_are_reproducible_and_skip_flat_background() -> None:
+    vol = _blobs(3)
+    vol[:, :, :16] = vol.min()  # a flat, dark band: never an object
+    a = region_labels(vol, (1.0, 1.0, 1.0), axis=0, rng=np.random.default_rng(7))
+    b = region_labels(vol, (1.0, 1.0, 1.0), axis=0, rng=np.random.default_rng(7))
+    assert np.array_equal(a, b) and a.max() >= 1
+    assert not a[:, :, :14].any()
+
+
+def test_region_labels_reject_bad_input() -> None:
+    with pytest.raises(InvalidInputError, match="volume"):
+        region_labels(np.zeros((4, 4)), (1.0, 1.0, 1.0), axis=0, rng=np.random.default_rng(0))
+    with pytest.raises(InvalidInputError, match="axis"):
+        region_labels(np.zeros((4, 4, 4)), (1.0, 1.0, 1.0), axis=3, rng=np.random.default_rng(0))
+
+
+def test_region_axes_follow_the_voxel_shape() -> None:
+    assert region_axes((512, 512, 16), (0.7, 0.7, 5.0)) == [2]
+    assert region_axes((30, 40, 2), (1.0, 1.0, 1.0)) == [0, 1]
+    assert region_axes((40, 40, 40), (1.0, 2.0, 2.0)) == [0, 1, 2]  # ratio 2 <= 2.5 everywhere
+    assert region_axes((40, 40, 40), (1.0, 3.0, 3.0)) == [0]
+
+
+def test_moving_clip_without_motion_is_the_image() -> None:
+    gen = torch.Generator().manual_seed(0)
+    frame = torch.randint(0, 256, (32, 32), dtype=torch.uint8, generator=gen)
+    masks = torch.rand(2, 32, 32, generator=gen) > 0.5
+    frames, moved = moving_clip(frame, masks, 4, generator=gen, max_shift=0.0, max_angle=0.0, max_scale=0.0)
+    assert torch.equal(frames, frame.expand(4, 32, 32)) and torch.equal(moved, masks.expand(4, 2, 32, 32))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_moving_clip_moves_mask_and_image_together(seed: int) -> None:
+    frame = torch.zeros(64, 64, dtype=torch.uint8)
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 20:40, 24:44] = True
+    frame[masks[0]] = 200
+    frames, moved = moving_clip(frame, masks, 6, generator=torch.Generator().manual_seed(seed))
+    bright = frames > 100
+    for t in range(6):
+        inter = (bright[t] & moved[t, 0]).sum().item()
+        union = (bright[t] | moved[t, 0]).sum().item()
+        assert inter / union > 0.85
+    assert not torch.equal(moved[0], moved[-1])  # it moved
+
+
+def test_moving_video_needs_one_frame() -> None:
+    vids = load_videos(DatasetSpec(kind="synthetic", count=1, frames=3), image_size=64)
+    with pytest.raises(InvalidInputError, match="one frame"):
+        moving_video(vids[0], 4, generator=torch.Generator())
+
+
+def test_load_videos_regions_and_moving_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medsam2kit.io import save_volume
+    from medsam2kit.volume import Volume
+
+    save_volume(Volume(_blobs(1, (12, 40, 40)), np.diag([1.0, 1.0, 1.0, 1.0])), tmp_path / "v.nii.gz")
+    vids = load_videos(DatasetSpec(kind="regions", path=str(tmp_path / "v.nii.gz"), count=2), image_size=64)
+    assert len(vids) == 2 * 3  # two sequences per axis, three axes of a 1 mm isotropic volume
+    assert all(v.masks.shape[1] == len(v.obj_ids) >= 1 and v.frames.shape[1:] == (64, 64) for v in vids)
+    img = np.zeros((30, 50), np.uint8)
+    img[10:20, 15:30] = 180
+    Image.fromarray(img).save(tmp_path / "a.png")
+    Image.fromarray((img > 0).astype(np.uint8) * 255).save(tmp_path / "a_mask.png")
+    moving = load_videos(DatasetSpec(kind="images", path=str(tmp_path / "a.png"), motion_frames=5), image_size=64)
+    still = load_videos(DatasetSpec(kind="images", path=str(tmp_path / "a.png")), image_size=64)
+    assert moving[0].num_frames == 5 and still[0].num_frames == 1
+    assert bool(moving[0].present.all())
+
+
+def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
+    from medsam2kit.reference import (DEFAULT_SOURCES, HELD_OUT, SOURCE_WEIGHTS, held_out_cases, real_datasets,
+                                      real_validation)
+
+    specs = real_datasets(shared_data, sources=tuple(SOURCE_WEIGHTS))
+    trained = [Path(s["path"]).name for s in specs if "path" in s] + \
+              [Path(s["mask_path"]).name for s in specs if "mask_path" in s]
+    held = [prefix for prefixes in HELD_OUT.values() for prefix in prefixes]
+    assert trained and not [t for t in trained if t.startswith(tuple(held))]
+    sources = {s["name"].split(":")[0] for s in specs}
+    assert sources == {"phantoms", "volumes", "regions", "carotid", "fetal"}
+    shipped = {s["name"].split(":")[0] for s in real_datasets(shared_data)}
+    assert shipped == set(DEFAULT_SOURCES) == sources - {"regions"}
+    assert abs(sum(s["weight"] for s in specs) - sum(SOURCE_WEIGHTS.values())) < 1e-9
+    val = [Path(s["path"]).name for s in real_validation(shared_data)]
+    assert val and all(v.startswith(tuple(held)) for v in val)
+    names = {c.name for kind in ("volume", "recording", "image") for c in held_out_cases(shared_data, kind)}
+    assert len(names) == 5 + 3 + 76
