@@ -1,13 +1,19 @@
 """Reproduce the bundled micro reference models from their seeds (two CPU cores are enough).
 
-    python examples/train_reference_model.py                       # the real-image model (default)
+    python examples/train_reference_model.py                       # a real-image run (see below)
     python examples/train_reference_model.py --recipe phantoms     # the phantom-only model
 
-``--recipe real`` (the default model of the zoo and the demo) fine-tunes the phantom-only model
-on the shared real data (``../shared/data`` or ``$MEDSAM2KIT_DATA``) with its held-out cases
-left out, plus self-supervised supervoxel objects of the same volumes and moving fetal-head
-images (recipe: :func:`medsam2kit.reference.real_train_config`; ``--sources`` keeps a subset, for
-the ablation). ``--recipe phantoms`` trains ``sam2.1_hiera_micro`` from random initialisation on
+``--recipe real`` fine-tunes the phantom-only model (or ``--init``) on the shared real data
+(``../shared/data`` or ``$MEDSAM2KIT_DATA``) with its held-out cases left out: phantoms, the
+labelled volumes, the carotid recordings and moving fetal-head images (recipe:
+:func:`medsam2kit.reference.real_train_config`; ``--sources`` picks others, e.g. ``regions``,
+the self-supervised supervoxel objects, for the ablation). The shipped default model is two such runs, the second from the first's weights
+with another seed (new clips):
+
+    python examples/train_reference_model.py --threads 1 --export runs/stage1.pt
+    python examples/train_reference_model.py --threads 1 --seed 1 --init runs/stage1.pt --out runs/reference_real2
+
+``--recipe phantoms`` trains ``sam2.1_hiera_micro`` from random initialisation on
 the 3D phantoms (:func:`medsam2kit.reference.reference_train_config`).
 
 The run folder (``--out``) holds checkpoints, per-step records and the loss/validation curves
@@ -40,6 +46,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
                         help=f"real recipe: comma-separated sources to train on (of {', '.join(SOURCE_WEIGHTS)})")
+    parser.add_argument("--init", default=None,
+                        help="real recipe: weights to start from (default: the phantom-only model)")
     parser.add_argument("--out", default=None, help="training run folder (default: runs/reference_<recipe>)")
     parser.add_argument("--export", default=None, help="where the weights go (default: the package's file)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -61,7 +69,7 @@ def main() -> None:
         if unknown or not sources:
             sys.exit(f"train_reference_model: --sources: expected names among {', '.join(SOURCE_WEIGHTS)}, got {args.sources!r}")
         config = real_train_config(data, seed=args.seed, steps=args.steps or 2400, output_dir=out, sources=sources,
-                                   progress=True)
+                                   init=args.init, progress=True)
         export = Path(args.export or weights / REAL_WEIGHTS)
     last = Path(out) / "checkpoint_last.pt"
     if last.is_file():

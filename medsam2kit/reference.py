@@ -5,8 +5,8 @@ random weights nothing shows that the pipelines segment anything. The package th
 ``sam2.1_hiera_micro`` (the real sam2 classes scaled down to 1.8 M parameters, 128 px frames)
 trained with :mod:`medsam2kit.train` twice:
 
-* ``reference`` (:data:`REFERENCE_WEIGHTS`, the default model): the phantom model fine-tuned on
-  the shared real cases (MRI and CT volumes, carotid recordings, fetal-head images moving along
+* ``reference`` (:data:`REFERENCE_WEIGHTS`, the default model): the phantom model fine-tuned
+  twice in a row (:func:`real_train_config`, seeds 0 then 1) on the shared real cases (MRI and CT volumes, carotid recordings, fetal-head images moving along
   random trajectories) minus the held-out ones (:data:`HELD_OUT`), plus phantoms
   (:func:`real_train_config`);
 * ``reference-phantoms`` (:data:`PHANTOM_WEIGHTS`): trained from random initialisation on the 3D
