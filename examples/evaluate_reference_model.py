@@ -29,6 +29,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,12 +39,12 @@ import torch
 from medsam2kit._data import shared_data_dir
 from medsam2kit._files import atomic_write
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
-from medsam2kit.demo import keep_labels
+from medsam2kit.demo import Pair, keep_labels, training_supports
 from medsam2kit.fewshot import FewShotPipeline
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
-from medsam2kit.reference import REFERENCE_CONFIG, SharedCase, held_out_cases, is_held_out
+from medsam2kit.reference import REFERENCE_CONFIG, SharedCase, held_out_cases
 from medsam2kit.tasks import box_prompt_image, filled_box, one_prompt_propagation, track_recording
 
 
@@ -85,15 +86,8 @@ def volume_rows(model: str, pred: SAM2Predictor, case: SharedCase) -> list[Row]:
     return rows
 
 
-def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedCase, data_dir: Path) -> list[Row]:
-    from medsam2kit.io import load_label, load_volume
-
+def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedCase, supports: Sequence[Pair]) -> list[Row]:
     assert not isinstance(case.image, np.ndarray) and not isinstance(case.label, np.ndarray)
-    supports = []
-    for path in sorted((data_dir / "msd_hippocampus").glob("*_img.nii.gz")):
-        if not is_held_out("msd_hippocampus", path):
-            image = load_volume(path)
-            supports.append((image, load_label(str(path).replace("_img.", "_label."), like=image)))
     truth = np.asarray(keep_labels(case.label, (1, 2)).array)
     rows = []
     fewshot = FewShotPipeline(pred, supports)(case.image).array
@@ -125,16 +119,31 @@ def image_rows(model: str, pred: SAM2Predictor, case: SharedCase) -> list[Row]:
             Row(model, case.dataset, case.name, 1, "box prompt", "filled box", dice(filled_box(case.label), case.label))]
 
 
-def evaluate_model(name: str, data_dir: Path, *, max_images: int | None) -> list[Row]:
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out shared cases, loaded once for every model, and the hippocampus supports."""
+
+    volumes: list[SharedCase]
+    recordings: list[SharedCase]
+    images: list[SharedCase]
+    supports: tuple[Pair, ...]
+
+
+def load_held_out(data_dir: Path, *, max_images: int | None) -> HeldOut:
+    return HeldOut(held_out_cases(data_dir, "volume"), held_out_cases(data_dir, "recording"),
+                   held_out_cases(data_dir, "image")[:max_images], training_supports(data_dir))
+
+
+def evaluate_model(name: str, cases: HeldOut) -> list[Row]:
     pred = load_predictor(name)
     rows: list[Row] = []
-    for case in held_out_cases(data_dir, "volume"):
+    for case in cases.volumes:
         rows += volume_rows(name, pred, case)
         if case.dataset == "msd_hippocampus":
-            rows += hippocampus_rows(name, pred, case, data_dir)
-    for case in held_out_cases(data_dir, "recording"):
+            rows += hippocampus_rows(name, pred, case, cases.supports)
+    for case in cases.recordings:
         rows += recording_rows(name, pred, case)
-    for case in held_out_cases(data_dir, "image")[:max_images]:
+    for case in cases.images:
         rows += image_rows(name, pred, case)
     return rows
 
@@ -184,11 +193,12 @@ def main() -> None:
     data_dir = shared_data_dir()
     if data_dir is None:
         sys.exit("evaluate_reference_model: the shared data folder is absent (../shared/data or $MEDSAM2KIT_DATA)")
+    cases = load_held_out(data_dir, max_images=args.max_images)
     rows: list[Row] = []
     seconds = {}
     for name in [m for m in args.models.split(",") if m]:
         start = time.perf_counter()
-        rows += evaluate_model(name, data_dir, max_images=args.max_images)
+        rows += evaluate_model(name, cases)
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"{name}: {seconds[name]} s", file=sys.stderr)
     summary = summarise(rows)

@@ -135,23 +135,28 @@ def phantom_case(seed: int = 0) -> DemoCase:
     return DemoCase(f"phantom_{seed}", query, tuple(supports), (1, 2))
 
 
+def training_supports(data_dir: Path, dataset: str = "msd_hippocampus") -> tuple[Pair, ...]:
+    """The labelled cases of a shared 3D dataset that no reference model holds out (for the
+    hippocampus: cases 184 and 195), as ``(image, label)`` supports."""
+    from medsam2kit.io import load_label, load_volume
+    from medsam2kit.reference import is_held_out
+
+    paths = [p for p in sorted((data_dir / dataset).glob("*_img.nii.gz")) if not is_held_out(dataset, p)]
+    images = [load_volume(p) for p in paths]
+    return tuple((im, load_label(str(p).replace("_img.", "_label."), like=im)) for p, im in zip(paths, images))
+
+
 def real_cases(data_dir: Path) -> list[DemoCase]:
     """The held-out 3D shared cases (:data:`medsam2kit.reference.HELD_OUT`: no reference model
     trained on them): each a query for propagation; the hippocampus case also for FATE-SAM and
-    SAM2Med3D, with the two training hippocampus cases as its labelled supports (labels 1
-    anterior, 2 posterior). Empty when the folder is absent."""
-    from medsam2kit.io import load_label, load_volume
-    from medsam2kit.reference import held_out_cases, is_held_out
+    SAM2Med3D, with the two training hippocampus cases as its labelled supports
+    (:func:`training_supports`; labels 1 anterior, 2 posterior). Empty when the folder is absent."""
+    from medsam2kit.reference import held_out_cases
 
     cases = []
     for case in held_out_cases(data_dir, "volume"):
-        assert isinstance(case.image, Volume) and isinstance(case.label, Volume)
-        supports: tuple[Pair, ...] = ()
-        if case.dataset == "msd_hippocampus":
-            paths = [p for p in sorted((data_dir / case.dataset).glob("*_img.nii.gz"))
-                     if not is_held_out(case.dataset, p)]
-            images = [load_volume(p) for p in paths]
-            supports = tuple((im, load_label(str(p).replace("_img.", "_label."), like=im)) for p, im in zip(paths, images))
+        assert isinstance(case.image, Volume) and isinstance(case.label, Volume)  # kind "volume"
+        supports = training_supports(data_dir, case.dataset) if case.dataset == "msd_hippocampus" else ()
         cases.append(DemoCase(case.name, (case.image, case.label), supports, (1, 2) if supports else ()))
     return cases
 
@@ -363,7 +368,6 @@ def _write_case(folder: Path, image: Volume, label: Volume, maps: Mapping[str, n
     """The case's NIfTI files and one montage per method: titled with the case and the method,
     its Dice per label (from ``rows``) in the heading, the truth (of the labels scored) dashed."""
     from medsam2kit.io import save_mask, save_volume
-    from medsam2kit.viz import overlay_montage, save_png
 
     folder.mkdir(parents=True, exist_ok=True)
     save_volume(image, folder / "image.nii.gz")
@@ -374,18 +378,17 @@ def _write_case(folder: Path, image: Volume, label: Volume, maps: Mapping[str, n
         scores = {r.label: r.dice for r in rows if (r.task, r.method) == (task, method) and r.case == case}
         truth = keep_labels(label, sorted(scores)).array if scores else np.asarray(label.array)
         title = f"{case}: {task}" + (f" ({method})" if method not in (task, "sam2") else "")
-        picture = overlay_montage(image, {method: arr}, reference=truth, title=title, dice={method: scores},
-                                  axis=axis)
-        save_png(picture, folder / f"overlay_{name}.png")
+        _write_montage(folder / f"overlay_{name}.png", image, arr, truth, title, scores, axis=axis, method=method)
 
 
 def _write_montage(path: Path, image: Volume, pred: np.ndarray, truth: np.ndarray, title: str,
-                   scores: Mapping[int, float], *, axis: int) -> None:
+                   scores: Mapping[int, float], *, axis: int, method: str = "sam2") -> None:
+    """One titled montage: ``pred`` filled (row ``method``, its Dice per label), ``truth`` dashed."""
     from medsam2kit.viz import overlay_montage, save_png
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(overlay_montage(image, {"sam2": pred}, reference=truth, title=title, dice={"sam2": dict(scores)}, axis=axis),
-             path)
+    save_png(overlay_montage(image, {method: pred}, reference=truth, title=title, dice={method: dict(scores)},
+                             axis=axis), path)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -403,6 +406,7 @@ __all__ = [
     "one_prompt_propagation",
     "phantom_case",
     "real_cases",
+    "training_supports",
     "run_case",
     "run_demo",
     "run_images",

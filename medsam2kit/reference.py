@@ -112,6 +112,9 @@ HELD_OUT: dict[str, tuple[str, ...]] = {
     "hc18_fetal_us": tuple(f"{i:03d}_HC" for i in (*range(0, 16), *range(100, 160))),
 }
 
+#: The shared data folders of labelled 3D cases (``*_img.nii.gz`` beside ``*_label.nii.gz``).
+VOLUME_DATASETS: tuple[str, ...] = ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics")
+
 #: Sampling weight of each source of the real-image recipe (see :func:`real_datasets`).
 SOURCE_WEIGHTS: dict[str, float] = {"phantoms": 0.5, "volumes": 1.5, "regions": 0.75, "carotid": 1.0, "fetal": 1.0}
 #: The sources of the shipped real-image model: the self-supervised supervoxels (``regions``)
@@ -145,7 +148,7 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
     groups: dict[str, list[dict[str, Any]]] = {k: [] for k in sources}
     if "phantoms" in groups:
         groups["phantoms"].append({"kind": "synthetic", "phantom": "volume", "count": 600, "seed": seed})
-    images = [(f, p) for f in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics")
+    images = [(f, p) for f in VOLUME_DATASETS
               for p in sorted((data_dir / f).glob("*_img.nii.gz")) if not is_held_out(f, p)]
     for folder, path in images:
         label = str(path).replace("_img.nii.gz", "_label.nii.gz")
@@ -171,7 +174,7 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
 def real_validation(data_dir: Path) -> list[dict[str, Any]]:
     """Validation specs of the real-image recipe: the held-out 3D cases and carotid recordings."""
     specs: list[dict[str, Any]] = []
-    for folder in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics"):
+    for folder in VOLUME_DATASETS:
         for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
             if is_held_out(folder, path):
                 specs.append({"kind": "volume", "path": str(path),
@@ -211,7 +214,7 @@ def held_out_cases(data_dir: Path, kind: str) -> list[SharedCase]:
 
     out: list[SharedCase] = []
     if kind == "volume":
-        for folder in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics"):
+        for folder in VOLUME_DATASETS:
             for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
                 if is_held_out(folder, path):
                     image = load_volume(path)
@@ -328,6 +331,7 @@ __all__ = [
     "SOURCE_WEIGHTS",
     "TRAIN_SEED",
     "VAL_SEED",
+    "VOLUME_DATASETS",
     "SharedCase",
     "held_out_cases",
     "heldout_phantoms",

@@ -100,12 +100,12 @@ def test_run_case_reports_each_stage(predictor: SAM2Predictor, one_torch_thread:
 
 def test_real_cases_are_the_held_out_volumes_with_training_supports(shared_data: Path) -> None:
     from medsam2kit.demo import real_cases
-    from medsam2kit.reference import HELD_OUT
+    from medsam2kit.reference import HELD_OUT, VOLUME_DATASETS
 
     cases = real_cases(shared_data)
-    volumes = [p for f in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics") for p in HELD_OUT[f]]
+    volumes = [p for f in VOLUME_DATASETS for p in HELD_OUT[f]]
     assert sorted(c.name for c in cases) == sorted(
-        p.name.removesuffix("_img.nii.gz") for f in ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics")
+        p.name.removesuffix("_img.nii.gz") for f in VOLUME_DATASETS
         for p in (shared_data / f).glob("*_img.nii.gz") if p.name.startswith(tuple(volumes)))
     for case in cases:
         if case.name.startswith("hippocampus"):
