@@ -1,16 +1,19 @@
 """Training-step throughput and peak memory of medsam2kit.train, against sam2's own ``training`` step.
 
-One optimiser step = forward over a clip (8 frames, SAM2's recipe), SAM2's loss, backward, AdamW.
+One optimiser step = forward over clips of 8 frames (SAM2's recipe), SAM2's loss, backward, AdamW.
 Two prompt plans: mask on frame 0 (no clicks), and a point on frame 0 with 7 correction clicks on
-2 frames (SAM2's interactive branch). Model: ``sam2.1_hiera_t`` at 256 px, random init (no weights
-can be downloaded here), fp32 on CPU; on CUDA also bf16 autocast at 1024 px.
+2 frames (SAM2's interactive branch). Set-ups (:data:`SETUPS`): ``sam2.1_hiera_t`` at 256 px with
+1 clip x 1 object, and the bundled micro model at 128 px with 4 clips x up to 3 objects (what the
+ultrasound study and ``finetune`` on the bundled model train); random init (no weights can be
+downloaded here), fp32 on CPU; on CUDA also hiera-t with bf16 autocast at 256 and 1024 px. The
+two implementations' steps are interleaved, so a slow spell of the machine hits both alike.
 
 Upstream: ``training.model.sam2.SAM2Train`` (same config, same prompts, its own forward) with
 ``training.loss_fns.MultiStepMultiMasksAndIous``. ``training.loss_fns`` imports
 ``training.trainer``, which needs tensorboard; when it is missing, the benchmark stubs that module's
 single constant (``CORE_LOSS_KEY``) and says so in the JSON.
 
-Run: ``python benchmarks/bench_train.py [--steps 3] [--frames 8] [--size 256]``.
+Run: ``python benchmarks/bench_train.py [--steps 5] [--frames 8]``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import resource
 import sys
 import types
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,11 +58,12 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def ours(batch: Any, plan: PromptPlan, *, device: torch.device, size: int, steps: int, amp: bool) -> dict[str, float]:
+def ours(batch: Any, plan: PromptPlan, *, device: torch.device, config: str, size: int, amp: bool) -> Callable[[], float]:
+    """One optimiser step of medsam2kit.train (as :func:`medsam2kit.train.fit` runs it)."""
     torch.manual_seed(0)
-    model = prepare_model(build_model("sam2.1_hiera_t", device=device, image_size=size))
+    model = prepare_model(build_model(config, device=device, image_size=size))
     module = ClipForward(model)
-    opt = build_optimizer(model, OptimConfig(lr=1e-5, encoder_lr=1e-5))
+    opt = build_optimizer(model, OptimConfig(lr=1e-5, encoder_lr=1e-5, weight_decay=0.1))
     b = batch.to(device)
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else None
 
@@ -74,15 +79,12 @@ def ours(batch: Any, plan: PromptPlan, *, device: torch.device, size: int, steps
         opt.step()
         return float(parts["loss"].detach())
 
-    step()  # warm-up
-    _reset_peak(device)
-    times = [timed(step)[0] for _ in range(steps)]
-    return {"s_per_step": float(np.median(times)), "steps_per_s": 1.0 / float(np.median(times)),
-            "peak_mb": _peak(device)}
+    return step
 
 
-def upstream(batch: Any, plan: PromptPlan, *, device: torch.device, size: int, steps: int, amp: bool) -> dict[str, Any]:
-    notes = []
+def upstream(batch: Any, plan: PromptPlan, *, device: torch.device, config: str, size: int, amp: bool,
+             notes: list[str]) -> Callable[[], float] | str:
+    """One optimiser step of sam2's ``training`` package on the same batch, or why it cannot run."""
     try:
         import tensorboard  # noqa: F401
     except ImportError:
@@ -96,8 +98,8 @@ def upstream(batch: Any, plan: PromptPlan, *, device: torch.device, size: int, s
         from training.loss_fns import MultiStepMultiMasksAndIous
         from training.utils.data_utils import BatchedVideoDatapoint, BatchedVideoMetaData
     except ImportError as err:
-        return {"error": f"cannot import sam2's training package: {err}"}
-    cfg = OmegaConf.load(resolve_config("sam2.1_hiera_t"))
+        return f"cannot import sam2's training package: {err}"
+    cfg = OmegaConf.load(resolve_config(config))
     feat = size // 16
     over = {
         "model._target_": "training.model.sam2.SAM2Train",
@@ -152,47 +154,80 @@ def upstream(batch: Any, plan: PromptPlan, *, device: torch.device, size: int, s
 
     # SAM2Train.forward_image runs on a flat (B*T) batch in video-major order; ours in frame-major:
     # both encode each image once.
-    step()
-    _reset_peak(device)
-    times = [timed(step)[0] for _ in range(steps)]
-    return {"s_per_step": float(np.median(times)), "steps_per_s": 1.0 / float(np.median(times)),
-            "peak_mb": _peak(device), "notes": notes}
+    return step
+
+
+#: The measured set-ups: (config, px, clips per step, objects per clip at most). sam2.1_hiera_t at
+#: 256 px is SAM2's architecture; the micro model at 128 px is what the bundled model, the
+#: ultrasound study and a newcomer's ``finetune`` train (4 clips of up to 3 objects per step).
+SETUPS: tuple[tuple[str, int, int, int], ...] = (("sam2.1_hiera_t", 256, 1, 1), ("sam2.1_hiera_micro", 128, 4, 3))
+
+
+def _measure(steppers: dict[str, Callable[[], float]], device: torch.device, steps: int) -> dict[str, dict[str, float]]:
+    """Median step time of each stepper, their steps interleaved (ours, sam2's, ours, ...) so that a
+    slow spell of the machine hits both alike; peak memory of each measured in a run of its own."""
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    peaks: dict[str, float] = {}
+    for name, step in steppers.items():  # warm-up and peak memory, one at a time
+        _reset_peak(device)
+        step()
+        peaks[name] = _peak(device)
+    for _ in range(steps):
+        for name, step in steppers.items():
+            times[name].append(timed(step)[0])
+    return {k: {"s_per_step": float(np.median(v)), "steps_per_s": 1.0 / float(np.median(v)), "peak_mb": peaks[k],
+                "times_s": [round(t, 4) for t in v]} for k, v in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps of each implementation (interleaved)")
     ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--size", type=int, default=256)
     args = ap.parse_args()
     torch.set_flush_denormal(True)  # as medsam2kit.train.fit does on CPU: denormals slow backward ~40x
-    runs: list[tuple[torch.device, int, bool]] = [(torch.device("cpu"), args.size, False)]
+    runs: list[tuple[torch.device, str, int, int, int, bool]] = [
+        (torch.device("cpu"), config, size, clips, objects, False) for config, size, clips, objects in SETUPS]
     if torch.cuda.is_available():
-        runs += [(torch.device("cuda"), args.size, True), (torch.device("cuda"), 1024, True)]
-    rows, records = [], []
-    for device, size, amp in runs:
-        vids = synthetic_videos(1, frames=args.frames, image_size=size, seed=0)
-        batch = collate(ClipSampler([vids], clip_length=args.frames, max_objects=1).batch(step=0, micro=0, batch_size=1))
+        runs += [(torch.device("cuda"), "sam2.1_hiera_t", 256, 1, 1, True), (torch.device("cuda"), "sam2.1_hiera_t", 1024, 1, 1, True)]
+    rows, records, notes = [], [], []
+    for device, config, size, clips, objects, amp in runs:
+        vids = synthetic_videos(max(clips, 1), frames=args.frames, image_size=size, seed=0)
+        batch = collate(ClipSampler([vids], clip_length=args.frames, max_objects=objects).batch(
+            step=0, micro=0, batch_size=clips))
         for name, plan in PLANS.items():
-            for impl, fn in (("medsam2kit.train", ours), ("sam2 training (SAM2Train)", upstream)):
-                res = fn(batch, plan, device=device, size=size, steps=args.steps, amp=amp)
-                rec = {"impl": impl, "device": str(device), "size": size, "frames": args.frames,
-                       "precision": "bf16 autocast" if amp else "fp32", "prompts": name, **res}
-                records.append(rec)
-                rows.append([impl, str(device), size, rec["precision"], name,
-                             res.get("steps_per_s", float("nan")), res.get("s_per_step", float("nan")),
-                             res.get("peak_mb", float("nan")), res.get("error", "")])
-                print(rec, flush=True)
+            steppers: dict[str, Callable[[], float]] = {
+                "medsam2kit.train": ours(batch, plan, device=device, config=config, size=size, amp=amp)}
+            theirs = upstream(batch, plan, device=device, config=config, size=size, amp=amp, notes=notes)
+            if isinstance(theirs, str):
+                print(theirs, file=sys.stderr)
+            else:
+                steppers["sam2 training (SAM2Train)"] = theirs
+            res = _measure(steppers, device, args.steps)
+            ratio = (res["medsam2kit.train"]["steps_per_s"] / res["sam2 training (SAM2Train)"]["steps_per_s"]
+                     if len(res) == 2 else float("nan"))
+            precision = "bf16 autocast" if amp else "fp32"
+            for impl, r in res.items():
+                records.append({"impl": impl, "device": str(device), "config": config, "size": size, "clips": clips,
+                                "objects": int(batch.masks.shape[1]), "frames": args.frames, "precision": precision,
+                                "prompts": name, "speed_vs_sam2": ratio, **r})
+                rows.append([impl, str(device), config, size, f"{clips}x{int(batch.masks.shape[1])}", precision, name,
+                             r["steps_per_s"], r["s_per_step"], r["peak_mb"],
+                             ratio if impl == "medsam2kit.train" else ""])
+                print({k: v for k, v in records[-1].items() if k != "times_s"}, flush=True)
     print_table(
-        f"training step, sam2.1_hiera_t random init, 1 clip x {args.frames} frames x 1 object "
-        f"(median of {args.steps} steps after 1 warm-up)",
-        ["impl", "device", "px", "precision", "prompts", "steps/s", "s/step", "peak MB", "note"],
+        f"training step, random init, {args.frames} frames per clip (median of {args.steps} interleaved steps "
+        "after 1 warm-up each)",
+        ["impl", "device", "config", "px", "clips x objects", "precision", "prompts", "steps/s", "s/step", "peak MB",
+         "speed vs sam2"],
         rows,
     )
     write_json("train", {
-        "what": "one optimiser step (forward, SAM2 loss, backward, clip 0.1, AdamW)",
+        "what": "one optimiser step (forward, SAM2 loss, backward, clip 0.1, AdamW); speed_vs_sam2 = our steps/s "
+                "over sam2's, measured with the steps of the two interleaved",
         "flush_denormal": True,
-        "peak_memory": "CUDA: torch.cuda.max_memory_allocated; CPU: process max RSS (ru_maxrss, whole process)",
+        "peak_memory": "CUDA: torch.cuda.max_memory_allocated; CPU: process max RSS (ru_maxrss, whole process, so "
+                       "the later of two runs reads at least the earlier's)",
+        "notes": sorted(set(notes)),
         "results": records,
     })
 

@@ -44,7 +44,7 @@ from medsam2kit.fewshot import FewShotPipeline
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
-from medsam2kit.reference import REFERENCE_CONFIG, SharedCase, held_out_cases
+from medsam2kit.reference import REFERENCE_CONFIG, SharedArrays, SharedVolume, held_out_images, held_out_recordings, held_out_volumes
 from medsam2kit.tasks import box_prompt_image, filled_box, one_prompt_propagation, track_recording
 
 
@@ -71,8 +71,7 @@ def load_predictor(name: str) -> SAM2Predictor:
     return SAM2Predictor.from_pretrained(name, device="cpu")
 
 
-def volume_rows(model: str, pred: SAM2Predictor, case: SharedCase) -> list[Row]:
-    assert not isinstance(case.image, np.ndarray) and not isinstance(case.label, np.ndarray)
+def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume) -> list[Row]:
     rows = []
     truth = np.asarray(case.label.array)
     for prompt in ("mask", "box"):
@@ -86,8 +85,7 @@ def volume_rows(model: str, pred: SAM2Predictor, case: SharedCase) -> list[Row]:
     return rows
 
 
-def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedCase, supports: Sequence[Pair]) -> list[Row]:
-    assert not isinstance(case.image, np.ndarray) and not isinstance(case.label, np.ndarray)
+def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedVolume, supports: Sequence[Pair]) -> list[Row]:
     truth = np.asarray(keep_labels(case.label, (1, 2)).array)
     rows = []
     fewshot = FewShotPipeline(pred, supports)(case.image).array
@@ -105,15 +103,13 @@ def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedCase, supports
     return rows
 
 
-def recording_rows(model: str, pred: SAM2Predictor, case: SharedCase) -> list[Row]:
-    assert isinstance(case.image, np.ndarray) and isinstance(case.label, np.ndarray)
+def recording_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[Row]:
     s = track_recording(pred, case.image, case.label)
     return [Row(model, case.dataset, case.name, 1, "propagation (mask)", "sam2", s.dice, s.jf),
             Row(model, case.dataset, case.name, 1, "propagation (mask)", "copy first mask", s.copy_dice, s.copy_jf)]
 
 
-def image_rows(model: str, pred: SAM2Predictor, case: SharedCase) -> list[Row]:
-    assert isinstance(case.image, np.ndarray) and isinstance(case.label, np.ndarray)
+def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[Row]:
     mask = box_prompt_image(pred, case.image, case.label)
     return [Row(model, case.dataset, case.name, 1, "box prompt", "sam2", dice(mask, case.label)),
             Row(model, case.dataset, case.name, 1, "box prompt", "filled box", dice(filled_box(case.label), case.label))]
@@ -123,15 +119,15 @@ def image_rows(model: str, pred: SAM2Predictor, case: SharedCase) -> list[Row]:
 class HeldOut:
     """The held-out shared cases, loaded once for every model, and the hippocampus supports."""
 
-    volumes: list[SharedCase]
-    recordings: list[SharedCase]
-    images: list[SharedCase]
+    volumes: list[SharedVolume]
+    recordings: list[SharedArrays]
+    images: list[SharedArrays]
     supports: tuple[Pair, ...]
 
 
 def load_held_out(data_dir: Path, *, max_images: int | None) -> HeldOut:
-    return HeldOut(held_out_cases(data_dir, "volume"), held_out_cases(data_dir, "recording"),
-                   held_out_cases(data_dir, "image")[:max_images], training_supports(data_dir))
+    return HeldOut(held_out_volumes(data_dir), held_out_recordings(data_dir), held_out_images(data_dir)[:max_images],
+                   training_supports(data_dir))
 
 
 def evaluate_model(name: str, cases: HeldOut) -> list[Row]:

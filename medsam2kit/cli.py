@@ -3,7 +3,8 @@
 Subcommands: ``info`` (versions, device, configs found, where the weights are), ``models`` (the
 model zoo, see :mod:`medsam2kit.models`), ``demo`` (propagation, FATE-SAM and SAM2Med3D with the
 bundled reference model on held-out phantoms and shared real cases, see :mod:`medsam2kit.demo`), ``coarse`` (fit the
-coarse network ``segment`` needs), ``segment``, ``fewshot``, ``finetune`` and ``evaluate``. Exit
+coarse network ``segment`` needs), ``segment``, ``fewshot``, ``finetune``, ``study`` (the ultrasound
+fine-tuning study, see :mod:`medsam2kit.study`) and ``evaluate``. Exit
 codes: 0 success, 1 a medsam2kit error (the message says what was wrong), 2 bad command-line
 usage. Commands that run for more than a few seconds report progress on stderr (a bar, or one
 line per stage), silenced by ``--quiet``.
@@ -58,6 +59,12 @@ _DEMO_EXAMPLE = """example:
   medsam2kit demo --out demo_out                                   # bundled reference model
   medsam2kit demo --out demo_out --model medsam2_latest --device cuda
   medsam2kit demo --out demo_out --config sam2.1_hiera_t --checkpoint my_finetuned.pt
+"""
+
+_STUDY_EXAMPLE = """example:
+  medsam2kit study --quick --out study_quick            # a few minutes: 3 cells, one seed
+  medsam2kit study --out us_study --workers 2           # the full grid (docs/us_study.md), resumable
+  medsam2kit study --out us_study --seeds 0 --steps 300 # another budget: a new --out
 """
 
 _MODELS_EXAMPLE = """example:
@@ -187,6 +194,34 @@ def _parser() -> argparse.ArgumentParser:
     from medsam2kit.train.cli import add_finetune_parser
 
     add_finetune_parser(sub)
+
+    study = sub.add_parser(
+        "study",
+        parents=[verbosity],
+        help="the ultrasound fine-tuning study (data scale, clip length, augmentation, paradigm) on shared data",
+        description=(
+            "Reproduce the ultrasound SAM2 fine-tuning study (arXiv 2511.05731) at small scale on the shared "
+            "carotid recordings and fetal-head images: one factor at a time (training-set fraction, clip length, "
+            "augmentation, paradigm, start model, learning rate) around a base cell, each cell fine-tuned for "
+            "the same small budget and scored on held-out recordings (first-frame mask, box and clicks with "
+            "simulated corrections) and held-out fetal-head images (box). Resumable: a rerun with the same "
+            "--out skips finished cells. Writes results.csv, summary.md (tables and a verdict on each of the "
+            "paper's claims), summary.json and study.png to --out."
+        ),
+        epilog=_STUDY_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    study.add_argument("--out", type=Path, required=True, help="study folder (created if missing; reused to resume)")
+    study.add_argument("--quick", action="store_true",
+                       help="3 cells, one seed, 30 steps, 16 fetal images: a smoke test of a few minutes")
+    study.add_argument("--data", type=Path, default=None,
+                       help="shared data folder (default: $MEDSAM2KIT_DATA or ../shared/data when present)")
+    study.add_argument("--workers", type=int, default=1,
+                       help="cells trained at once, sharing the CPU cores (default 1)")
+    study.add_argument("--steps", type=int, default=None, help="optimiser steps per stage (default: the plan's)")
+    study.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every cell (default: the plan's)")
+    study.add_argument("--keep-models", action="store_true", help="keep every cell's model_final.pt")
+    study.add_argument("--overwrite", action="store_true", help="redo the cells already in --out instead of reusing them")
 
     segment = sub.add_parser(
         "segment",
@@ -357,9 +392,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             from medsam2kit.train.cli import run_finetune
 
             return run_finetune(args)
+        if args.command == "study":
+            return _study(args)
     except (MedSAM2KitError, OSError) as err:  # OSError: a file the system refused, not yet named
         return _fail(args.command, err, verbose=bool(getattr(args, "verbose", False)))
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown ones
+
+
+def _study(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from medsam2kit._data import shared_data_dir
+    from medsam2kit.errors import MissingFileError
+    from medsam2kit.study import FULL_PLAN, QUICK_PLAN, run_study
+
+    data = args.data or shared_data_dir()
+    if data is None or not data.is_dir():
+        raise MissingFileError(f"--data: no shared data folder found ({args.data or '$MEDSAM2KIT_DATA or ../shared/data'}); "
+                               "the study needs its carotid_us and hc18_fetal_us folders")
+    if args.out.exists() and not args.out.is_dir():
+        raise InvalidInputError(f"--out: {args.out} is a file; expected a folder")
+    plan = QUICK_PLAN if args.quick else FULL_PLAN
+    changes: dict[str, object] = {}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.seeds is not None:
+        changes["seeds"] = tuple(args.seeds)
+    plan = dataclasses.replace(plan, **changes) if changes else plan  # type: ignore[arg-type]
+    _stage(args, f"{len(plan.cells())} cells ({len(plan.seeds)} seed(s), {plan.steps} steps each) and "
+                 f"{len(plan.inits())} untrained start model(s), {args.workers} worker(s); results in {args.out}")
+    results = run_study(plan, data, args.out, workers=args.workers, keep_models=args.keep_models,
+                        overwrite=args.overwrite, log=None if not args.quiet else (lambda line: None))
+    _say(args, (args.out / "summary.md").read_text())
+    _stage(args, f"{len(results)} results; wrote {args.out / 'summary.md'}, results.csv, summary.json, study.png")
+    return 0
 
 
 def _fail(command: str, err: BaseException, *, verbose: bool) -> int:
@@ -444,8 +510,12 @@ def _models(args: argparse.Namespace) -> int:
         lines.append("")
         for entry in entries:
             source = ", ".join(entry.download_urls) or "bundled with medsam2kit"
+            ft = entry.finetune
             lines += [f"{entry.name}: {entry.description}", f"  source: {source}",
                       f"  sha256: {entry.sha256 or 'not verified (recorded on first use)'}",
+                      f"  finetune defaults: lr {ft.lr:g}, encoder_lr {ft.encoder_lr:g}, weight_decay "
+                      f"{ft.weight_decay:g}, grad_clip {ft.grad_clip:g}, warm-up {ft.warmup_fraction:.0%} of the "
+                      f"steps ({ft.source})",
                       f"  notes: {entry.notes}"]
     lines.append(f"cache folder: {model_cache_dir()}" + (" (HF_HUB_OFFLINE set: no downloads)" if hub_offline() else ""))
     _say(args, "\n".join(lines))

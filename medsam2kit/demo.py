@@ -55,7 +55,7 @@ from medsam2kit.fewshot import FewShotPipeline
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
-from medsam2kit.tasks import Propagated, box_prompt_image, filled_box, one_prompt_propagation, track_recording
+from medsam2kit.tasks import box_prompt_image, filled_box, one_prompt_propagation, track_recording
 from medsam2kit.volume import Volume
 
 Pair = tuple[Volume, Volume]
@@ -151,11 +151,10 @@ def real_cases(data_dir: Path) -> list[DemoCase]:
     trained on them): each a query for propagation; the hippocampus case also for FATE-SAM and
     SAM2Med3D, with the two training hippocampus cases as its labelled supports
     (:func:`training_supports`; labels 1 anterior, 2 posterior). Empty when the folder is absent."""
-    from medsam2kit.reference import held_out_cases
+    from medsam2kit.reference import held_out_volumes
 
     cases = []
-    for case in held_out_cases(data_dir, "volume"):
-        assert isinstance(case.image, Volume) and isinstance(case.label, Volume)  # kind "volume"
+    for case in held_out_volumes(data_dir):
         supports = training_supports(data_dir, case.dataset) if case.dataset == "msd_hippocampus" else ()
         cases.append(DemoCase(case.name, (case.image, case.label), supports, (1, 2) if supports else ()))
     return cases
@@ -267,14 +266,14 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     Raises:
         InvalidInputError: ``out`` is an existing file.
     """
-    from medsam2kit.reference import held_out_cases
+    from medsam2kit.reference import held_out_images, held_out_recordings
 
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: expected a folder, got the file {out}")
     begin = time.perf_counter()
     cases = [phantom_case(seed)] + (real_cases(data_dir) if data_dir is not None else [])
-    recordings = held_out_cases(data_dir, "recording") if data_dir is not None else []
-    images = held_out_cases(data_dir, "image")[:max_images] if data_dir is not None else []
+    recordings = held_out_recordings(data_dir) if data_dir is not None else []
+    images = held_out_images(data_dir)[:max_images] if data_dir is not None else []
     total = len(cases) + len(recordings) + (1 if images else 0)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[DiceRow] = []
@@ -292,9 +291,9 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
         timed(case.name, partial(run_case, predictor, case, out, coarse_steps=coarse_steps,
                                  generator=torch.Generator().manual_seed(seed), progress=progress))
     for rec in recordings:
-        timed(rec.name, partial(run_recording, predictor, rec.name, np.asarray(rec.image), np.asarray(rec.label), out))
+        timed(rec.name, partial(run_recording, predictor, rec.name, rec.image, rec.label, out))
     if images:
-        pairs = [(c.name, np.asarray(c.image), np.asarray(c.label)) for c in images]
+        pairs = [(c.name, c.image, c.label) for c in images]
         timed("hc18_fetal_us", partial(run_images, predictor, pairs, out, name="hc18_fetal_us"))
     table = dice_table(rows)
     _write_text(out / "dice_table.md", table)

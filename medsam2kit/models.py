@@ -143,6 +143,57 @@ class ModelEntry:
         urls = [u for u in (self.url, self.hub_url) if u]
         return tuple(dict.fromkeys(urls))
 
+    @property
+    def finetune(self) -> FinetuneDefaults:
+        """The optimiser values ``finetune`` uses for this model when a run leaves them unset."""
+        return finetune_defaults(self.config)
+
+
+@dataclass(frozen=True)
+class FinetuneDefaults:
+    """The optimiser values a fine-tuning run of a model takes when its config leaves them unset
+    (see :func:`medsam2kit.train.config.resolve_optim`).
+
+    Attributes:
+        lr: learning rate of everything but the image encoder.
+        encoder_lr: image-encoder learning rate.
+        weight_decay: AdamW weight decay.
+        grad_clip: max gradient norm.
+        warmup_fraction: linear warm-up as a share of the run's steps.
+        source: where the values come from.
+    """
+
+    lr: float
+    encoder_lr: float
+    weight_decay: float
+    grad_clip: float
+    warmup_fraction: float
+    source: str
+
+
+#: SAM2's own fine-tuning values (``sam2.1_hiera_b+_MOSE_finetune.yaml``): for pretrained SAM2-sized
+#: models (Meta's SAM 2/2.1, MedSAM2, Medical-SAM2, any checkpoint of those configs).
+SAM2_FINETUNE = FinetuneDefaults(5e-6, 3e-6, 0.1, 0.1, 0.0, "sam2's fine-tuning recipe (sam2.1_hiera_b+_MOSE_finetune.yaml)")
+#: The bundled micro models (1.8 M parameters, 128 px): sam2's rate barely moves them (a 40-step
+#: carotid run at 5e-6: held-out Dice 0.301 -> 0.298). The rate is the ultrasound study's choice
+#: (``docs/us_study.md``, learning-rate factor: held-out carotid Dice 0.440 at 1e-3 against 0.372 at
+#: 3e-4, 0.349 at 5e-5, 0.341 at 5e-6; it also forgets the most of what the model knew of other
+#: tasks); weight decay, clipping and the warm-up (a tenth of the steps) are the study's.
+MICRO_FINETUNE = FinetuneDefaults(1e-3, 1e-3, 0.01, 1.0, 0.1, "the ultrasound study's learning-rate factor (docs/us_study.md)")
+
+
+def finetune_defaults(config: str | os.PathLike[str]) -> FinetuneDefaults:
+    """The fine-tuning defaults of a model by its SAM2 config: :data:`MICRO_FINETUNE` for the
+    bundled models' ``sam2.1_hiera_micro``, :data:`SAM2_FINETUNE` for every other config.
+
+    Example:
+        >>> finetune_defaults("sam2.1_hiera_t").lr, get_entry("reference").finetune.grad_clip
+        (5e-06, 1.0)
+    """
+    from medsam2kit.reference import REFERENCE_CONFIG
+
+    return MICRO_FINETUNE if config_name(os.fspath(config)) == REFERENCE_CONFIG else SAM2_FINETUNE
+
 
 _META_2_0 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
 _META_2_1 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
@@ -817,12 +868,16 @@ __all__ = [
     "HUB_TIMEOUT_S",
     "REFERENCE",
     "REFERENCE_PHANTOMS",
+    "MICRO_FINETUNE",
+    "SAM2_FINETUNE",
+    "FinetuneDefaults",
     "LoadedModel",
     "ModelEntry",
     "ResolvedModel",
     "cached_checkpoint",
     "expected_path",
     "file_sha256",
+    "finetune_defaults",
     "find_entry",
     "get_entry",
     "hub_offline",

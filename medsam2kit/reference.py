@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medsam2kit.errors import InvalidInputError, MissingFileError
+from medsam2kit.errors import MissingFileError
 from medsam2kit.volume import Volume
 
 if TYPE_CHECKING:
@@ -185,56 +185,74 @@ def real_validation(data_dir: Path) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class SharedCase:
-    """One held-out shared case: a volume with labels, a recording or a 2D image.
+class SharedVolume:
+    """One held-out labelled 3D shared case.
 
     Attributes:
         dataset: the shared data folder it comes from.
         name: the case name (file name without suffixes).
-        image: a :class:`~medsam2kit.volume.Volume` (3D cases) or an array ``(T, H, W)`` /
-            ``(H, W)`` (recordings, images).
-        label: the same kind, the true labels.
+        image: the image.
+        label: the label map on the image's grid.
     """
 
     dataset: str
     name: str
-    image: Volume | np.ndarray = field(repr=False)
-    label: Volume | np.ndarray = field(repr=False)
+    image: Volume = field(repr=False)
+    label: Volume = field(repr=False)
 
 
-def held_out_cases(data_dir: Path, kind: str) -> list[SharedCase]:
-    """The held-out shared cases (:data:`HELD_OUT`) of one kind: ``"volume"`` (hippocampus,
-    prostate, CT lesions, brain tumour), ``"recording"`` (carotid) or ``"image"`` (fetal head);
-    empty when the folder is absent.
+@dataclass(frozen=True)
+class SharedArrays:
+    """One held-out 2D shared case or recording: frames and true masks as arrays.
 
-    Raises:
-        InvalidInputError: ``kind`` is unknown.
+    Attributes:
+        dataset: the shared data folder it comes from.
+        name: the case name (file name without suffixes).
+        image: uint8 ``(T, H, W)`` frames of a recording, or ``(H, W)`` for an image.
+        label: bool masks of the same shape.
     """
+
+    dataset: str
+    name: str
+    image: np.ndarray = field(repr=False)
+    label: np.ndarray = field(repr=False)
+
+
+def held_out_volumes(data_dir: Path) -> list[SharedVolume]:
+    """The held-out labelled 3D shared cases (:data:`HELD_OUT`: hippocampus, prostate, CT lesions,
+    brain tumour); empty when the folders are absent."""
     from medsam2kit.io import load_label, load_volume
 
-    out: list[SharedCase] = []
-    if kind == "volume":
-        for folder in VOLUME_DATASETS:
-            for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
-                if is_held_out(folder, path):
-                    image = load_volume(path)
-                    label = load_label(str(path).replace("_img.nii.gz", "_label.nii.gz"), like=image)
-                    out.append(SharedCase(folder, path.name.removesuffix("_img.nii.gz"), image, label))
-    elif kind == "recording":
-        for path in sorted((data_dir / "carotid_us").glob("*.npz")):
-            if is_held_out("carotid_us", path):
-                with np.load(path) as npz:
-                    out.append(SharedCase("carotid_us", path.stem, npz["frames"], npz["masks"] != 0))
-    elif kind == "image":
-        from PIL import Image
+    out: list[SharedVolume] = []
+    for folder in VOLUME_DATASETS:
+        for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
+            if is_held_out(folder, path):
+                image = load_volume(path)
+                label = load_label(str(path).replace("_img.nii.gz", "_label.nii.gz"), like=image)
+                out.append(SharedVolume(folder, path.name.removesuffix("_img.nii.gz"), image, label))
+    return out
 
-        for path in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png")):
-            if is_held_out("hc18_fetal_us", path):
-                with Image.open(path) as im, Image.open(path.with_name(path.stem + "_mask.png")) as mk:
-                    out.append(SharedCase("hc18_fetal_us", path.stem, np.asarray(im.convert("L")),
-                                          np.asarray(mk.convert("L")) > 127))
-    else:
-        raise InvalidInputError(f"kind: expected 'volume', 'recording' or 'image', got {kind!r}")
+
+def held_out_recordings(data_dir: Path) -> list[SharedArrays]:
+    """The held-out carotid recordings (:data:`HELD_OUT`); empty when the folder is absent."""
+    out: list[SharedArrays] = []
+    for path in sorted((data_dir / "carotid_us").glob("*.npz")):
+        if is_held_out("carotid_us", path):
+            with np.load(path) as npz:
+                out.append(SharedArrays("carotid_us", path.stem, np.asarray(npz["frames"]), np.asarray(npz["masks"]) != 0))
+    return out
+
+
+def held_out_images(data_dir: Path) -> list[SharedArrays]:
+    """The held-out fetal-head images (:data:`HELD_OUT`); empty when the folder is absent."""
+    from PIL import Image
+
+    out: list[SharedArrays] = []
+    for path in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png")):
+        if is_held_out("hc18_fetal_us", path):
+            with Image.open(path) as im, Image.open(path.with_name(path.stem + "_mask.png")) as mk:
+                out.append(SharedArrays("hc18_fetal_us", path.stem, np.asarray(im.convert("L")),
+                                        np.asarray(mk.convert("L")) > 127))
     return out
 
 
@@ -332,8 +350,11 @@ __all__ = [
     "TRAIN_SEED",
     "VAL_SEED",
     "VOLUME_DATASETS",
-    "SharedCase",
-    "held_out_cases",
+    "SharedArrays",
+    "SharedVolume",
+    "held_out_images",
+    "held_out_recordings",
+    "held_out_volumes",
     "heldout_phantoms",
     "is_held_out",
     "real_datasets",

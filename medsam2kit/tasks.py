@@ -4,8 +4,9 @@
   true mask or by the box around it, propagated both ways. Baseline: the prompt slice's true
   mask copied onto every slice that holds the label (an oracle of the label's extent, which the
   propagation has to find itself).
-* :func:`track_recording`: a video (an ultrasound recording), the first labelled frame's mask
-  as the prompt, propagated forward. Baseline: that mask copied onto every later frame.
+* :func:`track_recording`: a video (an ultrasound recording), the first labelled frame prompted
+  by its true mask, the box around it, or clicks with simulated corrections
+  (:func:`correction_click`), propagated forward. Baseline: that mask copied onto every later frame.
 * :func:`box_prompt_image`: one image, the box around the true mask as the prompt. Baseline:
   the filled box.
 
@@ -26,15 +27,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import torch
+from scipy import ndimage
 
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.fewshot import label_map_from_logits
 from medsam2kit.metrics import dice, j_and_f
-from medsam2kit.predictor import SAM2Predictor
-from medsam2kit.sequencer import PercentileWindow, sequence_frames, sequence_volume
+from medsam2kit.predictor import PointPrompt, SAM2Predictor
+from medsam2kit.sequencer import FrameSequence, PercentileWindow, sequence_frames, sequence_volume
 from medsam2kit.volume import Volume, check_same_grid
 
 PromptKind = Literal["mask", "box"]
+RecordingPrompt = Literal["mask", "box", "point"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ class RecordingScores:
         dice, jf: of the propagation (Dice over all later frames together; DAVIS J&F).
         copy_dice, copy_jf: of the baseline (the prompt mask on every later frame).
         masks: the predicted ``(T, H, W)`` masks (the prompt frame included).
+        prompt: the kind of prompt.
+        clicks: the clicks given (``"point"``: the first one plus corrections; else 0).
     """
 
     prompt_frame: int
@@ -144,19 +150,70 @@ class RecordingScores:
     copy_dice: float
     copy_jf: float
     masks: np.ndarray = field(repr=False)
+    prompt: RecordingPrompt = "mask"
+    clicks: int = 0
 
 
-def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndarray) -> RecordingScores:
-    """Prompt a recording's first labelled frame with its true mask, propagate forward, score.
+def correction_click(truth: np.ndarray, pred: np.ndarray) -> tuple[tuple[float, float], bool] | None:
+    """The next simulated click of the standard interactive protocol (RITM, SAM's evaluation): at
+    the point of the error region farthest from its border (the image edge counts as a border),
+    positive in a missed region (false negative), negative in a false positive; ``None`` when the
+    prediction is exact. With an empty ``pred`` it is the first click: the deepest point of the truth.
+
+    Args:
+        truth: bool ``(H, W)`` true mask.
+        pred: bool ``(H, W)`` current prediction.
+
+    Returns:
+        ``((x, y), positive)`` with ``x`` the column and ``y`` the row, or ``None``.
+
+    Raises:
+        ShapeMismatchError: the two are not the same 2D shape.
+
+    Example:
+        >>> t = np.zeros((7, 9), bool); t[1:6, 1:8] = True
+        >>> correction_click(t, np.zeros_like(t)), correction_click(t, t)
+        (((3.0, 3.0), True), None)
+    """
+    t, p = np.asarray(truth, bool), np.asarray(pred, bool)
+    if t.shape != p.shape or t.ndim != 2:
+        raise ShapeMismatchError(f"truth, pred: expected the same (H, W) shape, got {t.shape}, {p.shape}")
+    best: tuple[float, tuple[float, float], bool] | None = None
+    for region, positive in ((t & ~p, True), (p & ~t, False)):
+        if not region.any():
+            continue
+        depth = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)  # first maximum in raster order
+        if best is None or depth[row, col] > best[0]:
+            best = (float(depth[row, col]), (float(col), float(row)), positive)
+    return None if best is None else (best[1], best[2])
+
+
+def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndarray, *,
+                    prompt: RecordingPrompt = "mask", corrections: int = 3) -> RecordingScores:
+    """Prompt a recording's first labelled frame, propagate forward, score the later frames.
+
+    The prompt, as the ultrasound fine-tuning study evaluates (first-frame mask, box, point):
+    ``"mask"`` the true mask; ``"box"`` the box around it; ``"point"`` one click at the deepest
+    point of the true mask, then up to ``corrections`` correction clicks on that frame
+    (:func:`correction_click` on the model's frame grid, each from SAM2's mask for the clicks so far),
+    as a user would click before propagating.
 
     Args:
         frames: ``(T, H, W)`` frames (uint8 kept, other types windowed by percentiles).
         masks: ``(T, H, W)`` true masks (non-zero = foreground), some foreground somewhere.
+        prompt: ``"mask"``, ``"box"`` or ``"point"``.
+        corrections: correction clicks at most (``"point"`` only).
 
     Raises:
         ShapeMismatchError: ``frames`` and ``masks`` differ in shape.
-        InvalidInputError: no frame has foreground, or fewer than two frames from the first one.
+        InvalidInputError: no frame has foreground, or fewer than two frames from the first one;
+            ``prompt`` unknown or ``corrections`` negative.
     """
+    if prompt not in ("mask", "box", "point"):
+        raise InvalidInputError(f"prompt: expected 'mask', 'box' or 'point', got {prompt!r}")
+    if corrections < 0:
+        raise InvalidInputError(f"corrections: expected >= 0, got {corrections}")
     if frames.shape != masks.shape or frames.ndim != 3:
         raise ShapeMismatchError(f"frames, masks: expected the same (T, H, W) shape, got {frames.shape}, {masks.shape}")
     truth = np.asarray(masks) != 0
@@ -166,13 +223,40 @@ def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndar
     first = int(labelled[0])
     seq = sequence_frames(frames, image_size=predictor.image_size, window=_window(frames))
     session = predictor.start(seq)
-    session.add_mask(first, seq.mask_to_frame(truth[first]))
+    clicks = 0
+    if prompt == "mask":
+        session.add_mask(first, seq.mask_to_frame(truth[first]))
+    elif prompt == "box":
+        session.add_box(first, seq.boxes_to_frame(mask_box(truth[first])))
+    else:
+        points, labels = _clicks(predictor, seq, first, seq.mask_to_frame(truth[first]).numpy(), corrections)
+        session.add_points(first, points, labels)
+        clicks = len(labels)
     result = session.propagate("forward")
     pred = np.asarray(seq.to_volume_mask(result.logits()[:, 0].numpy()).array, dtype=bool)
     later, ref = pred[first + 1:], truth[first + 1:]
     copied = np.broadcast_to(truth[first], ref.shape)
     return RecordingScores(first, dice(later, ref), j_and_f(later, ref).jf_mean, dice(copied, ref),
-                           j_and_f(copied, ref).jf_mean, pred)
+                           j_and_f(copied, ref).jf_mean, pred, prompt, clicks)
+
+
+def _clicks(predictor: SAM2Predictor, seq: FrameSequence, frame: int, truth: np.ndarray,
+            corrections: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first click and up to ``corrections`` correction clicks on ``frame`` (model pixels),
+    each from SAM2's mask for the clicks before it (image mode: the frame freshly prompted)."""
+    points: list[tuple[float, float]] = []
+    labels: list[int] = []
+    pred = np.zeros_like(truth)
+    for _ in range(corrections + 1):
+        click = correction_click(truth, pred)
+        if click is None:
+            break
+        points.append(click[0])
+        labels.append(int(click[1]))
+        prompt = PointPrompt(frame=frame, points=torch.tensor(points, dtype=torch.float32),
+                             labels=torch.tensor(labels, dtype=torch.int32))
+        pred = predictor.predict_slices(seq, [prompt]).logits()[frame, 0].numpy() > 0
+    return np.asarray(points, np.float32), np.asarray(labels, np.int32)
 
 
 def box_prompt_image(predictor: SAM2Predictor, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -195,5 +279,5 @@ def _window(frames: np.ndarray) -> PercentileWindow | None:
     return None if frames.dtype == np.uint8 else PercentileWindow()
 
 
-__all__ = ["PromptKind", "Propagated", "RecordingScores", "box_prompt_image", "filled_box", "mask_box",
-           "one_prompt_propagation", "track_recording"]
+__all__ = ["PromptKind", "Propagated", "RecordingPrompt", "RecordingScores", "box_prompt_image", "correction_click",
+           "filled_box", "mask_box", "one_prompt_propagation", "track_recording"]

@@ -117,8 +117,8 @@ def test_load_videos_regions_and_moving_images(tmp_path: Path) -> None:
 
 
 def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
-    from medsam2kit.reference import (DEFAULT_SOURCES, HELD_OUT, SOURCE_WEIGHTS, held_out_cases, real_datasets,
-                                      real_validation)
+    from medsam2kit.reference import (DEFAULT_SOURCES, HELD_OUT, SOURCE_WEIGHTS, held_out_images, held_out_recordings,
+                                      held_out_volumes, real_datasets, real_validation)
 
     specs = real_datasets(shared_data, sources=tuple(SOURCE_WEIGHTS))
     trained = [Path(s["path"]).name for s in specs if "path" in s] + \
@@ -132,5 +132,5 @@ def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
     assert abs(sum(s["weight"] for s in specs) - sum(SOURCE_WEIGHTS.values())) < 1e-9
     val = [Path(s["path"]).name for s in real_validation(shared_data)]
     assert val and all(v.startswith(tuple(held)) for v in val)
-    names = {c.name for kind in ("volume", "recording", "image") for c in held_out_cases(shared_data, kind)}
+    names = {c.name for load in (held_out_volumes, held_out_recordings, held_out_images) for c in load(shared_data)}
     assert len(names) == 5 + 3 + 76

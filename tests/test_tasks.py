@@ -12,7 +12,14 @@ from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.metrics import dice
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import heldout_phantoms
-from medsam2kit.tasks import box_prompt_image, filled_box, mask_box, one_prompt_propagation, track_recording
+from medsam2kit.tasks import (
+    box_prompt_image,
+    correction_click,
+    filled_box,
+    mask_box,
+    one_prompt_propagation,
+    track_recording,
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +105,69 @@ def test_box_prompt_image_shape_and_errors(random_predictor: SAM2Predictor) -> N
         box_prompt_image(random_predictor, image, mask[:, :10])
     with pytest.raises(InvalidInputError, match="empty"):
         box_prompt_image(random_predictor, image, np.zeros_like(mask))
+
+
+def _depth_brute_force(region: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each region pixel to the nearest pixel outside it (outside the image
+    counts as outside), by trying every outside pixel of the padded image."""
+    padded = np.pad(region, 1)
+    outside = np.argwhere(~padded)
+    depth = np.zeros(region.shape)
+    for r, c in np.argwhere(region):
+        depth[r, c] = np.sqrt(((outside - (r + 1, c + 1)) ** 2).sum(1)).min()
+    return depth
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(1, 10), st.integers(1, 10))), st.data())
+def test_correction_click_is_the_deepest_error_pixel(truth: np.ndarray, data: st.DataObject) -> None:
+    pred = data.draw(arrays(np.bool_, truth.shape))
+    click = correction_click(truth, pred)
+    fn, fp = truth & ~pred, pred & ~truth
+    if not (fn.any() or fp.any()):
+        assert click is None
+        return
+    assert click is not None
+    (x, y), positive = click
+    row, col = int(y), int(x)
+    assert (fn if positive else fp)[row, col]
+    deepest = max(_depth_brute_force(r).max() for r in (fn, fp))
+    assert _depth_brute_force(fn if positive else fp)[row, col] == pytest.approx(deepest)
+
+
+def test_correction_click_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ShapeMismatchError, match="truth, pred"):
+        correction_click(np.zeros((3, 3), bool), np.zeros((3, 4), bool))
+
+
+def test_track_recording_prompts_box_and_clicks(random_predictor: SAM2Predictor) -> None:
+    from medsam2kit.phantoms import ultrasound_clip
+    from medsam2kit.predictor import PointPrompt
+    from medsam2kit.sequencer import sequence_frames
+
+    frames, labels = ultrasound_clip(5, (48, 40), rng=np.random.default_rng(1))
+    truth = labels == 1
+    box = track_recording(random_predictor, frames, truth, prompt="box")
+    assert box.prompt == "box" and box.clicks == 0 and box.dice == pytest.approx(dice(box.masks[1:], truth[1:]))
+    none = track_recording(random_predictor, frames, truth, prompt="point", corrections=0)
+    more = track_recording(random_predictor, frames, truth, prompt="point", corrections=3)
+    assert none.clicks == 1 and 1 <= more.clicks <= 4
+    # the first click is the deepest point of the frame-grid truth; each correction targets the
+    # error of SAM2's mask for the clicks before it (replayed here click by click)
+    seq = sequence_frames(frames, image_size=random_predictor.image_size)
+    t = seq.mask_to_frame(truth[0]).numpy()
+    pred, pts, labs = np.zeros_like(t), [], []
+    for _ in range(more.clicks):
+        click = correction_click(t, pred)
+        assert click is not None
+        pts.append(click[0])
+        labs.append(int(click[1]))
+        import torch
+
+        res = random_predictor.predict_slices(seq, [PointPrompt(frame=0, points=torch.tensor(pts), labels=torch.tensor(labs, dtype=torch.int32))])
+        pred = res.logits()[0, 0].numpy() > 0
+    assert labs[0] == 1 and (more.clicks == 4 or correction_click(t, pred) is None)
+    with pytest.raises(InvalidInputError, match="prompt"):
+        track_recording(random_predictor, frames, truth, prompt="scribble")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="corrections"):
+        track_recording(random_predictor, frames, truth, prompt="point", corrections=-1)

@@ -38,7 +38,7 @@ from medsam2kit.train import (
     take_fraction,
 )
 from medsam2kit.train.cli import add_finetune_parser, run_finetune
-from medsam2kit.train.config import DatasetSpec, OptimConfig, PromptConfig, TrainConfig
+from medsam2kit.train.config import DatasetSpec, OptimConfig, PromptConfig, TrainConfig, resolve_optim
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +101,7 @@ def test_set_key_errors_list_the_known_keys() -> None:
         cfg.replace(**{"optimm.lr": 1e-4})
     with pytest.raises(ConfigError, match=r"unknown key seed2 \(known keys: \[.*'seed'.*\]\)"):
         cfg.replace(seed2=1)
-    with pytest.raises(ConfigError, match=r"optim\.lr is a float, not a section"):
+    with pytest.raises(ConfigError, match=r"optim\.lr is a value, not a section"):
         cfg.replace(**{"optim.lr.x": 1})
 
 
@@ -128,7 +128,9 @@ def test_paradigm_presets_and_sam2_recipe() -> None:
     joint = preset("joint", **{"data.train": train, "data.pool": pool})
     assert [(s.name, len(s.datasets)) for s in plan_stages(joint)] == [("joint", 2)]
     o, loss = ts.optim, ts.loss
-    assert (o.lr, o.encoder_lr, o.weight_decay, o.grad_clip) == (5e-6, 3e-6, 0.1, 0.1)
+    assert (o.lr, o.encoder_lr, o.weight_decay, o.grad_clip) == (None, None, None, None)  # the model's defaults
+    sam2 = resolve_optim(ts.replace(**{"model.config": "sam2.1_hiera_l"})).optim
+    assert (sam2.lr, sam2.encoder_lr, sam2.weight_decay, sam2.grad_clip) == (5e-6, 3e-6, 0.1, 0.1)
     assert (loss.focal, loss.dice, loss.iou, loss.object_score) == (20.0, 1.0, 1.0, 1.0)
     with pytest.raises(ConfigError):
         preset("nope")
@@ -433,3 +435,40 @@ def test_short_run_on_carotid(shared_data: Path, tmp_path: Path) -> None:
     result = fit(cfg)
     assert result.val is not None and 0.0 <= result.val["val_dice"] <= 1.0 and result.val["val_objects"] == 1
     assert (tmp_path / "curves.png").is_file() and result.final_model.is_file()
+
+
+def test_finetune_defaults_follow_the_model_and_never_override_what_is_set() -> None:
+    from medsam2kit.models import MICRO_FINETUNE, SAM2_FINETUNE, get_entry, list_models
+
+    for entry in list_models():  # every SAM2-sized zoo model keeps sam2's recipe; the micro ones theirs
+        assert entry.finetune == (MICRO_FINETUNE if entry.config == "sam2.1_hiera_micro" else SAM2_FINETUNE), entry.name
+    assert get_entry("medsam2_latest").finetune.lr == 5e-6
+    micro = resolve_optim(config_from_dict({"model": {"config": "sam2.1_hiera_micro"}, "schedule": {"steps": 200}})).optim
+    assert (micro.lr, micro.encoder_lr, micro.weight_decay, micro.grad_clip, micro.warmup_steps) == (
+        MICRO_FINETUNE.lr, MICRO_FINETUNE.encoder_lr, MICRO_FINETUNE.weight_decay, MICRO_FINETUNE.grad_clip,
+        round(MICRO_FINETUNE.warmup_fraction * 200))
+    assert resolve_optim(config_from_dict({"model": {"config": "sam2.1_hiera_s"}})).optim.warmup_steps == 0
+    mixed = resolve_optim(config_from_dict({"model": {"config": "configs/x/sam2.1_hiera_micro.yaml"},
+                                            "optim": {"lr": 1e-3, "grad_clip": 0.0}})).optim
+    assert (mixed.lr, mixed.grad_clip, mixed.encoder_lr) == (1e-3, 0.0, MICRO_FINETUNE.encoder_lr)
+    with pytest.raises(ConfigError, match="resolve_optim"):
+        build_optimizer(torch.nn.Linear(2, 2), OptimConfig())
+    with pytest.raises(ConfigError, match="optim.lr"):
+        config_from_dict({"optim": {"lr": 0.0}})
+
+
+def test_exponent_without_a_dot_is_a_float() -> None:
+    """PyYAML reads ``1e-4`` as a string; a float field takes it (``--set optim.lr=1e-4`` as documented)."""
+    from medsam2kit.train.config import load_config
+
+    assert config_from_dict({"optim": {"lr": "1e-4", "grad_clip": "2", "min_lr_ratio": " .5 "}}).optim.lr == 1e-4
+    assert TrainConfig().replace(**{"optim.lr": "3E-5"}).optim.lr == 3e-5
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected float, got '1e-4x'"):
+        config_from_dict({"optim": {"lr": "1e-4x"}})
+    with pytest.raises(ConfigError, match=r"schedule\.steps: expected int"):
+        config_from_dict({"schedule": {"steps": "10"}})  # only floats read numbers from text
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "run.yaml"
+    path.write_text("optim:\n  lr: 1e-4\n")
+    assert load_config(path).optim.lr == 1e-4

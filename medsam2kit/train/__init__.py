@@ -16,9 +16,10 @@ The pieces (each usable alone):
 * :mod:`~medsam2kit.train.cli`: ``medsam2kit finetune CONFIG``.
 
 Example:
-    >>> from medsam2kit.train import preset
+    >>> from medsam2kit.train import preset, resolve_optim
     >>> cfg = preset("intermediate", **{"data.train": [{"kind": "synthetic"}],
     ...                                 "data.pool": [{"kind": "synthetic", "seed": 1}]})
+    >>> cfg = resolve_optim(cfg.replace(**{"model.config": "sam2.1_hiera_t"}))  # SAM2's recipe for SAM2 models
     >>> cfg.optim.lr, cfg.optim.encoder_lr, cfg.optim.grad_clip
     (5e-06, 3e-06, 0.1)
 """
@@ -41,6 +42,7 @@ from medsam2kit.train.config import (
     load_config,
     plan_stages,
     preset,
+    resolve_optim,
 )
 from medsam2kit.train.data import (
     Batch,
@@ -109,6 +111,7 @@ __all__ = [
     "plot_curves",
     "prepare_model",
     "preset",
+    "resolve_optim",
     "save_checkpoint",
     "phantom_volume_videos",
     "synthetic_videos",

@@ -109,6 +109,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         if changes:
             cfg = cfg.replace(**changes)
         cfg = _default_weights(cfg, random_init=bool(getattr(args, "random_init", False)))
+        cfg = _model_optim(cfg, quiet=bool(args.quiet))
         _check_output_dir(cfg, overwrite=bool(getattr(args, "overwrite", False)), name="--out" if args.out else "output_dir")
         result = fit(cfg)
     except (MedSAM2KitError, OSError) as err:  # OSError: a file the system refused, not yet named
@@ -162,6 +163,24 @@ def _default_weights(cfg: TrainConfig, *, random_init: bool) -> TrainConfig:
         f"model.checkpoint: empty, so the run would start from random weights of {cfg.model.config}; set "
         "model.checkpoint, pass --model NAME|PATH ('medsam2kit models' lists them), or --random-init"
     )
+
+
+def _model_optim(cfg: TrainConfig, *, quiet: bool) -> TrainConfig:
+    """The optimiser values the config leaves unset, from the model's fine-tuning defaults (said on
+    stderr, so a run shows which rate it trains with)."""
+    from medsam2kit.models import finetune_defaults
+    from medsam2kit.train.config import resolve_optim
+
+    if cfg.optim.resolved:
+        return cfg
+    resolved = resolve_optim(cfg)
+    if not quiet:
+        o = resolved.optim
+        print(f"medsam2kit finetune: optim lr {o.lr:g}, encoder_lr {o.encoder_lr:g}, weight_decay {o.weight_decay:g}, "
+              f"grad_clip {o.grad_clip:g}, warmup_steps {o.warmup_steps} where the config sets none: defaults of "
+              f"{config_name(cfg.model.config)} "
+              f"({finetune_defaults(cfg.model.config).source})", file=sys.stderr)
+    return resolved
 
 
 def _model_changes(name_or_path: str) -> dict[str, Any]:

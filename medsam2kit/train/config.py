@@ -13,13 +13,16 @@ Example:
     >>> cfg = config_from_dict({"data": {"train": [{"kind": "synthetic", "count": 4}]},
     ...                         "schedule": {"steps": 10}})
     >>> cfg.optim.lr, cfg.loss.focal, [s.name for s in plan_stages(cfg)]
-    (5e-06, 20.0, ['task'])
+    (None, 20.0, ['task'])
+    >>> resolve_optim(cfg).optim.lr  # the bundled micro model's default (docs/us_study.md)
+    0.001
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,6 +38,9 @@ PhantomKind = Literal["ultrasound", "volume"]
 AugmentName = Literal["none", "ultrasound", "generic", "combined"]
 PromptMode = Literal["mixed", "mask", "box", "point"]
 Paradigm = Literal["task_specific", "intermediate", "joint"]
+
+#: A number as text: PyYAML (YAML 1.1) reads ``1e-4`` without a dot as a string.
+_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 #: The study's short/long split: a video of at most this many frames is "short".
 SHORT_MAX_FRAMES = 7
@@ -215,27 +221,37 @@ class LossConfig:
 class OptimConfig:
     """AdamW with a lower image-encoder learning rate, cosine schedule, clipping, accumulation.
 
+    ``lr``, ``encoder_lr``, ``weight_decay``, ``grad_clip`` and ``warmup_steps`` left unset
+    (``None``) take the defaults of the model being trained (:func:`resolve_optim`, from
+    :func:`medsam2kit.models.finetune_defaults`): SAM2's fine-tuning values (5e-6, 3e-6, 0.1,
+    0.1, no warm-up) for SAM2-sized models, the ultrasound study's for the bundled micro models.
+
     Attributes:
-        lr: learning rate of everything but the image encoder (SAM2: 5e-6).
-        encoder_lr: image-encoder learning rate (SAM2: 3e-6).
-        weight_decay: AdamW weight decay (SAM2: 0.1), not applied to biases and norms.
+        lr: learning rate of everything but the image encoder.
+        encoder_lr: image-encoder learning rate.
+        weight_decay: AdamW weight decay, not applied to biases and norms.
         betas: AdamW betas.
-        grad_clip: max gradient norm (SAM2: 0.1); 0 disables.
+        grad_clip: max gradient norm; 0 disables.
         accumulate: micro-batches per optimiser step.
-        warmup_steps: linear warm-up steps.
+        warmup_steps: linear warm-up steps (unset: the model's share of ``schedule.steps``).
         min_lr_ratio: the cosine ends at ``lr * min_lr_ratio`` (SAM2: 0.1).
         amp: bf16 autocast on CUDA (fp32 elsewhere, whatever this says).
     """
 
-    lr: float = 5e-6
-    encoder_lr: float = 3e-6
-    weight_decay: float = 0.1
+    lr: float | None = None
+    encoder_lr: float | None = None
+    weight_decay: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 0.1
+    grad_clip: float | None = None
     accumulate: int = 1
-    warmup_steps: int = 0
+    warmup_steps: int | None = None
     min_lr_ratio: float = 0.1
     amp: bool = True
+
+    @property
+    def resolved(self) -> bool:
+        """Whether every model-dependent value is set (see :func:`resolve_optim`)."""
+        return None not in (self.lr, self.encoder_lr, self.weight_decay, self.grad_clip, self.warmup_steps)
 
 
 @dataclass(frozen=True)
@@ -311,8 +327,8 @@ class TrainConfig:
         """Plain nested dict (YAML/JSON-ready; tuples become lists).
 
         Example:
-            >>> TrainConfig().to_dict()["optim"]["grad_clip"]
-            0.1
+            >>> TrainConfig().to_dict()["optim"]["betas"]
+            [0.9, 0.999]
         """
         return _plain(dataclasses.asdict(self))
 
@@ -331,8 +347,8 @@ class TrainConfig:
             for key in parents:
                 if key in node and not isinstance(node[key], dict):
                     raise ConfigError(
-                        f"{dotted}: {'.'.join([*where, key])} is a {type(node[key]).__name__}, not a section of "
-                        "keys; set it whole (e.g. in the YAML file)"
+                        f"{dotted}: {'.'.join([*where, key])} is a value, not a section of keys; set it whole "
+                        "(e.g. in the YAML file)"
                     )
                 if key not in node:
                     sections = sorted(k for k, v in node.items() if isinstance(v, dict))
@@ -399,6 +415,33 @@ def preset(paradigm: str, **overrides: Any) -> TrainConfig:
             node = node.setdefault(key, {})
         node[last] = _plain(value)
     return config_from_dict(data)
+
+
+def resolve_optim(config: TrainConfig) -> TrainConfig:
+    """``config`` with its unset optimiser values (``None``) taken from the defaults of the model it
+    trains (:func:`medsam2kit.models.finetune_defaults` of ``model.config``; the warm-up as its
+    share of ``schedule.steps``); values set stay.
+
+    Example:
+        >>> cfg = resolve_optim(config_from_dict({"model": {"config": "sam2.1_hiera_t"}, "optim": {"lr": 1e-5}}))
+        >>> cfg.optim.lr, cfg.optim.encoder_lr, cfg.optim.grad_clip
+        (1e-05, 3e-06, 0.1)
+    """
+    from medsam2kit.models import finetune_defaults
+
+    o = config.optim
+    if o.resolved:
+        return config
+    d = finetune_defaults(config.model.config)
+    optim = dataclasses.replace(
+        o,
+        lr=d.lr if o.lr is None else o.lr,
+        encoder_lr=d.encoder_lr if o.encoder_lr is None else o.encoder_lr,
+        weight_decay=d.weight_decay if o.weight_decay is None else o.weight_decay,
+        grad_clip=d.grad_clip if o.grad_clip is None else o.grad_clip,
+        warmup_steps=round(d.warmup_fraction * config.schedule.steps) if o.warmup_steps is None else o.warmup_steps,
+    )
+    return dataclasses.replace(config, optim=optim)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,6 +549,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{name}: expected int, got {value!r} ({type(value).__name__})")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: expected float, got {value!r} ({type(value).__name__})")
         return float(value)
@@ -572,11 +617,12 @@ def _validate(cfg: TrainConfig) -> None:
     _check(p.frames_to_correct >= 0 or p.frames_to_correct == -1, f"prompts.frames_to_correct: expected >= 0 or -1, got {p.frames_to_correct}")
     _check(p.correction_clicks >= 0, f"prompts.correction_clicks: expected >= 0, got {p.correction_clicks}")
     _check(p.box_noise >= 0 and p.box_noise_bound >= 0, "prompts.box_noise, box_noise_bound: expected >= 0")
-    _check(o.lr > 0 and o.encoder_lr >= 0, f"optim.lr/encoder_lr: expected lr > 0 and encoder_lr >= 0, got {o.lr}, {o.encoder_lr}")
-    _check(o.weight_decay >= 0, f"optim.weight_decay: expected >= 0, got {o.weight_decay}")
-    _check(o.grad_clip >= 0, f"optim.grad_clip: expected >= 0, got {o.grad_clip}")
+    _check(o.lr is None or o.lr > 0, f"optim.lr: expected > 0, got {o.lr}")
+    for key in ("encoder_lr", "weight_decay", "grad_clip"):
+        value = getattr(o, key)
+        _check(value is None or value >= 0, f"optim.{key}: expected >= 0, got {value}")
     _check(o.accumulate >= 1, f"optim.accumulate: expected >= 1, got {o.accumulate}")
-    _check(o.warmup_steps >= 0, f"optim.warmup_steps: expected >= 0, got {o.warmup_steps}")
+    _check(o.warmup_steps is None or o.warmup_steps >= 0, f"optim.warmup_steps: expected >= 0, got {o.warmup_steps}")
     _check(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio: expected a value in [0, 1], got {o.min_lr_ratio}")
     _check(all(0 <= b < 1 for b in o.betas), f"optim.betas: expected values in [0, 1), got {list(o.betas)}")
     _check(s.steps >= 1, f"schedule.steps: expected >= 1, got {s.steps}")
@@ -607,4 +653,5 @@ __all__ = [
     "load_config",
     "plan_stages",
     "preset",
+    "resolve_optim",
 ]

@@ -35,6 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from medsam2kit.train.config import SHORT_MAX_FRAMES, DatasetSpec, Duration
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _LABEL_KEYS = ("masks", "mask", "labels", "label", "seg", "segmentation")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, eq=False)
@@ -312,8 +314,9 @@ def filter_duration(videos: Sequence[Video], duration: Duration) -> list[Video]:
     raise InvalidInputError(f"duration: expected 'all', 'short' or 'long', got {duration!r}")
 
 
-def take_fraction(videos: Sequence[Video], fraction: float, *, seed: int) -> list[Video]:
-    """A seeded subset of ``ceil(fraction * n)`` videos (at least one), in their original order.
+def take_fraction(videos: Sequence[_T], fraction: float, *, seed: int) -> list[_T]:
+    """A seeded subset of ``ceil(fraction * n)`` videos (or any items: the study draws recording
+    files with it), at least one, in their original order.
 
     Example:
         >>> vids = synthetic_videos(4, frames=3, image_size=64)

@@ -52,8 +52,8 @@ import numpy as np
 import torch
 
 from medsam2kit._files import atomic_write, load_torch
-from medsam2kit.errors import CheckpointError, InvalidInputError
-from medsam2kit.train.config import OptimConfig, Stage, TrainConfig, plan_stages
+from medsam2kit.errors import CheckpointError, ConfigError, InvalidInputError
+from medsam2kit.train.config import OptimConfig, Stage, TrainConfig, plan_stages, resolve_optim
 from medsam2kit.train.data import (
     Batch,
     ClipSampler,
@@ -140,10 +140,18 @@ def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.
 
     Example:
         >>> from medsam2kit.predictor import build_model
-        >>> opt = build_optimizer(build_model("sam2.1_hiera_micro", device="cpu"), OptimConfig())
+        >>> opt = build_optimizer(build_model("sam2.1_hiera_micro", device="cpu"),
+        ...                       OptimConfig(lr=5e-6, encoder_lr=3e-6, weight_decay=0.1, grad_clip=0.1))
         >>> sorted({g["lr"] for g in opt.param_groups})
         [3e-06, 5e-06]
+
+    Raises:
+        ConfigError: a value is unset (``None``): resolve the run's config first
+            (:func:`medsam2kit.train.config.resolve_optim`).
     """
+    if config.lr is None or config.encoder_lr is None or config.weight_decay is None:
+        raise ConfigError("optim: lr, encoder_lr and weight_decay must be set; resolve_optim(config) fills them "
+                          "with the model's defaults")
     norm_params: set[int] = set()
     for mod in model.modules():
         if "norm" in type(mod).__name__.lower():
@@ -184,7 +192,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total
     """The cosine schedule (with warm-up) of :func:`lr_factor` as a resumable ``LambdaLR``."""
 
     def factor(step: int) -> float:
-        return lr_factor(step, total_steps, warmup=config.warmup_steps, min_ratio=config.min_lr_ratio)
+        return lr_factor(step, total_steps, warmup=config.warmup_steps or 0, min_ratio=config.min_lr_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -432,6 +440,7 @@ def fit(config: TrainConfig) -> FitResult:
         InvalidInputError: a stage has no training video.
         MissingFileError / FileFormatError / CheckpointError: unreadable data or checkpoints.
     """
+    config = resolve_optim(config)  # unset optimiser values: the model's defaults
     env = init_distributed(config.device)
     devices = [env.device] if env.device.type == "cuda" else []
     # Denormal floats (e.g. from SAM2's layer-scale 1e-6) make CPU steps ~40x slower: flush them
@@ -535,7 +544,8 @@ def _run_stage(config: TrainConfig, stage: Stage, stage_idx: int, folder: Path, 
                     loss = loss + sum((p.sum() * 0.0 for p in params), loss.new_zeros(()))
                 (loss / oc.accumulate).backward()
             sums += torch.tensor([float(parts[k].detach()) for k in (*LOSS_PARTS, "loss")] + [1.0], dtype=torch.float64)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, oc.grad_clip if oc.grad_clip > 0 else float("inf")))
+        clip = oc.grad_clip or float("inf")  # 0 (or unset): no clipping
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         lr = optimizer.param_groups[-1]["lr"]
         optimizer.step()
         scheduler.step()
