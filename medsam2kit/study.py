@@ -663,8 +663,8 @@ def _markdown(results: Sequence[CellResult], plan: StudyPlan, stats: Mapping[str
 
 
 def plot_study(results: Sequence[CellResult], plan: StudyPlan, path: Path) -> Path | None:
-    """One panel per factor: carotid Dice per prompt and fetal-head box Dice against the level
-    (mean and standard deviation over seeds), the untrained base model's scores dotted. Needs matplotlib
+    """One panel per factor: carotid Dice per prompt, carotid J&F and fetal-head box Dice against
+    the level (mean and standard deviation over seeds), the untrained base model's scores dotted. Needs matplotlib
     (``pip install medsam2kit[study]``); without it, says so and returns ``None``."""
     try:
         import matplotlib
@@ -680,29 +680,32 @@ def plot_study(results: Sequence[CellResult], plan: StudyPlan, path: Path) -> Pa
     cols = min(3, max(len(factors), 1))
     rows_n = max(1, math.ceil(len(factors) / cols))
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
-    series = [("carotid_mask_dice", "carotid, mask", "#0072B2", "o"), ("carotid_box_dice", "carotid, box", "#E69F00", "s"),
-              ("carotid_point_dice", "carotid, clicks", "#009E73", "^"), ("fetal_box_dice", "fetal head, box", "#CC79A7", "D")]
+    series = [("carotid_mask_dice", "carotid Dice, mask", "#0072B2", "o"),
+              ("carotid_box_dice", "carotid Dice, box", "#E69F00", "s"),
+              ("carotid_point_dice", "carotid Dice, clicks", "#009E73", "^"),
+              ("carotid_jf", "carotid J&F (3 prompts)", "#000000", "x"),
+              ("fetal_box_dice", "fetal-head Dice, box", "#CC79A7", "D")]
     base0 = next((r for r in results if not r.trained and r.cell.init == plan.base.init), None)
     for ax, factor in zip(axes.flat, factors):
         rows = stats[factor]
         x = np.arange(len(rows))
         for k, (metric, label, colour, marker) in enumerate(series):
-            ax.errorbar(x + (k - 1.5) * 0.06, [s.mean[metric] for s in rows], yerr=[s.std[metric] for s in rows],
-                        color=colour, marker=marker, capsize=3, label=label, lw=1.2)
+            ax.errorbar(x + (k - 2) * 0.05, [s.mean[metric] for s in rows], yerr=[s.std[metric] for s in rows],
+                        color=colour, marker=marker, capsize=3, label=label, lw=1.2, ls="--" if "J&F" in label else "-")
         if base0 is not None:
             ax.axhline(base0.metrics["carotid_dice"], color="grey", ls=":", lw=1.2, label=f"carotid, untrained {plan.base.init}")
             ax.axhline(base0.metrics["fetal_box_dice"], color="#CC79A7", ls=":", lw=1.2,
                        label=f"fetal head, untrained {plan.base.init}")
         ax.set_xticks(x, [_level_label(s.level) for s in rows], fontsize=8)
-        ax.set(title=f"{factor} (others at base)", ylim=(0, 1), ylabel="Dice (held out)")
+        ax.set(title=f"{factor} (others at base)", ylim=(0, 1), ylabel="held-out score")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(factors):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle(f"Ultrasound fine-tuning study: {plan.steps} steps x {plan.batch_size} clips, "
                  f"{len(plan.seeds)} seed(s); base {plan.base.key}", fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.09, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
