@@ -28,7 +28,7 @@ recordings and 316 fetal-head images (``../shared/data``).
   and a verdict on each of the paper's relative claims), ``summary.json`` and ``study.png``.
 
 The base cell starts from the default model ``reference``, as a user of the library would. That
-model already trained on the 8 carotid training recordings (one of its five sources), so the
+model already trained on the 8 carotid training recordings (one of its four sources), so the
 ``fraction`` factor measures how much task-specific fine-tuning data matters on top of that
 exposure, not data scale from nothing; the ``init`` factor's other level, ``reference-phantoms``,
 never saw ultrasound (the small analogue of a SAM2 pretrained on natural video). ``medsam2kit study --quick`` runs :data:`QUICK_PLAN` (minutes);
