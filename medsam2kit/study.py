@@ -176,9 +176,13 @@ class StudyPlan:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """What a stored result must have been made with to be reused."""
-        return {"steps": self.steps, "batch_size": self.batch_size, "corrections": self.corrections,
-                "images": self.images}
+        """What a stored cell result must have been made with to be reused."""
+        return {"steps": self.steps, "batch_size": self.batch_size, **self.scoring}
+
+    @property
+    def scoring(self) -> dict[str, Any]:
+        """What a stored untrained (zero-shot) result must have been made with to be reused."""
+        return {"corrections": self.corrections, "images": self.images}
 
 
 #: The grid of ``docs/us_study.md``: 14 cells x 3 seeds, 200 steps of 2 clips each (under an
@@ -198,7 +202,8 @@ class CellResult:
         metrics: see :data:`METRICS`.
         per_recording: recording -> prompt -> ``{"dice", "jf", "clicks"}``.
         recordings: the training recordings used (empty when untrained).
-        settings: the plan settings it was made with (:attr:`StudyPlan.settings`).
+        settings: the plan settings it was made with (:attr:`StudyPlan.settings`; untrained:
+            :attr:`StudyPlan.scoring`).
         train_s, eval_s: wall time of training and of scoring.
     """
 
@@ -405,13 +410,13 @@ def run_zero_shot(init: str, plan: StudyPlan, data_dir: Path, out: Path, *, over
 
     cell = dataclasses.replace(plan.base, init=init, seed=0)
     path = out / "zero_shot" / init / "result.json"
-    found = None if overwrite else _load_result(path, plan.settings, cell)
+    found = None if overwrite else _load_result(path, plan.scoring, cell)
     if found is not None:
         return found
     t0 = time.perf_counter()
     metrics, per = evaluate_model(SAM2Predictor.from_pretrained(init), load_held_out(data_dir, images=plan.images),
                                   corrections=plan.corrections)
-    result = CellResult(cell, False, metrics, per, (), plan.settings, 0.0, time.perf_counter() - t0)
+    result = CellResult(cell, False, metrics, per, (), plan.scoring, 0.0, time.perf_counter() - t0)
     _write_result(path, result)
     return result
 
@@ -458,9 +463,12 @@ def run_study(plan: StudyPlan, data_dir: Path, out: Path, *, workers: int = 1, k
     out.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, Any]] = [("zero_shot", i) for i in plan.inits()] + [("cell", c) for c in plan.cells()]
     for kind, arg in jobs:  # refuse a folder of another plan before any work
-        if not overwrite:
-            where = out / "zero_shot" / arg / "result.json" if kind == "zero_shot" else out / "cells" / arg.name / "result.json"
-            _load_result(where, plan.settings, dataclasses.replace(plan.base, init=arg, seed=0) if kind == "zero_shot" else arg)
+        if overwrite:
+            break
+        if kind == "zero_shot":
+            _load_result(out / "zero_shot" / arg / "result.json", plan.scoring, dataclasses.replace(plan.base, init=arg, seed=0))
+        else:
+            _load_result(out / "cells" / arg.name / "result.json", plan.settings, arg)
     atomic_write(out / "plan.json", lambda tmp: tmp.write_text(json.dumps(_plain_plan(plan), indent=1)))
     results: dict[int, CellResult] = {}
     t0 = time.perf_counter()
