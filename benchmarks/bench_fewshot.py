@@ -9,8 +9,16 @@ them and again in the preflight memory encoding, then the query). Ours: the bank
 support slice once; a query slice is encoded once, whatever the labels and passes.
 
 Hiera-t random init, 256 px, CPU; volumes from ../shared/data/msd_hippocampus (two supports, one
-query) when present, else synthetic phantoms. Run: ``python benchmarks/bench_fewshot.py``.
-Prints a table and writes ``benchmarks/results/fewshot.json``.
+query) when present, else synthetic phantoms.
+
+Second part, many labels (``--labels 2 8``): every label of a query slice tracked as one batch
+(``max_objects_per_batch`` 16, the default) against one label at a time
+(``max_objects_per_batch=1``, sam2's batch size), on many-label volumes (:func:`label_volume`:
+``L`` blobs on a grid, two supports and a query drawn with other seeds), with hiera-t (random
+init, ``--size``) and the bundled micro model (128 px); the label maps of the two must be equal.
+
+Run: ``python benchmarks/bench_fewshot.py [--labels 2 8]``. Prints the tables and writes
+``benchmarks/results/fewshot.json``.
 """
 
 from __future__ import annotations
@@ -48,6 +56,48 @@ def cases() -> tuple[str, list[tuple[Volume, Volume]], Volume]:
         return "msd_hippocampus 184+195 -> 199", sup, vols[199]
     sup = [ellipsoid_phantom((30, 48, 40), (1.0, 1.0, 1.0), rng=s) for s in (1, 2)]
     return "phantoms (no shared data)", sup, ellipsoid_phantom((30, 48, 40), (1.0, 1.0, 1.0), rng=3)[0]
+
+
+def label_volume(num_labels: int, *, depth: int = 16, size: int = 64, seed: int = 0) -> tuple[Volume, Volume]:
+    """A ``(depth, size, size)`` 1 mm volume with ``num_labels`` ellipsoidal blobs on a grid (label
+    ``k + 1`` brighter by ``k``), their centres, radii and the noise jittered by ``seed``."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(num_labels)))
+    zz, yy, xx = np.mgrid[0:depth, 0:size, 0:size].astype(np.float64)
+    image = 0.2 + 0.05 * rng.standard_normal((depth, size, size))
+    label = np.zeros((depth, size, size), np.uint8)
+    cell = size / side
+    for k in range(num_labels):
+        cy, cx = (k // side + 0.5 + 0.1 * rng.standard_normal()) * cell, (k % side + 0.5 + 0.1 * rng.standard_normal()) * cell
+        r, rz = 0.3 * cell * (1 + 0.1 * rng.standard_normal()), depth * (0.3 + 0.05 * rng.random())
+        blob = ((yy - cy) / r) ** 2 + ((xx - cx) / r) ** 2 + ((zz - depth / 2) / rz) ** 2 < 1
+        image[blob] += 0.3 + 0.5 * k / max(num_labels - 1, 1)
+        label[blob] = k + 1
+    return Volume(image.astype(np.float32), np.eye(4)), Volume(label, np.eye(4))
+
+
+def many_labels(model: Any, num_labels: int, top_k: int) -> dict[str, Any]:
+    """FATE-SAM on a ``num_labels`` volume: labels batched per query slice vs one at a time."""
+    supports = [label_volume(num_labels, seed=s) for s in (1, 2)]
+    query = label_volume(num_labels, seed=3)[0]
+    out: dict[str, Any] = {"labels": num_labels, "query_slices": query.shape[0]}
+    maps, logits = {}, {}
+    for name, cap in (("batched", 16), ("per_label", 1)):
+        pred = SAM2Predictor(model, max_objects_per_batch=cap)
+        bank = SupportBank.build(pred, supports, axis=0)
+        assembler = SupportMemoryAssembler(pred, bank, top_k=top_k)
+        assembler.segment(query, axis=0)  # warm-up
+        seconds, result = timed(lambda: assembler.segment(query, axis=0))
+        out[f"{name}_seconds"] = seconds
+        maps[name] = np.asarray(result.labels.array)
+        logits[name] = np.stack([np.asarray(result.logits[k].array) for k in sorted(result.logits)])
+    out["ratio"] = out["batched_seconds"] / out["per_label_seconds"]
+    a, b = logits["batched"], logits["per_label"]
+    finite = np.isfinite(a) & np.isfinite(b)
+    out["same_visited"] = bool(np.array_equal(np.isfinite(a), np.isfinite(b)))
+    out["max_logit_difference"] = float(np.abs(a[finite] - b[finite]).max()) if finite.any() else 0.0
+    out["label_map_voxels_differing"] = int((maps["batched"] != maps["per_label"]).sum())
+    return out
 
 
 def uint8_slices(volume: Volume) -> np.ndarray:
@@ -134,11 +184,40 @@ def ours(model: Any, supports: list[tuple[Volume, Volume]], query: Volume, top_k
             "encoder_calls": calls[0], "query_slices": query.shape[0], "support_slices": len(bank)}
 
 
+def many_label_table(counts: list[int], size: int, top_k: int) -> list[dict[str, Any]]:
+    """The many-label part for hiera-t at ``size`` and the bundled micro model: printed and returned."""
+    from medsam2kit.reference import reference_predictor
+
+    device = str(resolve_device("auto"))
+    torch.manual_seed(0)
+    models = {f"hiera-t random init, {size} px": build_model(CONFIG, device=device, image_size=size),
+              "reference (micro), 128 px": reference_predictor(device).model}
+    records = []
+    for label, model in models.items():
+        for n in counts:
+            rec = {"model": label, **many_labels(model, n, top_k)}
+            records.append(rec)
+            print(rec, flush=True)
+    print_table(f"FATE-SAM, labels of a query slice batched vs one at a time ({device}, 16 query slices)",
+                ["model", "labels", "batched s", "per label s", "batched / per label", "max |logit diff|",
+                 "voxels differing"],
+                [[r["model"], r["labels"], r["batched_seconds"], r["per_label_seconds"], r["ratio"],
+                  r["max_logit_difference"], r["label_map_voxels_differing"]] for r in records])
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--labels", type=int, nargs="*", default=[2, 8],
+                        help="label counts of the many-label part (none: skip it)")
+    parser.add_argument("--skip-baseline", action="store_true", help="only the many-label part")
     args = parser.parse_args()
+    scaling = many_label_table(args.labels, args.size, args.top_k)
+    if args.skip_baseline:
+        write_json("fewshot_labels", {"results": scaling})
+        return
     name, supports, query = cases()
     device = str(resolve_device("auto"))
     torch.manual_seed(0)
@@ -172,7 +251,7 @@ def main() -> None:
     print_table(f"FATE-SAM, hiera-t random init, {args.size} px, {device}, {name}: "
                 f"{nq} query slices, {ns} support slices, labels {base['labels']}",
                 ["measure", "public procedure", "medsam2kit", "target"], rows)
-    write_json("fewshot", {"case": name, "image_size": args.size, "top_k": args.top_k, "baseline": base,
+    write_json("fewshot", {"case": name, "image_size": args.size, "top_k": args.top_k, "many_labels": scaling, "baseline": base,
                            "medsam2kit": me, "ratio": me["seconds"] / base["seconds"],
                            "ratio_with_bank": (me["seconds"] + me["bank_seconds"]) / base["seconds"],
                            "baseline_encoder_calls_per_query_slice": base_query_calls / nq,
