@@ -180,3 +180,36 @@ def test_study_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFix
         (tmp_path / "file").write_text("x")
         assert main(["study", "--quick", "--out", str(tmp_path / "file"), "--data", str(DATA)]) == 1
         assert "is a file" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_newcomers_finetune_of_the_bundled_model_moves_held_out_dice(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``finetune`` with no optimiser keys on the bundled model (the model's defaults, chosen by the
+    study) raises held-out carotid Dice within 40 steps (sam2's rate, the old default, left it at
+    0.298 from 0.301: docs/train.md)."""
+    import torch
+
+    from medsam2kit.cli import main
+    from medsam2kit.predictor import build_model
+    from medsam2kit.reference import reference_checkpoint
+    from medsam2kit.train.config import DatasetSpec
+    from medsam2kit.train.data import load_videos
+    from medsam2kit.train.loop import evaluate
+
+    assert DATA is not None
+    recordings = sorted((DATA / "carotid_us").glob("*.npz"))
+    train = [p for p in recordings if not is_held_out("carotid_us", p)]
+    val = [p for p in recordings if is_held_out("carotid_us", p)]
+    lines = ["data:", "  train:"] + [f"    - {{kind: cine, path: '{p}'}}" for p in train]
+    lines += ["  val:"] + [f"    - {{kind: cine, path: '{p}'}}" for p in val]
+    lines += ["  batch_size: 2", "  val_max_frames: 30", "prompts: {frames_to_correct: 1, correction_clicks: 2}",
+              "schedule: {steps: 40, steps_per_epoch: 40}"]
+    (tmp_path / "run.yaml").write_text("\n".join(lines) + "\n")
+    assert main(["finetune", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "new"), "-q"]) == 0
+    tuned = json.loads((tmp_path / "new" / "metrics.jsonl").read_text().splitlines()[-1])["val_dice"]
+    videos = [v for p in val for v in load_videos(DatasetSpec(kind="cine", path=str(p)), image_size=128)]
+    untuned = evaluate(build_model("sam2.1_hiera_micro", reference_checkpoint(), device="cpu"), videos,
+                       device=torch.device("cpu"), max_frames=30)["val_dice"]
+    print(f"held-out carotid Dice: untuned {untuned:.3f}, tuned with the model's defaults {tuned:.3f}")
+    assert tuned >= untuned + 0.02, (untuned, tuned)
