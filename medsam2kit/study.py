@@ -462,36 +462,47 @@ def run_study(plan: StudyPlan, data_dir: Path, out: Path, *, workers: int = 1, k
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, Any]] = [("zero_shot", i) for i in plan.inits()] + [("cell", c) for c in plan.cells()]
-    for kind, arg in jobs:  # refuse a folder of another plan before any work
+    found: dict[int, CellResult] = {}  # finished earlier; a folder of another plan is refused before any work
+    for i, (kind, arg) in enumerate(jobs):
         if overwrite:
             break
         if kind == "zero_shot":
-            _load_result(out / "zero_shot" / arg / "result.json", plan.scoring, dataclasses.replace(plan.base, init=arg, seed=0))
+            done = _load_result(out / "zero_shot" / arg / "result.json", plan.scoring,
+                                dataclasses.replace(plan.base, init=arg, seed=0))
         else:
-            _load_result(out / "cells" / arg.name / "result.json", plan.settings, arg)
+            done = _load_result(out / "cells" / arg.name / "result.json", plan.settings, arg)
+        if done is not None:
+            found[i] = done
     atomic_write(out / "plan.json", lambda tmp: tmp.write_text(json.dumps(_plain_plan(plan), indent=1)))
     results: dict[int, CellResult] = {}
+    todo = [i for i in range(len(jobs)) if i not in found]
     t0 = time.perf_counter()
 
     def report(i: int, res: CellResult) -> None:
         results[i] = res
         m = res.metrics
         what = res.cell.name if res.trained else f"zero-shot {res.cell.init}"
-        eta = (time.perf_counter() - t0) / len(results) * (len(jobs) - len(results))
+        ran = sum(j not in found for j in results)
+        if i in found:
+            when = f"found in {out}"
+        else:
+            when = f"about {(time.perf_counter() - t0) / ran * (len(jobs) - len(results)) / 60:.0f} min left"
         say(f"[{len(results)}/{len(jobs)}] {what}: carotid Dice mask {m['carotid_mask_dice']:.3f} box "
             f"{m['carotid_box_dice']:.3f} point {m['carotid_point_dice']:.3f}, J&F {m['carotid_jf']:.3f}, fetal box "
-            f"{m['fetal_box_dice']:.3f} (train {res.train_s:.0f} s, eval {res.eval_s:.0f} s; about {eta / 60:.0f} min left)")
+            f"{m['fetal_box_dice']:.3f} (train {res.train_s:.0f} s, eval {res.eval_s:.0f} s; {when})")
 
+    for i, res in found.items():
+        report(i, res)
     args = (plan, data_dir, out, keep_models, overwrite)
-    if workers == 1:
-        for i, (kind, arg) in enumerate(jobs):
-            report(i, _job(kind, arg, *args))
+    if workers == 1 or len(todo) <= 1:
+        for i in todo:
+            report(i, _job(jobs[i][0], jobs[i][1], *args))
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                                     initargs=(threads,)) as pool:
-            futures = {pool.submit(_job, kind, arg, *args): i for i, (kind, arg) in enumerate(jobs)}
+            futures = {pool.submit(_job, jobs[i][0], jobs[i][1], *args): i for i in todo}
             try:
                 for fut in concurrent.futures.as_completed(futures):
                     report(futures[fut], fut.result())
