@@ -446,7 +446,8 @@ def run_study(plan: StudyPlan, data_dir: Path, out: Path, *, workers: int = 1, k
             processes with two threads each on two cores slow each other many times over).
         keep_models: keep every cell's ``model_final.pt`` and ``checkpoint_last.pt``.
         overwrite: redo the cells found in ``out`` instead of reusing them.
-        log: called with a line per finished cell (default: print to stderr).
+        log: called with a line per finished cell and one naming the report files (default: print
+            to stderr).
 
     Returns:
         The zero-shot results, then the cells' in :meth:`StudyPlan.cells` order.
@@ -511,7 +512,8 @@ def run_study(plan: StudyPlan, data_dir: Path, out: Path, *, workers: int = 1, k
                     fut.cancel()
                 raise
     ordered = [results[i] for i in range(len(jobs))]
-    write_report(out, ordered, plan)
+    files = write_report(out, ordered, plan)
+    say(f"{len(ordered)} results; wrote {', '.join(str(f) for f in files)}")
     return ordered
 
 
