@@ -2,15 +2,18 @@
 
     python examples/evaluate_reference_model.py                    # both bundled models
     python examples/evaluate_reference_model.py --models reference --out runs/eval
+    python examples/evaluate_reference_model.py --split validation --models a.pt,b.pt@256
 
-For each model (a zoo name or a ``.pt`` file of ``sam2.1_hiera_micro`` weights) and each case of
+For each model (a zoo name, or a ``.pt`` file of ``sam2.1_hiera_micro`` weights, optionally
+``@size`` for a model trained at another input size) and each case of
 :data:`medsam2kit.reference.HELD_OUT` (cases no reference model trained on, split by case,
-recording or image):
+recording or image; ``--split validation``: the recipe-selection cases of
+:data:`medsam2kit.reference.VALIDATION`, for models of selection runs that left them out):
 
 * 3D cases (hippocampus, prostate, CT lesions, brain tumour): one-prompt propagation per label,
   prompted on its largest slice by the true mask and by its box, against the copy baseline
   (the prompt mask on every slice holding the label);
-* hippocampus: FATE-SAM from the two training cases as supports, and SAM2Med3D (a coarse network
+* hippocampus: FATE-SAM from the training cases as supports, and SAM2Med3D (a coarse network
   fitted on them, fused with SAM2) against the coarse network alone;
 * carotid recordings: first-frame mask propagation (Dice, J&F) against copying the first mask;
 * fetal-head images: box prompts against the filled box.
@@ -44,7 +47,8 @@ from medsam2kit.fewshot import FewShotPipeline
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
-from medsam2kit.reference import REFERENCE_CONFIG, SharedArrays, SharedVolume, held_out_images, held_out_recordings, held_out_volumes
+from medsam2kit.reference import (REFERENCE_CONFIG, SharedArrays, SharedVolume, Split, shared_images,
+                                  shared_recordings, shared_volumes)
 from medsam2kit.tasks import box_prompt_image, filled_box, one_prompt_propagation, track_recording
 
 
@@ -66,8 +70,10 @@ class Row:
 
 
 def load_predictor(name: str) -> SAM2Predictor:
-    if name.endswith(".pt"):
-        return SAM2Predictor.from_config(REFERENCE_CONFIG, name, device="cpu")
+    """A zoo name, a ``.pt`` file of micro weights, or ``file.pt@size`` (trained at ``size`` px)."""
+    path, _, size = name.partition("@")
+    if path.endswith(".pt"):
+        return SAM2Predictor.from_config(REFERENCE_CONFIG, path, device="cpu", image_size=int(size) if size else None)
     return SAM2Predictor.from_pretrained(name, device="cpu")
 
 
@@ -116,8 +122,8 @@ def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[Row]
 
 
 @dataclass(frozen=True)
-class HeldOut:
-    """The held-out shared cases, loaded once for every model, and the hippocampus supports."""
+class Cases:
+    """The shared cases of a split, loaded once for every model, and the hippocampus supports."""
 
     volumes: list[SharedVolume]
     recordings: list[SharedArrays]
@@ -125,22 +131,23 @@ class HeldOut:
     supports: tuple[Pair, ...]
 
 
-def load_held_out(data_dir: Path, *, max_images: int | None) -> HeldOut:
-    return HeldOut(held_out_volumes(data_dir), held_out_recordings(data_dir), held_out_images(data_dir)[:max_images],
-                   training_supports(data_dir))
+def load_cases(data_dir: Path, *, max_images: int | None, split: Split = "held_out") -> Cases:
+    without = ("held_out", "validation") if split == "validation" else ("held_out",)
+    return Cases(shared_volumes(data_dir, split), shared_recordings(data_dir, split),
+                   shared_images(data_dir, split)[:max_images], training_supports(data_dir, without=without))
 
 
-def evaluate_model(name: str, cases: HeldOut) -> list[Row]:
+def evaluate_model(name: str, cases: Cases) -> list[Row]:
     pred = load_predictor(name)
     rows: list[Row] = []
     for case in cases.volumes:
         rows += volume_rows(name, pred, case)
         if case.dataset == "msd_hippocampus":
             rows += hippocampus_rows(name, pred, case, cases.supports)
-    for case in cases.recordings:
-        rows += recording_rows(name, pred, case)
-    for case in cases.images:
-        rows += image_rows(name, pred, case)
+    for rec in cases.recordings:
+        rows += recording_rows(name, pred, rec)
+    for img in cases.images:
+        rows += image_rows(name, pred, img)
     return rows
 
 
@@ -185,11 +192,13 @@ def main() -> None:
                         help="comma-separated zoo names or .pt files of sam2.1_hiera_micro weights")
     parser.add_argument("--out", default="runs/eval_reference", help="output folder")
     parser.add_argument("--max-images", type=int, default=None, help="fetal-head images at most (default all)")
+    parser.add_argument("--split", choices=("held_out", "validation"), default="held_out",
+                        help="the cases scored (validation: the recipe-selection cases)")
     args = parser.parse_args()
     data_dir = shared_data_dir()
     if data_dir is None:
         sys.exit("evaluate_reference_model: the shared data folder is absent (../shared/data or $MEDSAM2KIT_DATA)")
-    cases = load_held_out(data_dir, max_images=args.max_images)
+    cases = load_cases(data_dir, max_images=args.max_images, split=args.split)
     rows: list[Row] = []
     seconds = {}
     for name in [m for m in args.models.split(",") if m]:

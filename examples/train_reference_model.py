@@ -7,11 +7,16 @@
 (``../shared/data`` or ``$MEDSAM2KIT_DATA``) with its held-out cases left out: phantoms, the
 labelled volumes, the carotid recordings and moving fetal-head images (recipe:
 :func:`medsam2kit.reference.real_train_config`; ``--sources`` picks others, e.g. ``regions``,
-the self-supervised supervoxel objects, for the ablation). The shipped default model is two such runs, the second from the first's weights
-with another seed (new clips):
+the self-supervised supervoxel objects, for the ablation). The shipped default model is three
+such runs, each from the previous one's weights with another seed (new clips):
 
     python examples/train_reference_model.py --threads 1 --export runs/stage1.pt
-    python examples/train_reference_model.py --threads 1 --seed 1 --init runs/stage1.pt --out runs/reference_real2
+    python examples/train_reference_model.py --threads 1 --seed 1 --init runs/stage1.pt --out runs/reference_real2 --export runs/stage2.pt
+    python examples/train_reference_model.py --threads 1 --seed 2 --steps 1200 --init runs/stage2.pt --out runs/reference_real3
+
+A recipe-selection run (``--exclude-validation``, with ``--image-size`` / ``--augment`` for the
+alternatives) leaves the validation cases (:data:`medsam2kit.reference.VALIDATION`) out of
+training; score it with ``examples/evaluate_reference_model.py --split validation``.
 
 ``--recipe phantoms`` trains ``sam2.1_hiera_micro`` from random initialisation on
 the 3D phantoms (:func:`medsam2kit.reference.reference_train_config`).
@@ -50,6 +55,13 @@ def main() -> None:
                         help="real recipe: weights to start from (default: the phantom-only model)")
     parser.add_argument("--out", default=None, help="training run folder (default: runs/reference_<recipe>)")
     parser.add_argument("--export", default=None, help="where the weights go (default: the package's file)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="real recipe: the model's input size (default: the configuration's, 128 px)")
+    parser.add_argument("--augment", choices=("none", "generic", "ultrasound", "combined"), default="none",
+                        help="real recipe: clip augmentation preset")
+    parser.add_argument("--exclude-validation", action="store_true",
+                        help="real recipe: a recipe-selection run: leave the validation cases "
+                             "(medsam2kit.reference.VALIDATION) out of training and draw the curves on them")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -69,7 +81,8 @@ def main() -> None:
         if unknown or not sources:
             sys.exit(f"train_reference_model: --sources: expected names among {', '.join(SOURCE_WEIGHTS)}, got {args.sources!r}")
         config = real_train_config(data, seed=args.seed, steps=args.steps or 2400, output_dir=out, sources=sources,
-                                   init=args.init, progress=True)
+                                   init=args.init, image_size=args.image_size, augment=args.augment,
+                                   exclude_validation=args.exclude_validation, progress=True)
         export = Path(args.export or weights / REAL_WEIGHTS)
     last = Path(out) / "checkpoint_last.pt"
     if last.is_file():

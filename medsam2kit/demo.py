@@ -135,13 +135,15 @@ def phantom_case(seed: int = 0) -> DemoCase:
     return DemoCase(f"phantom_{seed}", query, tuple(supports), (1, 2))
 
 
-def training_supports(data_dir: Path, dataset: str = "msd_hippocampus") -> tuple[Pair, ...]:
-    """The labelled cases of a shared 3D dataset that no reference model holds out (for the
-    hippocampus: cases 184 and 195), as ``(image, label)`` supports."""
+def training_supports(data_dir: Path, dataset: str = "msd_hippocampus", *,
+                      without: tuple[str, ...] = ("held_out",)) -> tuple[Pair, ...]:
+    """The labelled cases of a shared 3D dataset outside the splits ``without`` (by default the
+    cases no reference model holds out; for the hippocampus 184 and 195), as ``(image, label)``
+    supports. ``without=("held_out", "validation")`` gives the supports of a validation query."""
     from medsam2kit.io import load_label, load_volume
-    from medsam2kit.reference import is_held_out
+    from medsam2kit.reference import split_of
 
-    paths = [p for p in sorted((data_dir / dataset).glob("*_img.nii.gz")) if not is_held_out(dataset, p)]
+    paths = [p for p in sorted((data_dir / dataset).glob("*_img.nii.gz")) if split_of(dataset, p) not in without]
     images = [load_volume(p) for p in paths]
     return tuple((im, load_label(str(p).replace("_img.", "_label."), like=im)) for p, im in zip(paths, images))
 
@@ -151,10 +153,10 @@ def real_cases(data_dir: Path) -> list[DemoCase]:
     trained on them): each a query for propagation; the hippocampus case also for FATE-SAM and
     SAM2Med3D, with the two training hippocampus cases as its labelled supports
     (:func:`training_supports`; labels 1 anterior, 2 posterior). Empty when the folder is absent."""
-    from medsam2kit.reference import held_out_volumes
+    from medsam2kit.reference import shared_volumes
 
     cases = []
-    for case in held_out_volumes(data_dir):
+    for case in shared_volumes(data_dir):
         supports = training_supports(data_dir, case.dataset) if case.dataset == "msd_hippocampus" else ()
         cases.append(DemoCase(case.name, (case.image, case.label), supports, (1, 2) if supports else ()))
     return cases
@@ -266,14 +268,14 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     Raises:
         InvalidInputError: ``out`` is an existing file.
     """
-    from medsam2kit.reference import held_out_images, held_out_recordings
+    from medsam2kit.reference import shared_images, shared_recordings
 
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: expected a folder, got the file {out}")
     begin = time.perf_counter()
     cases = [phantom_case(seed)] + (real_cases(data_dir) if data_dir is not None else [])
-    recordings = held_out_recordings(data_dir) if data_dir is not None else []
-    images = held_out_images(data_dir)[:max_images] if data_dir is not None else []
+    recordings = shared_recordings(data_dir) if data_dir is not None else []
+    images = shared_images(data_dir)[:max_images] if data_dir is not None else []
     total = len(cases) + len(recordings) + (1 if images else 0)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[DiceRow] = []

@@ -6,9 +6,9 @@ random weights nothing shows that the pipelines segment anything. The package th
 trained with :mod:`medsam2kit.train` twice:
 
 * ``reference`` (:data:`REFERENCE_WEIGHTS`, the default model): the phantom model fine-tuned
-  twice in a row (:func:`real_train_config`, seeds 0 then 1) on the shared real cases (MRI and CT volumes, carotid recordings, fetal-head images moving along
+  three times in a row (:func:`real_train_config`, seeds 0, 1 and 2) on the shared real cases (MRI and CT volumes, carotid recordings, fetal-head images moving along
   random trajectories) minus the held-out ones (:data:`HELD_OUT`), plus phantoms
-  (:func:`real_train_config`);
+  (:func:`real_train_config`); recipe choices are made on the :data:`VALIDATION` cases;
 * ``reference-phantoms`` (:data:`PHANTOM_WEIGHTS`): trained from random initialisation on the 3D
   phantoms of :func:`medsam2kit.phantoms.random_phantom` only (:func:`reference_train_config`).
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -112,6 +112,22 @@ HELD_OUT: dict[str, tuple[str, ...]] = {
     "hc18_fetal_us": tuple(f"{i:03d}_HC" for i in (*range(0, 16), *range(100, 160))),
 }
 
+#: Shared cases set aside to choose between recipes (image size, model size, augmentation):
+#: recipe-selection runs (``real_datasets(..., exclude_validation=True)``) never train on them
+#: and are compared on them, so that no choice is made on the :data:`HELD_OUT` cases reported.
+#: Fixed by name before any comparison (the last training case of each dataset that has more
+#: than one). The shipped model, once its recipe is chosen, trains on them too.
+VALIDATION: dict[str, tuple[str, ...]] = {
+    "msd_hippocampus": ("hippocampus_195",),
+    "deeplesion_ct": ("CT_Lesion_000002",),
+    "carotid_us": ("carotid_202201121815070032", "carotid_202201121819140033"),
+    "hc18_fetal_us": tuple(f"{i:03d}_HC" for i in range(160, 200)),
+}
+
+#: A split of the shared cases: reported held-out cases, recipe-selection cases, or the rest.
+Split = Literal["held_out", "validation", "train"]
+_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {"held_out": HELD_OUT, "validation": VALIDATION}
+
 #: The shared data folders of labelled 3D cases (``*_img.nii.gz`` beside ``*_label.nii.gz``).
 VOLUME_DATASETS: tuple[str, ...] = ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics")
 
@@ -122,20 +138,26 @@ SOURCE_WEIGHTS: dict[str, float] = {"phantoms": 0.5, "volumes": 1.5, "regions": 
 DEFAULT_SOURCES: tuple[str, ...] = ("phantoms", "volumes", "carotid", "fetal")
 
 
-def is_held_out(folder: str, path: Path) -> bool:
-    """Whether a shared file belongs to a held-out case of :data:`HELD_OUT`.
+def split_of(folder: str, path: Path) -> Split:
+    """The split of a shared file: ``"held_out"`` (:data:`HELD_OUT`), ``"validation"``
+    (:data:`VALIDATION`) or ``"train"``.
 
     Example:
-        >>> is_held_out("msd_hippocampus", Path("hippocampus_199_img.nii.gz"))
-        True
+        >>> split_of("msd_hippocampus", Path("hippocampus_195_img.nii.gz"))
+        'validation'
     """
-    return path.name.startswith(HELD_OUT.get(folder, ()))
+    for name, prefixes in _SPLITS.items():
+        if path.name.startswith(prefixes.get(folder, ())):
+            return name  # type: ignore[return-value]
+    return "train"
 
 
 def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
-                  regions_per_axis: int = 6, seed: int = TRAIN_SEED) -> list[dict[str, Any]]:
+                  regions_per_axis: int = 6, seed: int = TRAIN_SEED,
+                  exclude_validation: bool = False) -> list[dict[str, Any]]:
     """Training dataset specs (as dicts for :func:`~medsam2kit.train.config.config_from_dict`)
-    of the real-image recipe, from the shared data folder, held-out cases excluded.
+    of the real-image recipe, from the shared data folder, held-out cases excluded (and the
+    :data:`VALIDATION` cases with ``exclude_validation``, for recipe-selection runs).
 
     Sources: ``phantoms`` (600 3D phantoms), ``volumes`` (the labelled 3D cases, sliced along
     their through-plane axis; 1 mm isotropic ones along every axis), ``regions`` (supervoxel
@@ -145,11 +167,16 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
     """
     from medsam2kit.train.selfsup import region_axes
 
+    excluded = {"held_out", "validation"} if exclude_validation else {"held_out"}
+
+    def kept(folder: str, path: Path) -> bool:
+        return split_of(folder, path) not in excluded
+
     groups: dict[str, list[dict[str, Any]]] = {k: [] for k in sources}
     if "phantoms" in groups:
         groups["phantoms"].append({"kind": "synthetic", "phantom": "volume", "count": 600, "seed": seed})
     images = [(f, p) for f in VOLUME_DATASETS
-              for p in sorted((data_dir / f).glob("*_img.nii.gz")) if not is_held_out(f, p)]
+              for p in sorted((data_dir / f).glob("*_img.nii.gz")) if kept(f, p)]
     for folder, path in images:
         label = str(path).replace("_img.nii.gz", "_label.nii.gz")
         if "volumes" in groups:
@@ -162,25 +189,26 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
             groups["regions"].append({"kind": "regions", "path": str(path), "count": regions_per_axis, "seed": seed})
     if "carotid" in groups:
         groups["carotid"] += [{"kind": "cine", "path": str(p)} for p in sorted((data_dir / "carotid_us").glob("*.npz"))
-                              if not is_held_out("carotid_us", p)]
+                              if kept("carotid_us", p)]
     if "fetal" in groups:
         groups["fetal"] += [{"kind": "images", "path": str(p), "motion_frames": 8, "seed": seed}
                             for p in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png"))
-                            if not is_held_out("hc18_fetal_us", p)]
+                            if kept("hc18_fetal_us", p)]
     return [{**spec, "weight": SOURCE_WEIGHTS[name] / len(specs), "name": f"{name}:{Path(spec.get('path', 'phantoms')).name}"}
             for name, specs in groups.items() for spec in specs]
 
 
-def real_validation(data_dir: Path) -> list[dict[str, Any]]:
-    """Validation specs of the real-image recipe: the held-out 3D cases and carotid recordings."""
+def real_validation(data_dir: Path, split: Split = "held_out") -> list[dict[str, Any]]:
+    """Validation specs (training curves) of the real-image recipe: the 3D cases and carotid
+    recordings of ``split``."""
     specs: list[dict[str, Any]] = []
     for folder in VOLUME_DATASETS:
         for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
-            if is_held_out(folder, path):
+            if split_of(folder, path) == split:
                 specs.append({"kind": "volume", "path": str(path),
                               "mask_path": str(path).replace("_img.nii.gz", "_label.nii.gz")})
     specs += [{"kind": "cine", "path": str(p)} for p in sorted((data_dir / "carotid_us").glob("*.npz"))
-              if is_held_out("carotid_us", p)]
+              if split_of("carotid_us", p) == split]
     return specs
 
 
@@ -218,38 +246,40 @@ class SharedArrays:
     label: np.ndarray = field(repr=False)
 
 
-def held_out_volumes(data_dir: Path) -> list[SharedVolume]:
-    """The held-out labelled 3D shared cases (:data:`HELD_OUT`: hippocampus, prostate, CT lesions,
-    brain tumour); empty when the folders are absent."""
+def shared_volumes(data_dir: Path, split: Split = "held_out") -> list[SharedVolume]:
+    """The labelled 3D shared cases of a split (``"held_out"``: :data:`HELD_OUT`, hippocampus,
+    prostate, CT lesions, brain tumour); empty when the folders are absent."""
     from medsam2kit.io import load_label, load_volume
 
     out: list[SharedVolume] = []
     for folder in VOLUME_DATASETS:
         for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
-            if is_held_out(folder, path):
+            if split_of(folder, path) == split:
                 image = load_volume(path)
                 label = load_label(str(path).replace("_img.nii.gz", "_label.nii.gz"), like=image)
                 out.append(SharedVolume(folder, path.name.removesuffix("_img.nii.gz"), image, label))
     return out
 
 
-def held_out_recordings(data_dir: Path) -> list[SharedArrays]:
-    """The held-out carotid recordings (:data:`HELD_OUT`); empty when the folder is absent."""
+def shared_recordings(data_dir: Path, split: Split = "held_out") -> list[SharedArrays]:
+    """The carotid recordings of a split (``"held_out"``: :data:`HELD_OUT`); empty when the
+    folder is absent."""
     out: list[SharedArrays] = []
     for path in sorted((data_dir / "carotid_us").glob("*.npz")):
-        if is_held_out("carotid_us", path):
+        if split_of("carotid_us", path) == split:
             with np.load(path) as npz:
                 out.append(SharedArrays("carotid_us", path.stem, np.asarray(npz["frames"]), np.asarray(npz["masks"]) != 0))
     return out
 
 
-def held_out_images(data_dir: Path) -> list[SharedArrays]:
-    """The held-out fetal-head images (:data:`HELD_OUT`); empty when the folder is absent."""
+def shared_images(data_dir: Path, split: Split = "held_out") -> list[SharedArrays]:
+    """The fetal-head images of a split (``"held_out"``: :data:`HELD_OUT`); empty when the
+    folder is absent."""
     from PIL import Image
 
     out: list[SharedArrays] = []
     for path in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png")):
-        if is_held_out("hc18_fetal_us", path):
+        if split_of("hc18_fetal_us", path) == split:
             with Image.open(path) as im, Image.open(path.with_name(path.stem + "_mask.png")) as mk:
                 out.append(SharedArrays("hc18_fetal_us", path.stem, np.asarray(im.convert("L")),
                                         np.asarray(mk.convert("L")) > 127))
@@ -295,6 +325,7 @@ def reference_train_config(*, seed: int = 0, steps: int = 2000, output_dir: str 
 
 def real_train_config(data_dir: Path, *, seed: int = 0, steps: int = 2400, output_dir: str = "runs/reference_real",
                       sources: tuple[str, ...] = DEFAULT_SOURCES, init: str | Path | None = None,
+                      image_size: int | None = None, augment: str = "none", exclude_validation: bool = False,
                       progress: bool = False) -> TrainConfig:
     """The training recipe of the real-image reference model: the phantom model fine-tuned on
     :func:`real_datasets` (held-out cases excluded), validated on :func:`real_validation`.
@@ -310,15 +341,22 @@ def real_train_config(data_dir: Path, *, seed: int = 0, steps: int = 2400, outpu
         output_dir: the run folder.
         sources: the sources kept (an ablation drops some).
         init: the weights to start from (default: the phantom-only model).
+        image_size: the model's input size (default: the configuration's, 128 px).
+        augment: the clip augmentation preset (``data.augment``).
+        exclude_validation: a recipe-selection run: leave the :data:`VALIDATION` cases out of
+            training and draw the validation curves on them (default: train on them, curves on
+            the held-out cases).
         progress: show a progress bar.
     """
     from medsam2kit.train.config import config_from_dict
 
     return config_from_dict({
-        "model": {"config": REFERENCE_CONFIG, "checkpoint": str(init or _packaged(PHANTOM_WEIGHTS))},
+        "model": {"config": REFERENCE_CONFIG, "checkpoint": str(init or _packaged(PHANTOM_WEIGHTS)),
+                  "image_size": image_size},
         "data": {
-            "train": real_datasets(data_dir, sources=sources),
-            "val": real_validation(data_dir),
+            "train": real_datasets(data_dir, sources=sources, exclude_validation=exclude_validation),
+            "val": real_validation(data_dir, "validation" if exclude_validation else "held_out"),
+            "augment": augment,
             "clip_length": 8,
             "batch_size": 4,
             "max_objects": 3,
@@ -350,17 +388,19 @@ __all__ = [
     "TRAIN_SEED",
     "VAL_SEED",
     "VOLUME_DATASETS",
+    "VALIDATION",
     "SharedArrays",
     "SharedVolume",
-    "held_out_images",
-    "held_out_recordings",
-    "held_out_volumes",
+    "Split",
     "heldout_phantoms",
-    "is_held_out",
     "real_datasets",
     "real_train_config",
     "real_validation",
     "reference_checkpoint",
     "reference_predictor",
     "reference_train_config",
+    "shared_images",
+    "shared_recordings",
+    "shared_volumes",
+    "split_of",
 ]

@@ -64,7 +64,7 @@ import numpy as np
 from medsam2kit._files import atomic_write
 from medsam2kit.errors import ConfigError, InvalidInputError, MissingFileError
 from medsam2kit.models import REFERENCE, REFERENCE_PHANTOMS
-from medsam2kit.reference import SharedArrays, held_out_images, held_out_recordings, is_held_out
+from medsam2kit.reference import SharedArrays, shared_images, shared_recordings, split_of
 from medsam2kit.train.config import AugmentName, Paradigm, TrainConfig
 
 Factor = Literal["fraction", "clip_length", "augment", "paradigm", "init", "lr"]
@@ -243,7 +243,7 @@ def check_data(data_dir: Path) -> None:
     need = {"carotid_us": "*.npz", "hc18_fetal_us": "*_HC.png"}
     for folder, pattern in need.items():
         files = sorted((data_dir / folder).glob(pattern))
-        held = [p for p in files if is_held_out(folder, p)]
+        held = [p for p in files if split_of(folder, p) == "held_out"]
         if not held or len(held) == len(files):
             raise MissingFileError(
                 f"data: {data_dir / folder} must hold {pattern} files, training and held-out ones "
@@ -253,11 +253,11 @@ def check_data(data_dir: Path) -> None:
 
 def training_recordings(data_dir: Path) -> list[Path]:
     """The carotid recordings the study may train on (the held-out ones excluded), sorted."""
-    return [p for p in sorted((data_dir / "carotid_us").glob("*.npz")) if not is_held_out("carotid_us", p)]
+    return [p for p in sorted((data_dir / "carotid_us").glob("*.npz")) if split_of("carotid_us", p) != "held_out"]
 
 
 def _fetal_specs(data_dir: Path, seed: int) -> list[dict[str, Any]]:
-    images = [p for p in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png")) if not is_held_out("hc18_fetal_us", p)]
+    images = [p for p in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png")) if split_of("hc18_fetal_us", p) != "held_out"]
     return [{"kind": "images", "path": str(p), "motion_frames": 8, "seed": seed, "weight": 1.0 / len(images),
              "name": f"fetal:{p.stem}"} for p in images]
 
@@ -316,8 +316,8 @@ class HeldOut:
 
 def load_held_out(data_dir: Path, *, images: int = 0) -> HeldOut:
     """The held-out carotid recordings and fetal-head images (the first ``images``; 0: all)."""
-    pictures = held_out_images(data_dir)
-    return HeldOut(tuple(held_out_recordings(data_dir)), tuple(pictures[:images] if images else pictures))
+    pictures = shared_images(data_dir)
+    return HeldOut(tuple(shared_recordings(data_dir)), tuple(pictures[:images] if images else pictures))
 
 
 def evaluate_model(predictor: Any, held_out: HeldOut, *, corrections: int = 3) -> tuple[dict[str, float], dict[str, dict[str, dict[str, float]]]]:

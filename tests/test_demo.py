@@ -122,10 +122,10 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
                                                                 tmp_path: Path, one_torch_thread: None) -> None:
     from medsam2kit.demo import run_images, run_recording
     from medsam2kit.metrics import dice
-    from medsam2kit.reference import held_out_images, held_out_recordings
+    from medsam2kit.reference import shared_images, shared_recordings
     from medsam2kit.tasks import filled_box
 
-    rec = held_out_recordings(shared_data)[0]
+    rec = shared_recordings(shared_data)[0]
     frames, masks = np.asarray(rec.image), np.asarray(rec.label)
     rows = run_recording(predictor, rec.name, frames, masks, tmp_path)
     assert [(r.task, r.method) for r in rows] == [("tracking", "sam2"), ("tracking", "copy first mask")]
@@ -133,7 +133,7 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
     later = masks[first + 1:]
     assert rows[1].dice == pytest.approx(dice(np.broadcast_to(masks[first], later.shape), later))
     assert (tmp_path / rec.name / "overlay_tracking.png").stat().st_size > 1000
-    images = [(c.name, np.asarray(c.image), np.asarray(c.label)) for c in held_out_images(shared_data)[:2]]
+    images = [(c.name, np.asarray(c.image), np.asarray(c.label)) for c in shared_images(shared_data)[:2]]
     rows = run_images(predictor, images, tmp_path, name="fetal")
     assert [r.case for r in rows] == [f"fetal/{n}" for n, _, _ in images for _ in range(2)]
     assert rows[1].dice == pytest.approx(dice(filled_box(images[0][2]), images[0][2]))

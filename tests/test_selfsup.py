@@ -117,8 +117,8 @@ def test_load_videos_regions_and_moving_images(tmp_path: Path) -> None:
 
 
 def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
-    from medsam2kit.reference import (DEFAULT_SOURCES, HELD_OUT, SOURCE_WEIGHTS, held_out_images, held_out_recordings,
-                                      held_out_volumes, real_datasets, real_validation)
+    from medsam2kit.reference import (DEFAULT_SOURCES, HELD_OUT, SOURCE_WEIGHTS, shared_images, shared_recordings,
+                                      shared_volumes, real_datasets, real_validation)
 
     specs = real_datasets(shared_data, sources=tuple(SOURCE_WEIGHTS))
     trained = [Path(s["path"]).name for s in specs if "path" in s] + \
@@ -132,5 +132,45 @@ def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
     assert abs(sum(s["weight"] for s in specs) - sum(SOURCE_WEIGHTS.values())) < 1e-9
     val = [Path(s["path"]).name for s in real_validation(shared_data)]
     assert val and all(v.startswith(tuple(held)) for v in val)
-    names = {c.name for load in (held_out_volumes, held_out_recordings, held_out_images) for c in load(shared_data)}
+    names = {c.name for load in (shared_volumes, shared_recordings, shared_images) for c in load(shared_data)}
     assert len(names) == 5 + 3 + 76
+
+
+def test_recipe_selection_runs_leave_the_validation_cases_out(shared_data: Path) -> None:
+    from medsam2kit.demo import training_supports
+    from medsam2kit.reference import (HELD_OUT, SOURCE_WEIGHTS, VALIDATION, real_datasets, real_validation,
+                                      shared_images, shared_recordings, shared_volumes, split_of)
+
+    held = {p for prefixes in HELD_OUT.values() for p in prefixes}
+    chosen = {p for prefixes in VALIDATION.values() for p in prefixes}
+    assert not held & chosen  # no case is both chosen on and reported
+
+    def names(specs: list[dict]) -> set[str]:
+        return {Path(s["path"]).name for s in specs if "path" in s}
+
+    full = names(real_datasets(shared_data, sources=tuple(SOURCE_WEIGHTS)))
+    selection = real_datasets(shared_data, sources=tuple(SOURCE_WEIGHTS), exclude_validation=True)
+    # exactly the validation cases go (brute force over the file names against the prefixes)
+    assert full - names(selection) == {n for n in full if n.startswith(tuple(chosen))} != set()
+    assert abs(sum(s["weight"] for s in selection) - sum(SOURCE_WEIGHTS.values())) < 1e-9
+    val = [Path(s["path"]) for s in real_validation(shared_data, "validation")]
+    assert {split_of(p.parent.name, p) for p in val} == {"validation"}
+    cases = [*shared_volumes(shared_data, "validation"), *shared_recordings(shared_data, "validation"),
+             *shared_images(shared_data, "validation")]
+    assert len(cases) == 2 + 2 + 40 and all(c.name.startswith(tuple(chosen)) for c in cases)
+    assert len(training_supports(shared_data)) == 2  # hippocampus 184 and 195
+    assert len(training_supports(shared_data, without=("held_out", "validation"))) == 1  # 184 only
+    assert split_of("msd_hippocampus", Path("hippocampus_184_img.nii.gz")) == "train"
+
+
+def test_a_selection_run_config_carries_its_size_augmentation_and_validation_curves(shared_data: Path) -> None:
+    from medsam2kit.reference import real_train_config, split_of
+
+    cfg = real_train_config(shared_data, image_size=256, augment="generic", exclude_validation=True, steps=10)
+    assert cfg.model.image_size == 256 and cfg.data.augment == "generic" and cfg.schedule.steps == 10
+    assert {split_of(Path(s.path).parent.name, Path(s.path)) for s in cfg.data.val} == {"validation"}
+    assert {split_of(Path(s.path).parent.name, Path(s.path)) for s in cfg.data.train if s.path} == {"train"}
+    shipped = real_train_config(shared_data)
+    assert shipped.model.image_size is None and shipped.data.augment == "none"
+    assert {split_of(Path(s.path).parent.name, Path(s.path)) for s in shipped.data.val} == {"held_out"}
+    assert {split_of(Path(s.path).parent.name, Path(s.path)) for s in shipped.data.train if s.path} == {"train", "validation"}
