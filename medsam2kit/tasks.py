@@ -33,7 +33,7 @@ from scipy import ndimage
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.fewshot import label_map_from_logits
 from medsam2kit.metrics import dice, j_and_f
-from medsam2kit.predictor import PointPrompt, SAM2Predictor
+from medsam2kit.predictor import PointPrompt, SAM2Predictor, Session
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, sequence_frames, sequence_volume
 from medsam2kit.volume import Volume, check_same_grid
 
@@ -229,7 +229,7 @@ def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndar
     elif prompt == "box":
         session.add_box(first, seq.boxes_to_frame(mask_box(truth[first])))
     else:
-        points, labels = _clicks(predictor, seq, first, seq.mask_to_frame(truth[first]).numpy(), corrections)
+        points, labels = _clicks(session, seq, first, seq.mask_to_frame(truth[first]).numpy(), corrections)
         session.add_points(first, points, labels)
         clicks = len(labels)
     result = session.propagate("forward")
@@ -240,10 +240,11 @@ def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndar
                            j_and_f(copied, ref).jf_mean, pred, prompt, clicks)
 
 
-def _clicks(predictor: SAM2Predictor, seq: FrameSequence, frame: int, truth: np.ndarray,
+def _clicks(session: Session, seq: FrameSequence, frame: int, truth: np.ndarray,
             corrections: int) -> tuple[np.ndarray, np.ndarray]:
     """The first click and up to ``corrections`` correction clicks on ``frame`` (model pixels),
-    each from SAM2's mask for the clicks before it (image mode: the frame freshly prompted)."""
+    each from SAM2's mask for the clicks before it (image mode: the frame freshly prompted, on
+    the session's cached features: the frame is encoded once)."""
     points: list[tuple[float, float]] = []
     labels: list[int] = []
     pred = np.zeros_like(truth)
@@ -255,7 +256,7 @@ def _clicks(predictor: SAM2Predictor, seq: FrameSequence, frame: int, truth: np.
         labels.append(int(click[1]))
         prompt = PointPrompt(frame=frame, points=torch.tensor(points, dtype=torch.float32),
                              labels=torch.tensor(labels, dtype=torch.int32))
-        pred = predictor.predict_slices(seq, [prompt]).logits()[frame, 0].numpy() > 0
+        pred = session.predictor.predict_slices(seq, [prompt], cache=session.cache).logits()[frame, 0].numpy() > 0
     return np.asarray(points, np.float32), np.asarray(labels, np.int32)
 
 

@@ -284,6 +284,26 @@ def test_fp32_without_object_pointers_runs(
     assert torch.isfinite(ours).all() and calls == 10
 
 
+def test_predict_slices_on_a_sessions_cache_encodes_once_and_gives_the_same_logits(
+        model: torch.nn.Module, jpeg_video: tuple[Path, torch.Tensor]) -> None:
+    _, frames = jpeg_video
+    pred = SAM2Predictor(model)
+    fresh = [pred.predict_slices(frames, [PointPrompt(frame=2, points=torch.tensor(pts), labels=torch.tensor(labs))])
+             for pts, labs in (([[54.0, 62.0]], [1]), ([[54.0, 62.0], [30.0, 20.0]], [1, 0]))]
+    session = pred.start(frames)
+    for (pts, labs), ref in zip((([[54.0, 62.0]], [1]), ([[54.0, 62.0], [30.0, 20.0]], [1, 0])), fresh):
+        res = pred.predict_slices(frames, [PointPrompt(frame=2, points=torch.tensor(pts), labels=torch.tensor(labs))],
+                                  cache=session.cache)
+        assert torch.equal(res.logits(), ref.logits())
+    assert session.encoder_calls == 1  # frame 2, once for both calls
+    session.add_points(2, [[54.0, 62.0]], [1])
+    session.propagate("forward")
+    assert session.encoder_calls == 8  # frames 2..9, frame 2 not again
+    with pytest.raises(InvalidInputError, match="cache: expected a feature cache of the 9 frames, got 10"):
+        pred.predict_slices(frames[:9], [PointPrompt(frame=2, points=torch.tensor([[54.0, 62.0]]), labels=torch.tensor([1]))],
+                            cache=session.cache)
+
+
 def test_predict_slices_equals_upstream_prompted_frame(model: torch.nn.Module, jpeg_video: tuple[Path, torch.Tensor]) -> None:
     folder, frames = jpeg_video
     up = _upstream_like(model)

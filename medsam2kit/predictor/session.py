@@ -182,6 +182,7 @@ class SAM2Predictor:
         prompts: Sequence[Prompt],
         *,
         batch_size: int = 8,
+        cache: FeatureCache | None = None,
     ) -> PropagationResult:
         """Independent per-frame prediction (SAM2 as an image model, no memory) for many frames.
 
@@ -190,16 +191,28 @@ class SAM2Predictor:
         hard-coded for 1024 px). Each prompt is decoded as sam2 does on an initial conditioning
         frame, so the logits equal the video predictor's output on a freshly prompted frame.
 
+        Args:
+            frames: the frames (as for :meth:`start`).
+            prompts: the prompts, each decoded on its frame.
+            batch_size: frames per encoder call.
+            cache: features to reuse, e.g. a session's ``session.cache`` over the same
+                ``frames`` (repeated calls then encode nothing again); default: a new cache.
+
         Returns:
             A :class:`PropagationResult` over all frames; only prompted frames are visited.
+
+        Raises:
+            InvalidInputError: ``batch_size`` < 1, or ``cache`` holds another number of frames.
         """
         if batch_size < 1:
             raise InvalidInputError(f"batch_size: expected >= 1, got {batch_size}")
         num_frames = _check_frames(frames, self.image_size)
+        if cache is not None and len(cache) != num_frames:
+            raise InvalidInputError(f"cache: expected a feature cache of the {num_frames} frames, got {len(cache)} frames")
         obj_ids = tuple(sorted({p.obj_id for p in prompts}))
         s4 = self.image_size // 4
         result = _empty_result(num_frames, len(obj_ids), s4)
-        cache = self.feature_cache(frames)
+        cache = cache if cache is not None else self.feature_cache(frames)
         frames_needed = sorted({_check_frame_index(p.frame, num_frames) for p in prompts})
         with self.policy.autocast():
             cache.fill(batch_size=batch_size, indices=frames_needed)  # within the cache budget
