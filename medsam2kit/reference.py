@@ -126,7 +126,7 @@ VALIDATION: dict[str, tuple[str, ...]] = {
 
 #: A split of the shared cases: reported held-out cases, recipe-selection cases, or the rest.
 Split = Literal["held_out", "validation", "train"]
-_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {"held_out": HELD_OUT, "validation": VALIDATION}
+_SPLITS: dict[Split, dict[str, tuple[str, ...]]] = {"held_out": HELD_OUT, "validation": VALIDATION}
 
 #: The shared data folders of labelled 3D cases (``*_img.nii.gz`` beside ``*_label.nii.gz``).
 VOLUME_DATASETS: tuple[str, ...] = ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics")
@@ -148,7 +148,7 @@ def split_of(folder: str, path: Path) -> Split:
     """
     for name, prefixes in _SPLITS.items():
         if path.name.startswith(prefixes.get(folder, ())):
-            return name  # type: ignore[return-value]
+            return name
     return "train"
 
 
