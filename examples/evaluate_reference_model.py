@@ -72,6 +72,8 @@ class Row:
 def load_predictor(name: str) -> SAM2Predictor:
     """A zoo name, a ``.pt`` file of micro weights, or ``file.pt@size`` (trained at ``size`` px)."""
     path, _, size = name.partition("@")
+    if size and not size.isdigit():
+        sys.exit(f"evaluate_reference_model: --models: expected NAME, FILE.pt or FILE.pt@SIZE (SIZE in px), got {name!r}")
     if path.endswith(".pt"):
         return SAM2Predictor.from_config(REFERENCE_CONFIG, path, device="cpu", image_size=int(size) if size else None)
     return SAM2Predictor.from_pretrained(name, device="cpu")
@@ -134,7 +136,7 @@ class Cases:
 def load_cases(data_dir: Path, *, max_images: int | None, split: Split = "held_out") -> Cases:
     without = ("held_out", "validation") if split == "validation" else ("held_out",)
     return Cases(shared_volumes(data_dir, split), shared_recordings(data_dir, split),
-                   shared_images(data_dir, split)[:max_images], training_supports(data_dir, without=without))
+                 shared_images(data_dir, split)[:max_images], training_supports(data_dir, without=without))
 
 
 def evaluate_model(name: str, cases: Cases) -> list[Row]:
