@@ -27,7 +27,7 @@ from pathlib import Path
 
 from medsam2kit._data import shared_data_dir
 from medsam2kit.models import resolve_model
-from medsam2kit.reference import split_of
+from medsam2kit.reference import shared_files
 from medsam2kit.train import config_from_dict, fit
 
 
@@ -43,9 +43,8 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     data = shared_data_dir(Path(__file__).resolve().parent)
-    found = [] if data is None else sorted((data / "carotid_us").glob("*.npz"))
-    train = [p for p in found if split_of("carotid_us", p) != "held_out"]
-    val = [p for p in found if split_of("carotid_us", p) == "held_out"]
+    train = [] if data is None else shared_files(data, "carotid_us", ("train", "validation"))
+    val = [] if data is None else shared_files(data, "carotid_us", ("held_out",))
     if not train or not val:
         print("carotid data not found: set MEDSAM2KIT_DATA or place it at ../shared/data", file=sys.stderr)
         return 1

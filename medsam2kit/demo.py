@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ from medsam2kit.fewshot import FewShotPipeline
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
+from medsam2kit.reference import Split, heldout_phantoms, label_file, shared_files, shared_images, shared_recordings, shared_volumes
 from medsam2kit.tasks import box_prompt_image, filled_box, one_prompt_propagation, track_recording
 from medsam2kit.volume import Volume
 
@@ -129,23 +130,20 @@ def phantom_case(seed: int = 0) -> DemoCase:
     """Held-out phantoms (never seen in training): a query and two supports, labels 1 and 2
     (the shell and the core; a tube, label 3, is in some phantoms only and is left to
     ``propagation``)."""
-    from medsam2kit.reference import heldout_phantoms
-
     query, *supports = heldout_phantoms(seed, 3)
     return DemoCase(f"phantom_{seed}", query, tuple(supports), (1, 2))
 
 
 def training_supports(data_dir: Path, dataset: str = "msd_hippocampus", *,
-                      without: tuple[str, ...] = ("held_out",)) -> tuple[Pair, ...]:
+                      without: tuple[Split, ...] = ("held_out",)) -> tuple[Pair, ...]:
     """The labelled cases of a shared 3D dataset outside the splits ``without`` (by default the
     cases no reference model holds out; for the hippocampus 184 and 195), as ``(image, label)``
     supports. ``without=("held_out", "validation")`` gives the supports of a validation query."""
     from medsam2kit.io import load_label, load_volume
-    from medsam2kit.reference import split_of
 
-    paths = [p for p in sorted((data_dir / dataset).glob("*_img.nii.gz")) if split_of(dataset, p) not in without]
+    paths = shared_files(data_dir, dataset, set(get_args(Split)) - set(without))
     images = [load_volume(p) for p in paths]
-    return tuple((im, load_label(str(p).replace("_img.", "_label."), like=im)) for p, im in zip(paths, images))
+    return tuple((im, load_label(label_file(p), like=im)) for p, im in zip(paths, images))
 
 
 def real_cases(data_dir: Path) -> list[DemoCase]:
@@ -153,8 +151,6 @@ def real_cases(data_dir: Path) -> list[DemoCase]:
     trained on them): each a query for propagation; the hippocampus case also for FATE-SAM and
     SAM2Med3D, with the two training hippocampus cases as its labelled supports
     (:func:`training_supports`; labels 1 anterior, 2 posterior). Empty when the folder is absent."""
-    from medsam2kit.reference import shared_volumes
-
     cases = []
     for case in shared_volumes(data_dir):
         supports = training_supports(data_dir, case.dataset) if case.dataset == "msd_hippocampus" else ()
@@ -268,8 +264,6 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     Raises:
         InvalidInputError: ``out`` is an existing file.
     """
-    from medsam2kit.reference import shared_images, shared_recordings
-
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: expected a folder, got the file {out}")
     begin = time.perf_counter()

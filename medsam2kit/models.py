@@ -175,7 +175,7 @@ class FinetuneDefaults:
 #: models (Meta's SAM 2/2.1, MedSAM2, Medical-SAM2, any checkpoint of those configs).
 SAM2_FINETUNE = FinetuneDefaults(5e-6, 3e-6, 0.1, 0.1, 0.0, "sam2's fine-tuning recipe (sam2.1_hiera_b+_MOSE_finetune.yaml)")
 #: The bundled micro models (1.8 M parameters, 128 px): sam2's rate barely moves them (a 40-step
-#: carotid run at 5e-6: held-out Dice 0.301 -> 0.298). The rate is the ultrasound study's choice
+#: carotid run at 5e-6: held-out Dice 0.301 -> 0.298, weights before stage 3). The rate is the ultrasound study's choice
 #: (``docs/us_study.md``, learning-rate factor: held-out carotid Dice 0.440 at 1e-3 against 0.372 at
 #: 3e-4, 0.349 at 5e-5, 0.341 at 5e-6; it also forgets the most of what the model knew of other
 #: tasks); weight decay, clipping and the warm-up (a tenth of the steps) are the study's.

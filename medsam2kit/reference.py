@@ -28,6 +28,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -152,6 +153,32 @@ def split_of(folder: str, path: Path) -> Split:
     return "train"
 
 
+#: The file pattern of one case in each shared data folder (3D cases: their image).
+CASE_PATTERNS: dict[str, str] = {**{f: "*_img.nii.gz" for f in VOLUME_DATASETS},
+                                 "carotid_us": "*.npz", "hc18_fetal_us": "*_HC.png"}
+
+
+def shared_files(data_dir: Path, folder: str, splits: Collection[Split]) -> list[Path]:
+    """The case files of a shared data folder (:data:`CASE_PATTERNS`) whose split
+    (:func:`split_of`) is one of ``splits``, sorted; empty when the folder is absent.
+
+    Example:
+        >>> shared_files(Path("/nonexistent"), "carotid_us", ("held_out",))
+        []
+    """
+    return [p for p in sorted((data_dir / folder).glob(CASE_PATTERNS[folder])) if split_of(folder, p) in splits]
+
+
+def label_file(image: Path) -> Path:
+    """The label map beside a shared 3D case's image (``X_img.nii.gz`` -> ``X_label.nii.gz``).
+
+    Example:
+        >>> label_file(Path("hippocampus_199_img.nii.gz")).name
+        'hippocampus_199_label.nii.gz'
+    """
+    return image.with_name(image.name.replace("_img.nii.gz", "_label.nii.gz"))
+
+
 def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
                   regions_per_axis: int = 6, seed: int = TRAIN_SEED,
                   exclude_validation: bool = False) -> list[dict[str, Any]]:
@@ -167,18 +194,12 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
     """
     from medsam2kit.train.selfsup import region_axes
 
-    excluded = {"held_out", "validation"} if exclude_validation else {"held_out"}
-
-    def kept(folder: str, path: Path) -> bool:
-        return split_of(folder, path) not in excluded
-
+    kept: tuple[Split, ...] = ("train",) if exclude_validation else ("train", "validation")
     groups: dict[str, list[dict[str, Any]]] = {k: [] for k in sources}
     if "phantoms" in groups:
         groups["phantoms"].append({"kind": "synthetic", "phantom": "volume", "count": 600, "seed": seed})
-    images = [(f, p) for f in VOLUME_DATASETS
-              for p in sorted((data_dir / f).glob("*_img.nii.gz")) if kept(f, p)]
-    for folder, path in images:
-        label = str(path).replace("_img.nii.gz", "_label.nii.gz")
+    for path in [p for f in VOLUME_DATASETS for p in shared_files(data_dir, f, kept)]:
+        label = str(label_file(path))
         if "volumes" in groups:
             from medsam2kit.io import load_volume
 
@@ -188,12 +209,10 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
         if "regions" in groups:
             groups["regions"].append({"kind": "regions", "path": str(path), "count": regions_per_axis, "seed": seed})
     if "carotid" in groups:
-        groups["carotid"] += [{"kind": "cine", "path": str(p)} for p in sorted((data_dir / "carotid_us").glob("*.npz"))
-                              if kept("carotid_us", p)]
+        groups["carotid"] += [{"kind": "cine", "path": str(p)} for p in shared_files(data_dir, "carotid_us", kept)]
     if "fetal" in groups:
         groups["fetal"] += [{"kind": "images", "path": str(p), "motion_frames": 8, "seed": seed}
-                            for p in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png"))
-                            if kept("hc18_fetal_us", p)]
+                            for p in shared_files(data_dir, "hc18_fetal_us", kept)]
     return [{**spec, "weight": SOURCE_WEIGHTS[name] / len(specs), "name": f"{name}:{Path(spec.get('path', 'phantoms')).name}"}
             for name, specs in groups.items() for spec in specs]
 
@@ -201,15 +220,9 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
 def real_validation(data_dir: Path, split: Split = "held_out") -> list[dict[str, Any]]:
     """Validation specs (training curves) of the real-image recipe: the 3D cases and carotid
     recordings of ``split``."""
-    specs: list[dict[str, Any]] = []
-    for folder in VOLUME_DATASETS:
-        for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
-            if split_of(folder, path) == split:
-                specs.append({"kind": "volume", "path": str(path),
-                              "mask_path": str(path).replace("_img.nii.gz", "_label.nii.gz")})
-    specs += [{"kind": "cine", "path": str(p)} for p in sorted((data_dir / "carotid_us").glob("*.npz"))
-              if split_of("carotid_us", p) == split]
-    return specs
+    specs = [{"kind": "volume", "path": str(p), "mask_path": str(label_file(p))}
+             for f in VOLUME_DATASETS for p in shared_files(data_dir, f, (split,))]
+    return specs + [{"kind": "cine", "path": str(p)} for p in shared_files(data_dir, "carotid_us", (split,))]
 
 
 @dataclass(frozen=True)
@@ -253,11 +266,10 @@ def shared_volumes(data_dir: Path, split: Split = "held_out") -> list[SharedVolu
 
     out: list[SharedVolume] = []
     for folder in VOLUME_DATASETS:
-        for path in sorted((data_dir / folder).glob("*_img.nii.gz")):
-            if split_of(folder, path) == split:
-                image = load_volume(path)
-                label = load_label(str(path).replace("_img.nii.gz", "_label.nii.gz"), like=image)
-                out.append(SharedVolume(folder, path.name.removesuffix("_img.nii.gz"), image, label))
+        for path in shared_files(data_dir, folder, (split,)):
+            image = load_volume(path)
+            out.append(SharedVolume(folder, path.name.removesuffix("_img.nii.gz"), image,
+                                    load_label(label_file(path), like=image)))
     return out
 
 
@@ -265,10 +277,9 @@ def shared_recordings(data_dir: Path, split: Split = "held_out") -> list[SharedA
     """The carotid recordings of a split (``"held_out"``: :data:`HELD_OUT`); empty when the
     folder is absent."""
     out: list[SharedArrays] = []
-    for path in sorted((data_dir / "carotid_us").glob("*.npz")):
-        if split_of("carotid_us", path) == split:
-            with np.load(path) as npz:
-                out.append(SharedArrays("carotid_us", path.stem, np.asarray(npz["frames"]), np.asarray(npz["masks"]) != 0))
+    for path in shared_files(data_dir, "carotid_us", (split,)):
+        with np.load(path) as npz:
+            out.append(SharedArrays("carotid_us", path.stem, np.asarray(npz["frames"]), np.asarray(npz["masks"]) != 0))
     return out
 
 
@@ -278,11 +289,10 @@ def shared_images(data_dir: Path, split: Split = "held_out") -> list[SharedArray
     from PIL import Image
 
     out: list[SharedArrays] = []
-    for path in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png")):
-        if split_of("hc18_fetal_us", path) == split:
-            with Image.open(path) as im, Image.open(path.with_name(path.stem + "_mask.png")) as mk:
-                out.append(SharedArrays("hc18_fetal_us", path.stem, np.asarray(im.convert("L")),
-                                        np.asarray(mk.convert("L")) > 127))
+    for path in shared_files(data_dir, "hc18_fetal_us", (split,)):
+        with Image.open(path) as im, Image.open(path.with_name(path.stem + "_mask.png")) as mk:
+            out.append(SharedArrays("hc18_fetal_us", path.stem, np.asarray(im.convert("L")),
+                                    np.asarray(mk.convert("L")) > 127))
     return out
 
 
@@ -389,16 +399,19 @@ __all__ = [
     "VAL_SEED",
     "VOLUME_DATASETS",
     "VALIDATION",
+    "CASE_PATTERNS",
     "SharedArrays",
     "SharedVolume",
     "Split",
     "heldout_phantoms",
+    "label_file",
     "real_datasets",
     "real_train_config",
     "real_validation",
     "reference_checkpoint",
     "reference_predictor",
     "reference_train_config",
+    "shared_files",
     "shared_images",
     "shared_recordings",
     "shared_volumes",

@@ -64,10 +64,13 @@ import numpy as np
 from medsam2kit._files import atomic_write
 from medsam2kit.errors import ConfigError, InvalidInputError, MissingFileError
 from medsam2kit.models import REFERENCE, REFERENCE_PHANTOMS
-from medsam2kit.reference import SharedArrays, shared_images, shared_recordings, split_of
+from medsam2kit.reference import CASE_PATTERNS, SharedArrays, Split, shared_files, shared_images, shared_recordings
 from medsam2kit.train.config import AugmentName, Paradigm, TrainConfig
 
 Factor = Literal["fraction", "clip_length", "augment", "paradigm", "init", "lr"]
+#: The shared cases the study may train on (all but the held-out ones), and those it scores on.
+_TRAINABLE: tuple[Split, ...] = ("train", "validation")
+_HELD_OUT: tuple[Split, ...] = ("held_out",)
 #: The factors a plan may vary, in the order the report lists them.
 FACTORS: tuple[Factor, ...] = get_args(Factor)
 #: The prompts of the carotid evaluation (first labelled frame).
@@ -240,24 +243,23 @@ def check_data(data_dir: Path) -> None:
     Raises:
         MissingFileError: a folder or its held-out or training cases are missing.
     """
-    need = {"carotid_us": "*.npz", "hc18_fetal_us": "*_HC.png"}
-    for folder, pattern in need.items():
-        files = sorted((data_dir / folder).glob(pattern))
-        held = [p for p in files if split_of(folder, p) == "held_out"]
-        if not held or len(held) == len(files):
+    for folder in ("carotid_us", "hc18_fetal_us"):
+        held = shared_files(data_dir, folder, _HELD_OUT)
+        rest = shared_files(data_dir, folder, _TRAINABLE)
+        if not held or not rest:
             raise MissingFileError(
-                f"data: {data_dir / folder} must hold {pattern} files, training and held-out ones "
-                f"(found {len(files)}, {len(held)} held out); the study needs the shared data folder "
+                f"data: {data_dir / folder} must hold {CASE_PATTERNS[folder]} files, training and held-out ones "
+                f"(found {len(held) + len(rest)}, {len(held)} held out); the study needs the shared data folder "
                 "(--data, $MEDSAM2KIT_DATA or ../shared/data)")
 
 
 def training_recordings(data_dir: Path) -> list[Path]:
     """The carotid recordings the study may train on (the held-out ones excluded), sorted."""
-    return [p for p in sorted((data_dir / "carotid_us").glob("*.npz")) if split_of("carotid_us", p) != "held_out"]
+    return shared_files(data_dir, "carotid_us", _TRAINABLE)
 
 
 def _fetal_specs(data_dir: Path, seed: int) -> list[dict[str, Any]]:
-    images = [p for p in sorted((data_dir / "hc18_fetal_us").glob("*_HC.png")) if split_of("hc18_fetal_us", p) != "held_out"]
+    images = shared_files(data_dir, "hc18_fetal_us", _TRAINABLE)
     return [{"kind": "images", "path": str(p), "motion_frames": 8, "seed": seed, "weight": 1.0 / len(images),
              "name": f"fetal:{p.stem}"} for p in images]
 
