@@ -11,12 +11,13 @@ recording or image; ``--split validation``: the recipe-selection cases of
 :data:`medsam2kit.reference.VALIDATION`, for models of selection runs that left them out):
 
 * 3D cases (hippocampus, prostate, CT lesions, brain tumour): one-prompt propagation per label,
-  prompted on its largest slice by the true mask and by its box, against the copy baseline
-  (the prompt mask on every slice holding the label);
+  prompted on its largest slice by the true mask and by its box (slices zoomed around the
+  prompts, :data:`medsam2kit.roi.VOLUME_ZOOM`; ``--no-zoom``: whole slices), against the copy
+  baseline (the prompt mask on every slice holding the label);
 * hippocampus: FATE-SAM from the training cases as supports, and SAM2Med3D (a coarse network
   fitted on them, fused with SAM2) against the coarse network alone;
 * carotid recordings: first-frame mask propagation (Dice, J&F) against copying the first mask;
-* fetal-head images: box prompts against the filled box.
+* fetal-head images: box prompts (zoomed, :data:`medsam2kit.roi.IMAGE_ZOOM`) against the filled box.
 
 Writes ``rows.csv`` (one row per case, label, task and method), ``per_case.md`` (a line per case
 and label, fetal-head images as their mean), ``summary.md`` (means per dataset, task and method)
@@ -79,11 +80,11 @@ def load_predictor(name: str) -> SAM2Predictor:
     return SAM2Predictor.from_pretrained(name, device="cpu")
 
 
-def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume) -> list[Row]:
+def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bool = True) -> list[Row]:
     rows = []
     truth = np.asarray(case.label.array)
     for prompt in ("mask", "box"):
-        out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt)
+        out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt, **_zoom(zoom))
         for lab in out.prompt_slices:
             rows.append(Row(model, case.dataset, case.name, lab, f"propagation ({prompt})", "sam2",
                             dice(out.labels == lab, truth == lab)))
@@ -117,8 +118,8 @@ def recording_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[
             Row(model, case.dataset, case.name, 1, "propagation (mask)", "copy first mask", s.copy_dice, s.copy_jf)]
 
 
-def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[Row]:
-    mask = box_prompt_image(pred, case.image, case.label)
+def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays, *, zoom: bool = True) -> list[Row]:
+    mask = box_prompt_image(pred, case.image, case.label, **_zoom(zoom))
     return [Row(model, case.dataset, case.name, 1, "box prompt", "sam2", dice(mask, case.label)),
             Row(model, case.dataset, case.name, 1, "box prompt", "filled box", dice(filled_box(case.label), case.label))]
 
@@ -134,22 +135,28 @@ class Cases:
 
 
 def load_cases(data_dir: Path, *, max_images: int | None, split: Split = "held_out") -> Cases:
-    without = ("held_out", "validation") if split == "validation" else ("held_out",)
+    without: tuple[Split, ...] = ("held_out", "validation") if split == "validation" else ("held_out",)
     return Cases(shared_volumes(data_dir, split), shared_recordings(data_dir, split),
                  shared_images(data_dir, split)[:max_images], training_supports(data_dir, without=without))
 
 
-def evaluate_model(name: str, cases: Cases) -> list[Row]:
+def _zoom(zoom: bool) -> dict[str, None]:
+    """The tasks' keyword for whole slices and images (their default zoom otherwise)."""
+    return {} if zoom else {"zoom": None}
+
+
+def evaluate_model(name: str, cases: Cases, *, zoom: bool = True) -> list[Row]:
     pred = load_predictor(name)
+    label = name if zoom else f"{name} (no zoom)"
     rows: list[Row] = []
     for case in cases.volumes:
-        rows += volume_rows(name, pred, case)
+        rows += volume_rows(label, pred, case, zoom=zoom)
         if case.dataset == "msd_hippocampus":
-            rows += hippocampus_rows(name, pred, case, cases.supports)
+            rows += hippocampus_rows(label, pred, case, cases.supports)
     for rec in cases.recordings:
-        rows += recording_rows(name, pred, rec)
+        rows += recording_rows(label, pred, rec)
     for img in cases.images:
-        rows += image_rows(name, pred, img)
+        rows += image_rows(label, pred, img, zoom=zoom)
     return rows
 
 
@@ -196,6 +203,8 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=None, help="fetal-head images at most (default all)")
     parser.add_argument("--split", choices=("held_out", "validation"), default="held_out",
                         help="the cases scored (validation: the recipe-selection cases)")
+    parser.add_argument("--no-zoom", action="store_true",
+                        help="whole slices and images (default: the tasks' zoom around the prompt, medsam2kit.roi)")
     args = parser.parse_args()
     data_dir = shared_data_dir()
     if data_dir is None:
@@ -205,7 +214,7 @@ def main() -> None:
     seconds = {}
     for name in [m for m in args.models.split(",") if m]:
         start = time.perf_counter()
-        rows += evaluate_model(name, cases)
+        rows += evaluate_model(name, cases, zoom=not args.no_zoom)
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"{name}: {seconds[name]} s", file=sys.stderr)
     summary = summarise(rows)

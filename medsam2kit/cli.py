@@ -246,6 +246,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="prompt kind from each chosen slice (default mask)")
     segment.add_argument("--propagation", choices=("joint", "separate"), default="joint",
                          help="all prompts in one propagation, or each separately (default joint)")
+    segment.add_argument("--zoom", type=float, default=None, metavar="FACTOR",
+                         help="SAM2 sees the slices cropped to FACTOR (>= 1) times the coarse foreground's "
+                              "in-plane box, for small structures (default: whole slices)")
     segment.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
                          help="label map format: nifti (default) or dicom-seg (a DICOM input only; "
                               "--out x.dcm implies it)")
@@ -607,10 +610,12 @@ def _segment(args: argparse.Namespace) -> int:
     from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline
     from medsam2kit.prompts import SliceFilterConfig
 
+    if args.zoom is not None and not args.zoom >= 1.0:
+        raise InvalidInputError(f"--zoom: expected a crop factor >= 1 (times the coarse foreground's box), got {args.zoom}")
     fmt, jobs = _label_map_jobs(args, args.input, name="--input")
     coarse = CoarseSegmenter.load(args.coarse)
     config = SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=args.k), prompt_kind=args.prompt,
-                             propagation=args.propagation)
+                             propagation=args.propagation, zoom=args.zoom)
     pipeline = SAM2Med3DPipeline(coarse, _predictor(args), config)
     for path, out in _progress(args, jobs, "segment"):
         volume = load_volume(path)

@@ -7,16 +7,17 @@ folder is present, on its held-out real cases (:data:`medsam2kit.reference.HELD_
 reference model trained on):
 
 * ``propagation (mask)`` / ``propagation (box)``: per label, the true mask of its largest slice,
-  or the box around it, as the only prompt, propagated through the volume; beside it the
-  ``copy to labelled slices`` baseline (that mask on every slice holding the label);
+  or the box around it, as the only prompt, propagated through the volume (slices zoomed around
+  the prompts, :mod:`medsam2kit.roi`); beside it the ``copy to labelled slices`` baseline (that
+  mask on every slice holding the label);
 * ``fewshot``: FATE-SAM from labelled supports, no prompt at all (phantom, hippocampus);
 * ``sam2med3d``: a deliberately weak coarse network (a small U-Net fitted for a few steps on the
   supports), its reliable slices as prompts, SAM2 propagation and confidence fusion; beside it
   the coarse network alone (phantom, hippocampus);
 * ``tracking``: a carotid ultrasound recording from the mask of its first labelled frame,
   beside ``copy first mask``;
-* ``box prompt``: fetal-head ultrasound images from the box around the head, beside the
-  ``filled box``.
+* ``box prompt``: fetal-head ultrasound images from the box around the head (zoomed), beside
+  the ``filled box``.
 
 :func:`run_demo` writes, per volume, the image, the truth and every prediction as NIfTI (the
 input's grid and geometry), one titled overlay montage per method (and per recording and image

@@ -39,7 +39,9 @@ from medsam2kit.fusion import (
     sam_inputs_from_propagation,
 )
 from medsam2kit.predictor import PropagationResult, SAM2Predictor, Session
-from medsam2kit.prompts import PromptKind, SliceFilterConfig, SliceSelection, select_slices, to_predictor_prompts
+from medsam2kit.prompts import (PromptKind, SliceFilterConfig, SliceSelection, crop_selection, select_slices,
+                                to_predictor_prompts)
+from medsam2kit.roi import Roi, roi_around
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, WindowSpec, default_axis, sequence_volume
 from medsam2kit.volume import Volume
 
@@ -61,6 +63,9 @@ class SAM2Med3DConfig:
         consistency: the volumetric post-processing (largest component, small components, holes).
         window: intensity window of the frames (see :mod:`medsam2kit.sequencer`).
         axis: slicing axis (default: :func:`~medsam2kit.sequencer.default_axis` of the volume).
+        zoom: SAM2 runs on the slices cropped to a square of ``zoom`` times the in-plane box of
+            the coarse foreground (all labels, all slices; :func:`medsam2kit.roi.roi_around`);
+            ``None``: whole slices.
     """
 
     slice_filter: SliceFilterConfig = field(default_factory=SliceFilterConfig)
@@ -70,8 +75,11 @@ class SAM2Med3DConfig:
     consistency: ConsistencyParams = field(default_factory=ConsistencyParams)
     window: WindowSpec = field(default_factory=PercentileWindow)
     axis: int | None = None
+    zoom: float | None = None
 
     def __post_init__(self) -> None:
+        if self.zoom is not None and not self.zoom >= 1.0:
+            raise InvalidInputError(f"zoom: expected a crop factor >= 1 (or None: whole slices), got {self.zoom}")
         if self.propagation not in ("joint", "separate"):
             raise InvalidInputError(f"propagation: expected 'joint' or 'separate', got {self.propagation!r}")
         if self.axis is not None and self.axis not in (0, 1, 2):
@@ -167,16 +175,25 @@ class SAM2Med3DPipeline:
         seconds["select"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        seq = sequence_volume(volume, axis=axis, image_size=self.predictor.image_size, window=cfg.window)
+        # the zoom's crop holds the coarse foreground and every prompt
+        footprint = (np.argmax(prob, axis=0) != 0).any(axis=axis)
+        for sel in selections.values():
+            for p in sel.prompts:
+                footprint |= p.mask
+        roi = (roi_around(footprint, volume.shape, axis=axis, factor=cfg.zoom)
+               if cfg.zoom is not None and footprint.any() else Roi.whole(volume.shape, axis))
+        seq = sequence_volume(roi.crop_volume(volume), axis=axis, image_size=self.predictor.image_size,
+                              window=cfg.window)
         session = self.predictor.start(seq)
-        propagations = self._propagate(session, seq, selections)
+        propagations = self._propagate(session, seq, {lab: crop_selection(sel, roi) for lab, sel in selections.items()})
         seconds["propagate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         outcomes: dict[int, LabelOutcome] = {}
         for lab, sel in selections.items():
             result = propagations.get(lab)
-            sam_prob, scores, ious = _sam_inputs(result, seq, lab)
+            sam_crop, scores, ious = _sam_inputs(result, seq, lab)
+            sam_prob = roi.paste(sam_crop, fill=0.0)
             fused = fuse(per_label[lab - 1], sam_prob, scores, ious, prompt_slices=list(sel.indices) or None, axis=axis,
                          spacing=volume.spacing, params=cfg.fusion, consistency=cfg.consistency)
             outcomes[lab] = LabelOutcome(lab, sel, result, fused)

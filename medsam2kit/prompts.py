@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -68,6 +68,7 @@ from medsam2kit.errors import (
     ShapeMismatchError,
 )
 from medsam2kit._validate import check_int, check_label_ids, check_spacing, resolve_axis
+from medsam2kit.roi import Roi
 from medsam2kit.volume import Volume
 
 if TYPE_CHECKING:  # the predictor imports sam2 (slow); import it only when prompts are built
@@ -776,6 +777,41 @@ def to_predictor_prompts(
     return out
 
 
+def crop_selection(selection: SliceSelection, roi: Roi) -> SliceSelection:
+    """The selection on a crop of its grid (:class:`medsam2kit.roi.Roi` along the same axis): masks
+    cropped, boxes and points moved by the crop's offset, for :func:`to_predictor_prompts` on
+    the sequence of the cropped volume.
+
+    Raises:
+        GeometryError: ``roi`` is of another grid or axis.
+        InvalidInputError: a chosen slice's prompt is not inside the crop.
+
+    Example:
+        >>> import numpy as np
+        >>> from medsam2kit.roi import Roi
+        >>> prob = np.zeros((3, 16, 16)); prob[1, 6:10, 5:9] = 0.9
+        >>> sel = select_slices(prob, config=SliceFilterConfig(min_area_mm2=0))
+        >>> p = crop_selection(sel, Roi((3, 16, 16), 0, (4, 12), (3, 11))).prompts[0]
+        >>> p.mask.shape, p.box, p.point
+        ((8, 8), (1.5, 1.5, 5.5, 5.5), (3.0, 3.0))
+    """
+    if roi.shape != selection.volume_shape or roi.axis != selection.axis:
+        raise GeometryError(
+            f"roi: expected a crop of the selection's {selection.volume_shape} grid along axis {selection.axis}, "
+            f"got one of {roi.shape} along axis {roi.axis}"
+        )
+    dy, dx = float(roi.rows[0]), float(roi.cols[0])
+    prompts = []
+    for p in selection.prompts:
+        mask = roi.crop_slice(p.mask)
+        if int(mask.sum()) != int(p.mask.sum()):
+            raise InvalidInputError(f"roi: the prompt of slice {p.slice_index} reaches outside the crop {roi}")
+        x0, y0, x1, y1 = p.box
+        prompts.append(replace(p, mask=mask, box=(x0 - dx, y0 - dy, x1 - dx, y1 - dy),
+                               point=(p.point[0] - dx, p.point[1] - dy)))
+    return replace(selection, volume_shape=roi.crop_shape, prompts=tuple(prompts))
+
+
 __all__ = [
     "COMPONENTS",
     "PROB_TOLERANCE",
@@ -786,6 +822,7 @@ __all__ = [
     "SliceScores",
     "SliceSelection",
     "choose_slices",
+    "crop_selection",
     "largest_component",
     "prompt_geometry",
     "score_slices",

@@ -34,7 +34,8 @@ from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.fewshot import label_map_from_logits
 from medsam2kit.metrics import dice, j_and_f
 from medsam2kit.predictor import PointPrompt, SAM2Predictor, Session
-from medsam2kit.sequencer import FrameSequence, PercentileWindow, sequence_frames, sequence_volume
+from medsam2kit.roi import IMAGE_ZOOM, VOLUME_ZOOM, Roi, roi_around
+from medsam2kit.sequencer import FrameSequence, PercentileWindow, default_axis, sequence_frames, sequence_volume
 from medsam2kit.volume import Volume, check_same_grid
 
 PromptKind = Literal["mask", "box"]
@@ -90,27 +91,30 @@ def filled_box(mask: np.ndarray) -> np.ndarray:
 
 
 def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volume,
-                           labels: Sequence[int] | None = None, *, prompt: PromptKind = "mask") -> Propagated:
+                           labels: Sequence[int] | None = None, *, prompt: PromptKind = "mask",
+                           zoom: float | None = VOLUME_ZOOM) -> Propagated:
     """Prompt each label on its largest slice (its true mask, or the box around it) and propagate
     both ways.
 
     All labels are objects of one session (each slice is encoded once); the label map takes per
-    voxel the label of the largest positive logit.
+    voxel the label of the largest positive logit. With ``zoom`` every slice is cropped to the
+    square of ``zoom`` times the prompts' box (:func:`medsam2kit.roi.roi_around`, around all the
+    labels' prompts together; default :data:`medsam2kit.roi.VOLUME_ZOOM`) before it is resized
+    for the model; the result is pasted back (nothing outside the crop). ``None``: whole slices.
 
     Raises:
         ShapeMismatchError / GeometryError: ``label`` is not on ``image``'s grid.
-        InvalidInputError: a label is absent, or ``prompt`` is unknown.
+        InvalidInputError: a label is absent, ``prompt`` is unknown or ``zoom < 1``.
     """
     if prompt not in ("mask", "box"):
         raise InvalidInputError(f"prompt: expected 'mask' or 'box', got {prompt!r}")
     check_same_grid(label, image)
     present = tuple(int(v) for v in np.unique(label.array) if v != 0)
     wanted = present if labels is None else tuple(int(v) for v in labels)
-    seq = sequence_volume(image, image_size=predictor.image_size)
-    axis = seq.layout.axis
+    axis = default_axis(image)
     others = tuple(a for a in range(3) if a != axis)
-    session = predictor.start(seq)
     prompts: dict[int, int] = {}
+    slice_masks: dict[int, np.ndarray] = {}
     baseline: dict[int, np.ndarray] = {}
     for lab in wanted:
         mask = np.asarray(label.array) == lab
@@ -118,17 +122,33 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
         if not areas.any():
             raise InvalidInputError(f"labels: label {lab} is absent from the label map")
         prompts[lab] = int(np.argmax(areas))
-        slice_mask = np.take(mask, prompts[lab], axis=axis)
+        slice_masks[lab] = np.take(mask, prompts[lab], axis=axis)
+        baseline[lab] = np.expand_dims(slice_masks[lab], axis) & np.expand_dims(areas > 0, others)
+    roi = _zoom_roi(list(slice_masks.values()), image.shape, axis, zoom)
+    seq = sequence_volume(roi.crop_volume(image), axis=axis, image_size=predictor.image_size)
+    session = predictor.start(seq)
+    for lab in wanted:
         frame = seq.frame_of_slice(prompts[lab])
+        crop = roi.crop_slice(slice_masks[lab])
         if prompt == "mask":
-            session.add_mask(frame, seq.mask_to_frame(slice_mask), obj_id=lab)
+            session.add_mask(frame, seq.mask_to_frame(crop), obj_id=lab)
         else:
-            session.add_box(frame, seq.boxes_to_frame(mask_box(slice_mask)), obj_id=lab)
-        holds = np.expand_dims(areas > 0, others)
-        baseline[lab] = np.expand_dims(slice_mask, axis) & holds
+            session.add_box(frame, seq.boxes_to_frame(mask_box(crop)), obj_id=lab)
     result = session.propagate("both")
-    logits = {lab: seq.to_volume_logits(result.logits()[:, k].numpy()) for k, lab in enumerate(result.obj_ids)}
+    logits = {lab: image.with_array(roi.paste(seq.to_volume_logits(result.logits()[:, k].numpy()).array, fill=-np.inf))
+              for k, lab in enumerate(result.obj_ids)}
     return Propagated(label_map_from_logits(logits, image.shape), prompts, axis, baseline)
+
+
+def _zoom_roi(masks: Sequence[np.ndarray], shape: tuple[int, int, int], axis: int, zoom: float | None) -> Roi:
+    """The crop around the union of the prompts' boxes (the whole grid when ``zoom`` is None)."""
+    if zoom is None:
+        return Roi.whole(shape, axis)
+    if not zoom >= 1.0:
+        raise InvalidInputError(f"zoom: expected a crop factor >= 1 (or None: whole slices), got {zoom}")
+    boxes = np.array([mask_box(m) for m in masks])
+    union = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])
+    return roi_around(union, shape, axis=axis, factor=zoom)
 
 
 @dataclass(frozen=True)
@@ -190,7 +210,8 @@ def correction_click(truth: np.ndarray, pred: np.ndarray) -> tuple[tuple[float, 
 
 
 def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndarray, *,
-                    prompt: RecordingPrompt = "mask", corrections: int = 3) -> RecordingScores:
+                    prompt: RecordingPrompt = "mask", corrections: int = 3,
+                    zoom: float | None = None) -> RecordingScores:
     """Prompt a recording's first labelled frame, propagate forward, score the later frames.
 
     The prompt, as the ultrasound fine-tuning study evaluates (first-frame mask, box, point):
@@ -204,6 +225,8 @@ def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndar
         masks: ``(T, H, W)`` true masks (non-zero = foreground), some foreground somewhere.
         prompt: ``"mask"``, ``"box"`` or ``"point"``.
         corrections: correction clicks at most (``"point"`` only).
+        zoom: crop every frame to ``zoom`` times the first mask's box (see
+            :func:`one_prompt_propagation`); ``None`` (default): whole frames.
 
     Raises:
         ShapeMismatchError: ``frames`` and ``masks`` differ in shape.
@@ -221,19 +244,21 @@ def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndar
     if labelled.size == 0 or labelled[0] >= len(truth) - 1:
         raise InvalidInputError("masks: expected foreground on a frame followed by at least one other frame")
     first = int(labelled[0])
-    seq = sequence_frames(frames, image_size=predictor.image_size, window=_window(frames))
+    roi = _zoom_roi([truth[first]], truth.shape, 0, zoom)
+    seq = sequence_frames(roi.crop(frames), image_size=predictor.image_size, window=_window(frames))
     session = predictor.start(seq)
     clicks = 0
+    prompt_mask = roi.crop_slice(truth[first])
     if prompt == "mask":
-        session.add_mask(first, seq.mask_to_frame(truth[first]))
+        session.add_mask(first, seq.mask_to_frame(prompt_mask))
     elif prompt == "box":
-        session.add_box(first, seq.boxes_to_frame(mask_box(truth[first])))
+        session.add_box(first, seq.boxes_to_frame(mask_box(prompt_mask)))
     else:
-        points, labels = _clicks(session, seq, first, seq.mask_to_frame(truth[first]).numpy(), corrections)
+        points, labels = _clicks(session, seq, first, seq.mask_to_frame(prompt_mask).numpy(), corrections)
         session.add_points(first, points, labels)
         clicks = len(labels)
     result = session.propagate("forward")
-    pred = np.asarray(seq.to_volume_mask(result.logits()[:, 0].numpy()).array, dtype=bool)
+    pred = roi.paste(np.asarray(seq.to_volume_mask(result.logits()[:, 0].numpy()).array, dtype=bool), fill=False)
     later, ref = pred[first + 1:], truth[first + 1:]
     copied = np.broadcast_to(truth[first], ref.shape)
     return RecordingScores(first, dice(later, ref), j_and_f(later, ref).jf_mean, dice(copied, ref),
@@ -260,8 +285,12 @@ def _clicks(session: Session, seq: FrameSequence, frame: int, truth: np.ndarray,
     return np.asarray(points, np.float32), np.asarray(labels, np.int32)
 
 
-def box_prompt_image(predictor: SAM2Predictor, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def box_prompt_image(predictor: SAM2Predictor, image: np.ndarray, mask: np.ndarray, *,
+                     zoom: float | None = IMAGE_ZOOM) -> np.ndarray:
     """The mask SAM2 gives for the box around ``mask`` on a 2D ``image`` (bool, ``image``'s shape).
+
+    ``zoom``: crop the image to ``zoom`` times the box first (see :func:`one_prompt_propagation`;
+    default :data:`medsam2kit.roi.IMAGE_ZOOM`); ``None``: the whole image.
 
     Raises:
         ShapeMismatchError: ``image`` and ``mask`` differ in shape or are not 2D.
@@ -269,11 +298,13 @@ def box_prompt_image(predictor: SAM2Predictor, image: np.ndarray, mask: np.ndarr
     """
     if image.shape != mask.shape or image.ndim != 2:
         raise ShapeMismatchError(f"image, mask: expected the same (H, W) shape, got {image.shape}, {mask.shape}")
-    seq = sequence_frames(image[None], image_size=predictor.image_size, window=_window(image))
+    truth = np.asarray(mask)[None] != 0
+    roi = _zoom_roi([truth[0]], truth.shape, 0, zoom)
+    seq = sequence_frames(roi.crop(np.asarray(image)[None]), image_size=predictor.image_size, window=_window(image))
     session = predictor.start(seq)
-    session.add_box(0, seq.boxes_to_frame(mask_box(np.asarray(mask) != 0)))
+    session.add_box(0, seq.boxes_to_frame(mask_box(roi.crop_slice(truth[0]))))
     result = session.propagate("forward")
-    return np.asarray(seq.to_volume_mask(result.logits()[:, 0].numpy()).array[0], dtype=bool)
+    return roi.paste(np.asarray(seq.to_volume_mask(result.logits()[:, 0].numpy()).array, dtype=bool), fill=False)[0]
 
 
 def _window(frames: np.ndarray) -> PercentileWindow | None:

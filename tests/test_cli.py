@@ -230,6 +230,13 @@ def test_segment_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "warning: random weights (sam2.1_hiera_micro, --random-init)" in captured.err and not captured.out
     assert main(["segment", "--input", str(tmp_path / "nope.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
                  "--out", str(out)]) == 1
+    zoomed = tmp_path / "zoomed.nii.gz"
+    assert main(["segment", "--input", str(tmp_path / "img.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
+                 "--out", str(zoomed), "--k", "2", "--zoom", "0.5", "--quiet"]) == 1
+    assert "--zoom: expected a crop factor >= 1" in capsys.readouterr().err and not zoomed.exists()
+    assert main(["segment", "--input", str(tmp_path / "img.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
+                 "--out", str(zoomed), "--k", "2", "--zoom", "1.5", "--quiet"]) == 0
+    assert load_label(zoomed, like=vol).shape == vol.shape
 
 
 def test_coarse_command_then_segment_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
-from medsam2kit.errors import ShapeMismatchError
+from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.fusion import FusionResult, fuse, label_vs_rivals
 from medsam2kit.io import load_label, load_volume, save_mask
 from medsam2kit.metrics import dice, inter_slice_consistency
@@ -58,6 +58,36 @@ def test_pipeline_runs_encodes_each_slice_once_and_keeps_geometry(pred: SAM2Pred
         assert ((result.labels.array == lab) <= outcome.fusion.mask).all()
     assert set(result.seconds) == {"coarse", "select", "propagate", "fuse"}
     assert 0 < result.encoder_seconds < result.seconds["propagate"]
+
+
+def test_zoomed_pipeline_is_the_pipeline_on_the_crop(pred: SAM2Predictor) -> None:
+    """With ``zoom`` SAM2 sees the slices cropped around the coarse foreground: the same as the
+    unzoomed pipeline on that crop, cut by hand, pasted back (nothing outside the crop)."""
+    image, label = ellipsoid_phantom((10, 64, 56), (3.0, 0.9, 0.9), rng=4)
+    fg = (np.asarray(label.array) != 0).any(axis=0)
+    rows, cols = np.nonzero(fg)
+    side = round(1.5 * max(np.ptp(rows) + 1, np.ptp(cols) + 1))
+    assert side < 56  # a real crop
+    r0 = int(min(max(round((rows.min() + rows.max()) / 2 + 0.5 - side / 2), 0), 64 - side))
+    c0 = int(min(max(round((cols.min() + cols.max()) / 2 + 0.5 - side / 2), 0), 56 - side))
+    cut = (slice(None), slice(r0, r0 + side), slice(c0, c0 + side))
+    shifted = image.affine.copy()
+    shifted[:3, 3] += image.affine[:3, :3] @ [0, r0, c0]
+    cfg = SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=2, min_gap_slices=2), axis=0)
+    zoomed = SAM2Med3DPipeline(one_hot_coarse(label), pred, SAM2Med3DConfig(**{**cfg.__dict__, "zoom": 1.5})).run(image)
+    crop_label = Volume(np.asarray(label.array)[cut].copy(), shifted)
+    by_hand = SAM2Med3DPipeline(one_hot_coarse(crop_label), pred, cfg).run(Volume(image.array[cut].copy(), shifted))
+    for lab in (1, 2):
+        a, b = zoomed.outcomes[lab], by_hand.outcomes[lab]
+        assert a.selection.indices == b.selection.indices
+        assert a.propagation is not None and b.propagation is not None
+        torch.testing.assert_close(a.propagation.low_res_logits, b.propagation.low_res_logits, rtol=0, atol=0)
+    expected = np.zeros(image.shape, by_hand.labels.array.dtype)
+    expected[cut] = by_hand.labels.array
+    assert np.array_equal(zoomed.labels.array, expected)
+    assert zoomed.encoder_calls == image.shape[0]
+    with pytest.raises(InvalidInputError, match="zoom: expected a crop factor >= 1"):
+        SAM2Med3DConfig(zoom=0.9)
 
 
 def test_separate_runs_merge_by_nearest_prompt() -> None:

@@ -446,3 +446,23 @@ def test_filter_picks_better_than_average_slices_on_hippocampus(shared_data: Pat
     )
     assert np.mean(chosen_all) > np.mean(fg_all)
     assert sum(dc > da for _, _, _, dc, da in rows) >= len(rows) - 1
+
+
+def test_crop_selection_moves_prompts_and_refuses_a_crop_that_cuts_one() -> None:
+    from medsam2kit.errors import GeometryError, InvalidInputError
+    from medsam2kit.prompts import crop_selection
+    from medsam2kit.roi import Roi
+
+    prob = np.zeros((5, 30, 40), np.float32)
+    prob[1:4, 8:16, 10:22] = 0.9
+    sel = select_slices(prob, config=SliceFilterConfig(k=2, min_area_mm2=0, min_gap_slices=1))
+    roi = Roi((5, 30, 40), 0, (5, 20), (7, 30))
+    cropped = crop_selection(sel, roi)
+    assert cropped.volume_shape == (5, 15, 23) and cropped.indices == sel.indices
+    for a, b in zip(sel.prompts, cropped.prompts):
+        assert np.array_equal(b.mask, a.mask[5:20, 7:30]) and b.mask.sum() == a.mask.sum()
+        assert np.allclose(np.subtract(a.box, b.box), [7, 5, 7, 5]) and np.allclose(np.subtract(a.point, b.point), [7, 5])
+    with pytest.raises(InvalidInputError, match="outside the crop"):
+        crop_selection(sel, Roi((5, 30, 40), 0, (10, 20), (7, 30)))
+    with pytest.raises(GeometryError, match="along axis 0"):
+        crop_selection(sel, Roi((5, 30, 40), 1, (0, 5), (0, 40)))

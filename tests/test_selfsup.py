@@ -116,6 +116,35 @@ def test_load_videos_regions_and_moving_images(tmp_path: Path) -> None:
     assert bool(moving[0].present.all())
 
 
+def test_zoomed_volume_videos_crop_around_each_label(tmp_path: Path) -> None:
+    from medsam2kit.io import save_volume
+    from medsam2kit.train.config import config_from_dict
+    from medsam2kit.volume import Volume
+
+    lab = np.zeros((6, 90, 80), np.uint8)
+    lab[1:5, 10:20, 12:20] = 1  # 10 x 8 voxels: a crop of 2 x 10 = 20 voxels
+    lab[2:4, 50:80, 30:70] = 2  # 30 x 40 voxels: a crop of 80 voxels (the slice's width)
+    affine = np.diag([4.0, 1.0, 1.0, 1.0])
+    img = np.random.default_rng(0).normal(size=lab.shape).astype(np.float32) + lab
+    save_volume(Volume(img, affine), tmp_path / "v.nii.gz")
+    save_volume(Volume(lab, affine), tmp_path / "l.nii.gz")
+    spec = DatasetSpec(kind="volume", path=str(tmp_path / "v.nii.gz"), mask_path=str(tmp_path / "l.nii.gz"), zoom=(2.0,))
+    vids = load_videos(spec, image_size=64)
+    assert [v.obj_ids for v in vids] == [(1,), (2,)]
+    # label 1: 10 x 8 voxels in a 20 x 20 crop -> 20 % of the frame; label 2: 30 x 40 in 80 x 80 -> 18.75 %
+    for v, share in zip(vids, (10 * 8 / 400, 30 * 40 / 6400)):
+        largest = int(v.masks.flatten(1).sum(1).argmax())
+        assert abs(float(v.masks[largest].float().mean()) - share) < 0.02
+    assert int(vids[0].present.sum()) == 4 and int(vids[1].present.sum()) == 2
+    whole = load_videos(DatasetSpec(kind="volume", path=spec.path, mask_path=spec.mask_path), image_size=64)
+    assert len(whole) == 1 and whole[0].obj_ids == (1, 2)
+    with pytest.raises(Exception, match=r"zoom: only a 'volume' dataset zooms"):
+        config_from_dict({"data": {"train": [{"kind": "cine", "path": "x.npz", "zoom": [2.0]}]}})
+    with pytest.raises(Exception, match=r"zoom: expected factors >= 1"):
+        config_from_dict({"data": {"train": [{**{k: str(v) for k, v in (("kind", "volume"), ("path", spec.path),
+                                                                            ("mask_path", spec.mask_path))}, "zoom": [0.5]}]}})
+
+
 def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
     from medsam2kit.reference import (DEFAULT_SOURCES, HELD_OUT, SOURCE_WEIGHTS, shared_images, shared_recordings,
                                       shared_volumes, real_datasets, real_validation)
@@ -126,9 +155,11 @@ def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
     held = [prefix for prefixes in HELD_OUT.values() for prefix in prefixes]
     assert trained and not [t for t in trained if t.startswith(tuple(held))]
     sources = {s["name"].split(":")[0] for s in specs}
-    assert sources == {"phantoms", "volumes", "regions", "carotid", "fetal"}
+    assert sources == {"phantoms", "volumes", "zoom", "regions", "carotid", "fetal"}
     shipped = {s["name"].split(":")[0] for s in real_datasets(shared_data)}
-    assert shipped == set(DEFAULT_SOURCES) == sources - {"regions"}
+    assert shipped == set(DEFAULT_SOURCES) == sources - {"regions", "zoom"}
+    zoomed = [s for s in specs if s["name"].startswith("zoom:")]
+    assert zoomed and all(s["zoom"] and s["kind"] == "volume" for s in zoomed)
     assert abs(sum(s["weight"] for s in specs) - sum(SOURCE_WEIGHTS.values())) < 1e-9
     val = [Path(s["path"]).name for s in real_validation(shared_data)]
     assert val and all(v.startswith(tuple(held)) for v in val)

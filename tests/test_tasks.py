@@ -12,6 +12,7 @@ from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.metrics import dice
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import heldout_phantoms
+from medsam2kit.roi import roi_around
 from medsam2kit.tasks import (
     box_prompt_image,
     correction_click,
@@ -20,6 +21,7 @@ from medsam2kit.tasks import (
     one_prompt_propagation,
     track_recording,
 )
+from medsam2kit.volume import Volume
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +173,55 @@ def test_track_recording_prompts_box_and_clicks(random_predictor: SAM2Predictor)
         track_recording(random_predictor, frames, truth, prompt="scribble")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="corrections"):
         track_recording(random_predictor, frames, truth, prompt="point", corrections=-1)
+
+
+def _blobs(seed: int) -> tuple[Volume, Volume]:
+    """Two ellipsoids (labels 1, 2) on noise, each largest on the middle slice."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:9, :72, :80]
+    lab = np.zeros((9, 72, 80), np.uint8)
+    lab[((z - 4) / 4.5) ** 2 + ((y - 30) / 7) ** 2 + ((x - 44) / 6) ** 2 <= 1] = 1
+    lab[((z - 4) / 3.5) ** 2 + ((y - 40) / 4) ** 2 + ((x - 50) / 5) ** 2 <= 1] = 2
+    img = rng.normal(size=lab.shape).astype(np.float32) + 3 * lab
+    affine = np.diag([3.0, 0.8, 0.7, 1.0])
+    affine[:3, 3] = (10.0, -20.0, 5.0)
+    return Volume(img, affine), Volume(lab, affine)
+
+
+@pytest.mark.parametrize("prompt", ["mask", "box"])
+def test_zoomed_propagation_is_propagation_on_the_crop(random_predictor: SAM2Predictor, prompt: str) -> None:
+    image, label = _blobs(0)
+    out = one_prompt_propagation(random_predictor, image, label, prompt=prompt, zoom=1.5)  # type: ignore[arg-type]
+    # by hand: the crop of 1.5 x the two prompts' box (rows 23..44, cols 38..55 -> side 27),
+    # cut with numpy and the affine moved to the crop's first voxel
+    side = round(1.5 * max(44 - 23 + 1, 55 - 38 + 1))
+    r0 = round((23 + 44) / 2 + 0.5 - side / 2)
+    c0 = round((38 + 55) / 2 + 0.5 - side / 2)
+    shifted = image.affine.copy()
+    shifted[:3, 3] += image.affine[:3, :3] @ [0, r0, c0]
+    cut = (slice(None), slice(r0, r0 + side), slice(c0, c0 + side))
+    by_hand = one_prompt_propagation(random_predictor, Volume(image.array[cut].copy(), shifted),
+                                     Volume(label.array[cut].copy(), shifted), prompt=prompt, zoom=None)  # type: ignore[arg-type]
+    expected = np.zeros(image.shape, by_hand.labels.dtype)
+    expected[cut] = by_hand.labels
+    assert np.array_equal(out.labels, expected)
+    assert out.prompt_slices == by_hand.prompt_slices == {1: 4, 2: 4}
+    whole = one_prompt_propagation(random_predictor, image, label, prompt=prompt, zoom=None)  # type: ignore[arg-type]
+    assert not np.array_equal(whole.labels, out.labels)  # the zoom changes what the model sees
+    with pytest.raises(InvalidInputError, match="zoom: expected a crop factor >= 1"):
+        one_prompt_propagation(random_predictor, image, label, zoom=0.5)
+
+
+def test_zoomed_recording_and_image_are_the_crop_pasted_back(random_predictor: SAM2Predictor) -> None:
+    image, label = _blobs(1)
+    frames = np.clip(np.asarray(image.array) * 40 + 100, 0, 255).astype(np.uint8)
+    masks = np.asarray(label.array) == 1
+    roi = roi_around(masks[0], frames.shape, axis=0, factor=2.0)
+    zoomed = track_recording(random_predictor, frames, masks, zoom=2.0)
+    by_hand = track_recording(random_predictor, roi.crop(frames), roi.crop(masks), zoom=None)
+    assert np.array_equal(zoomed.masks, roi.paste(by_hand.masks, fill=False))
+    assert zoomed.copy_dice == pytest.approx(dice(np.broadcast_to(masks[0], masks[1:].shape), masks[1:]))
+    mask = box_prompt_image(random_predictor, frames[4], masks[4], zoom=2.0)
+    roi4 = roi_around(masks[4], (1, *masks[4].shape), axis=0, factor=2.0)
+    crop = box_prompt_image(random_predictor, roi4.crop_slice(frames[4]), roi4.crop_slice(masks[4]), zoom=None)
+    assert np.array_equal(mask, roi4.paste(crop[None], fill=False)[0])

@@ -43,6 +43,7 @@ import torch
 from medsam2kit._validate import check_label_map
 from medsam2kit.errors import FileFormatError, InvalidInputError, MissingFileError, ShapeMismatchError
 from medsam2kit.train.config import SHORT_MAX_FRAMES, DatasetSpec, Duration
+from medsam2kit.volume import Volume
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _LABEL_KEYS = ("masks", "mask", "labels", "label", "seg", "segmentation")
@@ -169,8 +170,6 @@ def make_video(frames: np.ndarray, labels: np.ndarray, *, image_size: int, name:
         return None
     window = None if frames.dtype == np.uint8 else PercentileWindow()
     if is_volume:
-        from medsam2kit.volume import Volume
-
         vol = Volume(np.asarray(frames, dtype=np.float32), np.eye(4) if affine is None else affine)
         seq = sequence_volume(vol, axis=axis, image_size=image_size, window=PercentileWindow())
     else:
@@ -188,6 +187,43 @@ def make_video(frames: np.ndarray, labels: np.ndarray, *, image_size: int, name:
         return None
     frames_u8 = seq.frames if seq.frames.ndim == 3 else seq.frames.float().mean(1).round().to(torch.uint8)
     return Video(frames_u8.contiguous(), masks, values, name, present)
+
+
+def zoomed_videos(image: Volume, labels: np.ndarray, *, factors: Sequence[float], image_size: int,
+                  label_values: Sequence[int] = (), axis: int | None = None) -> list[Video]:
+    """A labelled volume as zoomed slice sequences: per label and factor, the volume cropped
+    in-plane around the label's box on its largest slice (:func:`medsam2kit.roi.roi_around`),
+    that label the only object.
+
+    Example:
+        >>> from medsam2kit.volume import Volume
+        >>> img = Volume(np.random.default_rng(0).random((4, 64, 64)), np.eye(4))
+        >>> lab = np.zeros((4, 64, 64), np.uint8); lab[:, 10:20, 10:20] = 1
+        >>> [v.masks.float().mean().item() for v in zoomed_videos(img, lab, factors=[2.0], image_size=32, axis=0)]
+        [0.25]
+    """
+    from medsam2kit.roi import roi_around
+    from medsam2kit.sequencer import default_axis
+
+    ax = default_axis(image) if axis is None else axis
+    others = tuple(a for a in range(3) if a != ax)
+    values = tuple(int(v) for v in label_values) or tuple(int(v) for v in np.unique(labels) if v != 0)
+    out = []
+    for value in values:
+        mask = labels == value
+        areas = mask.sum(axis=others)
+        if not areas.any():
+            continue
+        largest = np.take(mask, int(np.argmax(areas)), axis=ax)
+        for factor in factors:
+            roi = roi_around(largest, image.shape, axis=ax, factor=float(factor))
+            crop = roi.crop_volume(image)
+            video = make_video(crop.array, np.where(roi.crop(mask), value, 0), image_size=image_size,
+                               name=f"{image.source or 'volume'}[label {value}, zoom {factor:g}]",
+                               label_values=(value,), is_volume=True, axis=ax, affine=crop.affine)
+            if video is not None:
+                out.append(video)
+    return out
 
 
 def synthetic_videos(count: int, *, frames: int = 12, image_size: int = 128, seed: int = 0,
@@ -276,8 +312,12 @@ def load_videos(spec: DatasetSpec, *, image_size: int) -> list[Video]:
                 )
             vol = load_volume(p)
             lab = load_label(_mask_path(spec, p), like=vol) if spec.mask_path else load_label(p, like=vol)
-            videos.append(make_video(vol.array, np.asarray(lab.array), image_size=image_size, name=str(p),
-                                     label_values=spec.labels, is_volume=True, axis=spec.axis, affine=vol.affine))
+            if spec.zoom:
+                videos += zoomed_videos(vol, np.asarray(lab.array), factors=spec.zoom, image_size=image_size,
+                                        label_values=spec.labels, axis=spec.axis)
+            else:
+                videos.append(make_video(vol.array, np.asarray(lab.array), image_size=image_size, name=str(p),
+                                         label_values=spec.labels, is_volume=True, axis=spec.axis, affine=vol.affine))
         else:  # frames / images
             pairs = _frame_files(p, spec.mask_suffix)
             if spec.kind == "frames":
