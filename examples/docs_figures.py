@@ -32,7 +32,8 @@ from medsam2kit.io import load_label, load_volume, save_mask, save_volume
 from medsam2kit.metrics import dice
 from medsam2kit.phantoms import ellipsoid_phantom
 from medsam2kit.prompts import SliceFilterConfig, select_slices_multilabel
-from medsam2kit.sequencer import sequence_volume
+from medsam2kit.roi import VOLUME_ZOOM, Roi, roi_around
+from medsam2kit.sequencer import default_axis, sequence_volume
 from medsam2kit.viz import Legend, MontageStyle, PanelRow, compose, overlay_slice, save_png, slice_panel
 from medsam2kit.volume import Volume
 
@@ -57,6 +58,36 @@ def sequencer_figure(out: Path) -> None:
         ImageDraw.Draw(tile).text((4, 4), f"frame {t} = slice {z}", fill=(255, 255, 0))
         tiles.append(np.asarray(tile))
     save_png(np.concatenate(tiles, axis=1), out / "sequencer_frames.png")
+
+
+def zoom_figure(out: Path) -> None:
+    """The lesion's largest slice as a 128 px SAM2 frame: whole, and zoomed around the lesion
+    (:data:`medsam2kit.roi.VOLUME_ZOOM`), each drawn at twice its size, label outlined."""
+    data = shared_data_dir(Path(__file__).resolve().parent)
+    ct = None if data is None else data / "deeplesion_ct" / "CT_Lesion_000001_02_01_008-023_img.nii.gz"
+    if ct is not None and ct.is_file():
+        image = load_volume(ct)
+        label = load_label(str(ct).replace("_img", "_label"), like=image)
+    else:
+        image, label = ellipsoid_phantom((16, 240, 200), (5.0, 0.7, 0.7), rng=0)
+    axis = default_axis(image)
+    others = tuple(a for a in range(3) if a != axis)
+    mask = np.asarray(label.array) > 0
+    z = int(np.argmax(mask.sum(axis=others)))
+    tiles = []
+    for roi, name in ((Roi.whole(image.shape, axis), "whole slice"),
+                      (roi_around(np.take(mask, z, axis=axis), image.shape, axis=axis, factor=VOLUME_ZOOM),
+                       f"zoom {VOLUME_ZOOM:g}")):
+        seq = sequence_volume(roi.crop_volume(image), axis=axis, image_size=128)
+        t = seq.frame_of_slice(z)
+        frame_mask = seq.mask_to_frame(roi.crop_slice(np.take(mask, z, axis=axis))).numpy()
+        big = np.kron(seq.frames[t].numpy(), np.ones((2, 2), np.uint8))
+        tile = Image.fromarray(overlay_slice(big, np.kron(frame_mask, np.ones((2, 2), bool)).astype(np.int64),
+                                             fill_alpha=0.0, line_width=2))
+        ImageDraw.Draw(tile).text((4, 4), f"{name}: lesion {int(frame_mask.sum())} of 128 x 128 px", fill=(255, 255, 0))
+        tiles.append(np.asarray(tile))
+    gap = np.full((256, 8, 3), 255, np.uint8)
+    save_png(np.concatenate([tiles[0], gap, tiles[1]], axis=1), out / "zoom_frames.png")
 
 
 #: The shared case the prompt-selection and fusion figures are drawn from, and the cases its
@@ -190,6 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sequencer_figure(args.out)
+    zoom_figure(args.out)
     case = hippocampus_case(shared_data_dir(Path(__file__).resolve().parent))
     if case is None:
         print("skipped prompts_selection.png and fusion.png: the shared hippocampus cases (../shared/data/"

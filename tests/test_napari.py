@@ -557,6 +557,9 @@ def test_gui_automatic_modes(viewer: Any, qtbot: Any, tmp_path: Path, phantoms: 
     assert chosen, "the slice filter chose prompt slices"
     highlight = viewer.layers["SAM2Med3D prompt slices"]
     assert len(highlight.data) == len(chosen) == widget.slices_list.count()
+    # the view jumps to the prompt slice holding the most of the result
+    area = (widget.labels.data > 0).sum(axis=tuple(a for a in range(3) if a != result.axis))
+    assert area[viewer.dims.current_step[result.axis]] == max(area[s] for s in chosen) > 0
     _shot(viewer, "7_sam2med3d")
 
     # FATE-SAM: a support bank from support volumes, saved and loaded again

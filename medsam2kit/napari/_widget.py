@@ -980,12 +980,13 @@ class AnnotatorWidget(QWidget):
                     item = QListWidgetItem(f"label {lab}: slice {s}")
                     item.setData(Qt.ItemDataRole.UserRole, (result.axis, s))
                     self.slices_list.addItem(item)
+        # show the prompt slice that holds the most of the result (any slice without prompts)
         chosen_slices = sorted(s for chosen in result.prompt_slices.values() for s in chosen)
+        area = (result.labels > 0).sum(axis=tuple(a for a in range(3) if a != result.axis))
         if chosen_slices:
-            self.viewer.dims.set_current_step(result.axis, chosen_slices[0])
-        elif result.labels.any():  # show the slice with the most labelled voxels
-            other = tuple(a for a in range(3) if a != self.ann.axis)
-            self.viewer.dims.set_current_step(self.ann.axis, int(np.argmax((result.labels > 0).sum(axis=other))))
+            self.viewer.dims.set_current_step(result.axis, max(chosen_slices, key=lambda s: (int(area[s]), -s)))
+        elif result.labels.any():
+            self.viewer.dims.set_current_step(result.axis, int(np.argmax(area)))
         self.update_tally()
         name = "SAM2Med3D" if result.method == "sam2med3d" else "FATE-SAM"
         extra = ""
