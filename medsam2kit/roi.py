@@ -1,8 +1,8 @@
 """Zoom: segment inside a region of interest around the prompt, and paste the result back.
 
 A model reads every slice at a fixed input size (128 px for the bundled model, 1024 px for
-Meta's): a 30-voxel lesion on a 512-voxel CT slice becomes 8 pixels at 128 px, far smaller than
-anything the model learnt from. Cropping every slice to a square around the prompt (``factor``
+Meta's): a lesion 30 voxels across on a 512-voxel CT slice is 8 pixels across at 128 px, far
+smaller than anything the model learnt from. Cropping every slice to a square around the prompt (``factor``
 times the prompt's longer side, at least ``min_side`` voxels) before sequencing gives the object
 the same share of the frame whatever the slice size; the result is pasted back into the full grid
 (outside the crop: no object). This is how medical SAM pipelines handle small structures (the
