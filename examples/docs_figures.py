@@ -32,7 +32,7 @@ from medsam2kit.io import load_label, load_volume, save_mask, save_volume
 from medsam2kit.metrics import dice
 from medsam2kit.phantoms import ellipsoid_phantom
 from medsam2kit.prompts import SliceFilterConfig, select_slices_multilabel
-from medsam2kit.roi import VOLUME_ZOOM, Roi, roi_around
+from medsam2kit.roi import DEFAULT_ZOOM, Roi, roi_around
 from medsam2kit.sequencer import default_axis, sequence_volume
 from medsam2kit.viz import Legend, MontageStyle, PanelRow, compose, overlay_slice, save_png, slice_panel
 from medsam2kit.volume import Volume
@@ -62,7 +62,7 @@ def sequencer_figure(out: Path) -> None:
 
 def zoom_figure(out: Path) -> None:
     """The lesion's largest slice as a 128 px SAM2 frame: whole, and zoomed around the lesion
-    (:data:`medsam2kit.roi.VOLUME_ZOOM`), each drawn at twice its size, label outlined."""
+    (:data:`medsam2kit.roi.DEFAULT_ZOOM`), each drawn at twice its size, label outlined."""
     data = shared_data_dir(Path(__file__).resolve().parent)
     ct = None if data is None else data / "deeplesion_ct" / "CT_Lesion_000001_02_01_008-023_img.nii.gz"
     if ct is not None and ct.is_file():
@@ -76,8 +76,8 @@ def zoom_figure(out: Path) -> None:
     z = int(np.argmax(mask.sum(axis=others)))
     tiles = []
     for roi, name in ((Roi.whole(image.shape, axis), "whole slice"),
-                      (roi_around(np.take(mask, z, axis=axis), image.shape, axis=axis, factor=VOLUME_ZOOM),
-                       f"zoom {VOLUME_ZOOM:g}")):
+                      (roi_around(np.take(mask, z, axis=axis), image.shape, axis=axis, factor=DEFAULT_ZOOM),
+                       f"zoom {DEFAULT_ZOOM:g}")):
         seq = sequence_volume(roi.crop_volume(image), axis=axis, image_size=128)
         t = seq.frame_of_slice(z)
         frame_mask = seq.mask_to_frame(roi.crop_slice(np.take(mask, z, axis=axis))).numpy()

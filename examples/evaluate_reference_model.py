@@ -12,12 +12,12 @@ recording or image; ``--split validation``: the recipe-selection cases of
 
 * 3D cases (hippocampus, prostate, CT lesions, brain tumour): one-prompt propagation per label,
   prompted on its largest slice by the true mask and by its box (slices zoomed around the
-  prompts, :data:`medsam2kit.roi.VOLUME_ZOOM`; ``--no-zoom``: whole slices), against the copy
+  prompts, :data:`medsam2kit.roi.DEFAULT_ZOOM`; ``--no-zoom``: whole slices), against the copy
   baseline (the prompt mask on every slice holding the label);
 * hippocampus: FATE-SAM from the training cases as supports, and SAM2Med3D (a coarse network
   fitted on them, fused with SAM2) against the coarse network alone;
 * carotid recordings: first-frame mask propagation (Dice, J&F) against copying the first mask;
-* fetal-head images: box prompts (zoomed, :data:`medsam2kit.roi.IMAGE_ZOOM`) against the filled box.
+* fetal-head images: box prompts (zoomed, :data:`medsam2kit.roi.DEFAULT_ZOOM`) against the filled box.
 
 Writes ``rows.csv`` (one row per case, label, task and method), ``per_case.md`` (a line per case
 and label, fetal-head images as their mean), ``summary.md`` (means per dataset, task and method)

@@ -136,7 +136,7 @@ VOLUME_DATASETS: tuple[str, ...] = ("msd_hippocampus", "msd_prostate", "deeplesi
 SOURCE_WEIGHTS: dict[str, float] = {"phantoms": 0.5, "volumes": 1.5, "zoom": 1.0, "regions": 0.75, "carotid": 1.0,
                                     "fetal": 1.0}
 #: Crop factors of the ``zoom`` source (:func:`medsam2kit.train.data.zoomed_videos`): around the
-#: factor the tasks zoom by at inference (:data:`medsam2kit.roi.VOLUME_ZOOM`).
+#: factor the tasks zoom by at inference (:data:`medsam2kit.roi.DEFAULT_ZOOM`).
 ZOOM_FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0)
 #: The sources of the shipped real-image model: the self-supervised supervoxels (``regions``)
 #: lowered every held-out figure in the ablation (docs/reference_model.md), so they are left out.

@@ -7,8 +7,8 @@ times the prompt's longer side, at least ``min_side`` voxels) before sequencing 
 the same share of the frame whatever the slice size; the result is pasted back into the full grid
 (outside the crop: no object). This is how medical SAM pipelines handle small structures (the
 crop-and-resize of MedSAM's box prompt, SAM-Med3D's patches around the target); the factors of
-the library's tasks (:data:`VOLUME_ZOOM`, :data:`IMAGE_ZOOM`) were chosen on the validation
-cases of :mod:`medsam2kit.reference`. Tracking a moving structure through a recording is not
+the library's tasks (:data:`DEFAULT_ZOOM`) was chosen on the validation cases of
+:mod:`medsam2kit.reference`. Tracking a moving structure through a recording is not
 zoomed by default: the crop around the first frame's mask loses a structure that moves out of it
 (carotid validation recordings: Dice 0.61 whole, 0.03-0.13 zoomed).
 
@@ -38,16 +38,14 @@ from medsam2kit._validate import check_axis
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.volume import Volume
 
-#: The crop side over the prompts' box for propagation through a volume
-#: (:func:`medsam2kit.tasks.one_prompt_propagation`): chosen on the validation cases of
-#: :mod:`medsam2kit.reference` among 1.25, 1.5 and 2 (mask-prompt Dice 0.465 / 0.388 / 0.359
-#: with the zoom-trained selection model, 0.233 without zoom; docs/reference_model.md).
-VOLUME_ZOOM = 1.25
-
-#: The crop side over the box for a box prompt on a 2D image
-#: (:func:`medsam2kit.tasks.box_prompt_image`): chosen on the validation fetal-head images among
-#: 1.5, 1.75 and 2 (Dice 0.783 / 0.802 / 0.821, 0.764 without zoom).
-IMAGE_ZOOM = 2.0
+#: The crop side over the prompts' box of the tasks (:func:`medsam2kit.tasks.one_prompt_propagation`,
+#: :func:`medsam2kit.tasks.box_prompt_image`): the smallest factor at which no validation phantom
+#: object falls below Dice 0.8 with the zoom-trained selection model (1.25: 8 of 19 objects, 1.5:
+#: 1, 2: none; whole slices: none). On the real validation cases 2 gives mask propagation 0.359
+#: (1.25: 0.465, 1.5: 0.388, whole slices: 0.233) and fetal-head box prompts 0.821 (1.5: 0.783,
+#: whole: 0.764); a tighter crop than the training clips' (1.5-3) fails on structures that fill
+#: it (docs/reference_model.md).
+DEFAULT_ZOOM = 2.0
 
 #: The smallest crop side in voxels: a tiny prompt is not blown up past this.
 MIN_SIDE = 16

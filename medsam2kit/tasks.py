@@ -34,7 +34,7 @@ from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.fewshot import label_map_from_logits
 from medsam2kit.metrics import dice, j_and_f
 from medsam2kit.predictor import PointPrompt, SAM2Predictor, Session
-from medsam2kit.roi import IMAGE_ZOOM, VOLUME_ZOOM, Roi, roi_around
+from medsam2kit.roi import DEFAULT_ZOOM, Roi, roi_around
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, default_axis, sequence_frames, sequence_volume
 from medsam2kit.volume import Volume, check_same_grid
 
@@ -92,14 +92,14 @@ def filled_box(mask: np.ndarray) -> np.ndarray:
 
 def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volume,
                            labels: Sequence[int] | None = None, *, prompt: PromptKind = "mask",
-                           zoom: float | None = VOLUME_ZOOM) -> Propagated:
+                           zoom: float | None = DEFAULT_ZOOM) -> Propagated:
     """Prompt each label on its largest slice (its true mask, or the box around it) and propagate
     both ways.
 
     All labels are objects of one session (each slice is encoded once); the label map takes per
     voxel the label of the largest positive logit. With ``zoom`` every slice is cropped to the
     square of ``zoom`` times the prompts' box (:func:`medsam2kit.roi.roi_around`, around all the
-    labels' prompts together; default :data:`medsam2kit.roi.VOLUME_ZOOM`) before it is resized
+    labels' prompts together; default :data:`medsam2kit.roi.DEFAULT_ZOOM`) before it is resized
     for the model; the result is pasted back (nothing outside the crop). ``None``: whole slices.
 
     Raises:
@@ -286,11 +286,11 @@ def _clicks(session: Session, seq: FrameSequence, frame: int, truth: np.ndarray,
 
 
 def box_prompt_image(predictor: SAM2Predictor, image: np.ndarray, mask: np.ndarray, *,
-                     zoom: float | None = IMAGE_ZOOM) -> np.ndarray:
+                     zoom: float | None = DEFAULT_ZOOM) -> np.ndarray:
     """The mask SAM2 gives for the box around ``mask`` on a 2D ``image`` (bool, ``image``'s shape).
 
     ``zoom``: crop the image to ``zoom`` times the box first (see :func:`one_prompt_propagation`;
-    default :data:`medsam2kit.roi.IMAGE_ZOOM`); ``None``: the whole image.
+    default :data:`medsam2kit.roi.DEFAULT_ZOOM`); ``None``: the whole image.
 
     Raises:
         ShapeMismatchError: ``image`` and ``mask`` differ in shape or are not 2D.
