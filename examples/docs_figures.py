@@ -38,15 +38,19 @@ from medsam2kit.viz import Legend, MontageStyle, PanelRow, compose, overlay_slic
 from medsam2kit.volume import Volume
 
 
-def sequencer_figure(out: Path) -> None:
-    """The slices of a CT volume as SAM2 frames (padded to a square, uint8), label outlined."""
+def ct_case() -> tuple[Volume, Volume]:
+    """DeepLesion CT lesion 000001 and its label from the shared data (a phantom without it)."""
     data = shared_data_dir(Path(__file__).resolve().parent)
     ct = None if data is None else data / "deeplesion_ct" / "CT_Lesion_000001_02_01_008-023_img.nii.gz"
     if ct is not None and ct.is_file():
         image = load_volume(ct)
-        label = load_label(str(ct).replace("_img", "_label"), like=image)
-    else:
-        image, label = ellipsoid_phantom((16, 120, 90), (5.0, 0.7, 0.7), rng=0)
+        return image, load_label(str(ct).replace("_img", "_label"), like=image)
+    return ellipsoid_phantom((16, 240, 200), (5.0, 0.7, 0.7), rng=0)
+
+
+def sequencer_figure(out: Path) -> None:
+    """The slices of a CT volume as SAM2 frames (padded to a square, uint8), label outlined."""
+    image, label = ct_case()
     seq = sequence_volume(image, image_size=256)
     lab = np.moveaxis(label.array, seq.layout.axis, 0)
     tiles = []
@@ -63,13 +67,7 @@ def sequencer_figure(out: Path) -> None:
 def zoom_figure(out: Path) -> None:
     """The lesion's largest slice as a 128 px SAM2 frame: whole, and zoomed around the lesion
     (:data:`medsam2kit.roi.DEFAULT_ZOOM`), each drawn at twice its size, label outlined."""
-    data = shared_data_dir(Path(__file__).resolve().parent)
-    ct = None if data is None else data / "deeplesion_ct" / "CT_Lesion_000001_02_01_008-023_img.nii.gz"
-    if ct is not None and ct.is_file():
-        image = load_volume(ct)
-        label = load_label(str(ct).replace("_img", "_label"), like=image)
-    else:
-        image, label = ellipsoid_phantom((16, 240, 200), (5.0, 0.7, 0.7), rng=0)
+    image, label = ct_case()
     axis = default_axis(image)
     others = tuple(a for a in range(3) if a != axis)
     mask = np.asarray(label.array) > 0
