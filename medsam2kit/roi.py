@@ -2,13 +2,13 @@
 
 A model reads every slice at a fixed input size (128 px for the bundled model, 1024 px for
 Meta's): a lesion 30 voxels across on a 512-voxel CT slice is 8 pixels across at 128 px, far
-smaller than anything the model learnt from. Cropping every slice to a square around the prompt (``factor``
-times the prompt's longer side, at least ``min_side`` voxels) before sequencing gives the object
-the same share of the frame whatever the slice size; the result is pasted back into the full grid
-(outside the crop: no object). This is how medical SAM pipelines handle small structures (the
-crop-and-resize of MedSAM's box prompt, SAM-Med3D's patches around the target); the factors of
-the library's tasks (:data:`DEFAULT_ZOOM`) was chosen on the validation cases of
-:mod:`medsam2kit.reference`. Tracking a moving structure through a recording is not
+smaller than anything the model learnt from. Cropping every slice to a square around the prompt
+(``factor`` times the prompt's longer side, at least ``min_side`` voxels) before sequencing gives
+the object the same share of the frame whatever the slice size; the result is pasted back into
+the full grid (outside the crop: no object). This is how medical SAM pipelines handle small
+structures (the crop-and-resize of MedSAM's box prompt, SAM-Med3D's patches around the target);
+the factor of the library's tasks (:data:`DEFAULT_ZOOM`) was chosen on the validation cases and
+phantoms of :mod:`medsam2kit.reference`. Tracking a moving structure through a recording is not
 zoomed by default: the crop around the first frame's mask loses a structure that moves out of it
 (carotid validation recordings: Dice 0.61 whole, 0.03-0.13 zoomed).
 
