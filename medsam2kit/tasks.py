@@ -231,7 +231,7 @@ def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndar
     Raises:
         ShapeMismatchError: ``frames`` and ``masks`` differ in shape.
         InvalidInputError: no frame has foreground, or fewer than two frames from the first one;
-            ``prompt`` unknown or ``corrections`` negative.
+            ``prompt`` unknown, ``corrections`` negative or ``zoom < 1``.
     """
     if prompt not in ("mask", "box", "point"):
         raise InvalidInputError(f"prompt: expected 'mask', 'box' or 'point', got {prompt!r}")
@@ -294,7 +294,7 @@ def box_prompt_image(predictor: SAM2Predictor, image: np.ndarray, mask: np.ndarr
 
     Raises:
         ShapeMismatchError: ``image`` and ``mask`` differ in shape or are not 2D.
-        InvalidInputError: ``mask`` is empty.
+        InvalidInputError: ``mask`` is empty, or ``zoom < 1``.
     """
     if image.shape != mask.shape or image.ndim != 2:
         raise ShapeMismatchError(f"image, mask: expected the same (H, W) shape, got {image.shape}, {mask.shape}")
