@@ -88,7 +88,9 @@ class SAM2Med3DConfig:
 
 @dataclass(frozen=True, eq=False)
 class LabelOutcome:
-    """What happened for one label: the chosen slices, SAM2's propagation and the fusion."""
+    """What happened for one label: the chosen slices (on the volume's grid), SAM2's propagation
+    (over the frames SAM2 saw: those of the zoomed crop when :attr:`SAM2Med3DConfig.zoom` is set)
+    and the fusion (on the volume's grid)."""
 
     label: int
     selection: SliceSelection
