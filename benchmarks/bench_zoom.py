@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,8 +29,7 @@ from common import print_table, timed, write_json  # noqa: E402
 from medsam2kit._data import shared_data_dir  # noqa: E402
 from medsam2kit.predictor import SAM2Predictor  # noqa: E402
 from medsam2kit.reference import VOLUME_DATASETS, heldout_phantoms, label_file  # noqa: E402
-from medsam2kit.roi import DEFAULT_ZOOM, roi_around  # noqa: E402
-from medsam2kit.sequencer import default_axis  # noqa: E402
+from medsam2kit.roi import DEFAULT_ZOOM, Roi  # noqa: E402
 from medsam2kit.tasks import one_prompt_propagation  # noqa: E402
 from medsam2kit.volume import Volume  # noqa: E402
 
@@ -52,23 +50,18 @@ def cases() -> list[tuple[str, Volume, Volume]]:
     return out
 
 
-def crop_share(image: Volume, label: Volume) -> float:
-    """The zoomed crop's area over the slice's (the crop around all labels' largest slices)."""
-    axis = default_axis(image)
-    others = tuple(a for a in range(3) if a != axis)
-    arr = np.asarray(label.array)
-    footprint = np.zeros([image.shape[a] for a in others], bool)
-    for lab in (int(v) for v in np.unique(arr) if v):
-        mask = arr == lab
-        footprint |= np.take(mask, int(np.argmax(mask.sum(axis=others))), axis=axis)
-    roi = roi_around(footprint, image.shape, axis=axis, factor=DEFAULT_ZOOM)
+def crop_share(roi: Roi) -> float:
+    """The crop's area over the slice's."""
     (r0, r1), (c0, c1) = roi.rows, roi.cols
-    return (r1 - r0) * (c1 - c0) / float(footprint.size)
+    rows, cols = roi.in_plane_axes
+    return (r1 - r0) * (c1 - c0) / float(roi.shape[rows] * roi.shape[cols])
 
 
-def median_time(fn: Any, repeats: int) -> float:
+def median_time(fn: Any, repeats: int) -> tuple[float, Any]:
+    """The median wall time of ``repeats`` calls after a warm-up, and the last call's value."""
     fn()  # warm-up
-    return statistics.median(timed(fn)[0] for _ in range(repeats))
+    runs = [timed(fn) for _ in range(repeats)]
+    return statistics.median(t for t, _ in runs), runs[-1][1]
 
 
 def main() -> None:
@@ -78,9 +71,10 @@ def main() -> None:
     predictor = SAM2Predictor.from_pretrained("reference")
     rows, records = [], []
     for name, image, label in cases():
-        whole = median_time(lambda: one_prompt_propagation(predictor, image, label, zoom=None), args.repeats)
-        zoomed = median_time(lambda: one_prompt_propagation(predictor, image, label, zoom=DEFAULT_ZOOM), args.repeats)
-        share = crop_share(image, label)
+        whole, _ = median_time(lambda: one_prompt_propagation(predictor, image, label, zoom=None), args.repeats)
+        zoomed, out = median_time(lambda: one_prompt_propagation(predictor, image, label, zoom=DEFAULT_ZOOM),
+                                  args.repeats)
+        share = crop_share(out.roi)
         record = {"case": name, "shape": list(image.shape), "whole_s": whole, "zoom_s": zoomed,
                   "ratio_zoom_whole": zoomed / whole, "crop_share": share}
         records.append(record)

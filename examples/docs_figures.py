@@ -32,7 +32,7 @@ from medsam2kit.io import load_label, load_volume, save_mask, save_volume
 from medsam2kit.metrics import dice
 from medsam2kit.phantoms import ellipsoid_phantom
 from medsam2kit.prompts import SliceFilterConfig, select_slices_multilabel
-from medsam2kit.roi import DEFAULT_ZOOM, Roi, roi_around
+from medsam2kit.roi import DEFAULT_ZOOM, Roi, largest_slice, roi_around
 from medsam2kit.sequencer import default_axis, sequence_volume
 from medsam2kit.viz import Legend, MontageStyle, PanelRow, compose, overlay_slice, save_png, slice_panel
 from medsam2kit.volume import Volume
@@ -69,9 +69,8 @@ def zoom_figure(out: Path) -> None:
     (:data:`medsam2kit.roi.DEFAULT_ZOOM`), each drawn at twice its size, label outlined."""
     image, label = ct_case()
     axis = default_axis(image)
-    others = tuple(a for a in range(3) if a != axis)
     mask = np.asarray(label.array) > 0
-    z = int(np.argmax(mask.sum(axis=others)))
+    z = largest_slice(mask, axis=axis)
     tiles = []
     for roi, name in ((Roi.whole(image.shape, axis), "whole slice"),
                       (roi_around(np.take(mask, z, axis=axis), image.shape, axis=axis, factor=DEFAULT_ZOOM),

@@ -610,8 +610,9 @@ def _segment(args: argparse.Namespace) -> int:
     from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline
     from medsam2kit.prompts import SliceFilterConfig
 
-    if args.zoom is not None and not args.zoom >= 1.0:
-        raise InvalidInputError(f"--zoom: expected a crop factor >= 1 (times the coarse foreground's box), got {args.zoom}")
+    from medsam2kit.roi import check_zoom
+
+    check_zoom(args.zoom, name="--zoom")
     fmt, jobs = _label_map_jobs(args, args.input, name="--input")
     coarse = CoarseSegmenter.load(args.coarse)
     config = SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=args.k), prompt_kind=args.prompt,

@@ -41,7 +41,7 @@ from medsam2kit.fusion import (
 from medsam2kit.predictor import PropagationResult, SAM2Predictor, Session
 from medsam2kit.prompts import (PromptKind, SliceFilterConfig, SliceSelection, crop_selection, select_slices,
                                 to_predictor_prompts)
-from medsam2kit.roi import Roi, roi_around
+from medsam2kit.roi import Roi, check_zoom, roi_around
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, WindowSpec, default_axis, sequence_volume
 from medsam2kit.volume import Volume
 
@@ -78,8 +78,7 @@ class SAM2Med3DConfig:
     zoom: float | None = None
 
     def __post_init__(self) -> None:
-        if self.zoom is not None and not self.zoom >= 1.0:
-            raise InvalidInputError(f"zoom: expected a crop factor >= 1 (or None: whole slices), got {self.zoom}")
+        check_zoom(self.zoom)
         if self.propagation not in ("joint", "separate"):
             raise InvalidInputError(f"propagation: expected 'joint' or 'separate', got {self.propagation!r}")
         if self.axis is not None and self.axis not in (0, 1, 2):

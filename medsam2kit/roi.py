@@ -153,6 +153,41 @@ class Roi:
         return out
 
 
+def check_zoom(zoom: float | None, *, name: str = "zoom") -> float | None:
+    """``zoom`` as a crop factor (``None``: no zoom).
+
+    Raises:
+        InvalidInputError: a factor below 1 (or NaN), named by ``name``.
+
+    Example:
+        >>> check_zoom(2), check_zoom(None)
+        (2.0, None)
+    """
+    if zoom is None:
+        return None
+    if not float(zoom) >= 1.0:
+        raise InvalidInputError(f"{name}: expected a crop factor >= 1 (times the prompt's box), got {zoom}")
+    return float(zoom)
+
+
+def largest_slice(mask: np.ndarray, *, axis: int) -> int:
+    """The index along ``axis`` of the slice of a 3D mask with the most foreground (the first of
+    equals): where the tasks and the zoomed training clips draw their prompt.
+
+    Raises:
+        InvalidInputError: an empty mask.
+
+    Example:
+        >>> m = np.zeros((3, 4, 4), bool); m[2, :2, :2] = True; m[1, 0, 0] = True
+        >>> largest_slice(m, axis=0)
+        2
+    """
+    areas = np.asarray(mask).sum(axis=tuple(a for a in range(3) if a != check_axis(axis)))
+    if not areas.any():
+        raise InvalidInputError("mask: expected some foreground to find its largest slice, got an empty mask")
+    return int(np.argmax(areas))
+
+
 def roi_around(mask: np.ndarray | Sequence[float], shape: Sequence[int], *, axis: int, factor: float,
                min_side: int = MIN_SIDE) -> Roi:
     """The square in-plane crop around a prompt: side ``factor`` times the prompt's longer side

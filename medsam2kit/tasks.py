@@ -34,7 +34,7 @@ from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.fewshot import label_map_from_logits
 from medsam2kit.metrics import dice, j_and_f
 from medsam2kit.predictor import PointPrompt, SAM2Predictor, Session
-from medsam2kit.roi import DEFAULT_ZOOM, Roi, roi_around
+from medsam2kit.roi import DEFAULT_ZOOM, Roi, check_zoom, largest_slice, roi_around
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, default_axis, sequence_frames, sequence_volume
 from medsam2kit.volume import Volume, check_same_grid
 
@@ -51,12 +51,14 @@ class Propagated:
         prompt_slices: per label, the slice (along ``axis``) whose true mask (or its box) was the prompt.
         axis: the slicing axis.
         baseline: per label, the prompt slice's true mask on every slice holding the label.
+        roi: the in-plane crop the slices were zoomed to (the whole grid without zoom).
     """
 
     labels: np.ndarray = field(repr=False)
     prompt_slices: Mapping[int, int]
     axis: int
     baseline: Mapping[int, np.ndarray] = field(repr=False)
+    roi: Roi
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:
@@ -118,12 +120,12 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
     baseline: dict[int, np.ndarray] = {}
     for lab in wanted:
         mask = np.asarray(label.array) == lab
-        areas = mask.sum(axis=others)
-        if not areas.any():
+        holds = mask.any(axis=others)
+        if not holds.any():
             raise InvalidInputError(f"labels: label {lab} is absent from the label map")
-        prompts[lab] = int(np.argmax(areas))
+        prompts[lab] = largest_slice(mask, axis=axis)
         slice_masks[lab] = np.take(mask, prompts[lab], axis=axis)
-        baseline[lab] = np.expand_dims(slice_masks[lab], axis) & np.expand_dims(areas > 0, others)
+        baseline[lab] = np.expand_dims(slice_masks[lab], axis) & np.expand_dims(holds, others)
     roi = _zoom_roi(list(slice_masks.values()), image.shape, axis, zoom)
     seq = sequence_volume(roi.crop_volume(image), axis=axis, image_size=predictor.image_size)
     session = predictor.start(seq)
@@ -137,18 +139,17 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
     result = session.propagate("both")
     logits = {lab: image.with_array(roi.paste(seq.to_volume_logits(result.logits()[:, k].numpy()).array, fill=-np.inf))
               for k, lab in enumerate(result.obj_ids)}
-    return Propagated(label_map_from_logits(logits, image.shape), prompts, axis, baseline)
+    return Propagated(label_map_from_logits(logits, image.shape), prompts, axis, baseline, roi)
 
 
 def _zoom_roi(masks: Sequence[np.ndarray], shape: tuple[int, int, int], axis: int, zoom: float | None) -> Roi:
     """The crop around the union of the prompts' boxes (the whole grid when ``zoom`` is None)."""
-    if zoom is None:
+    factor = check_zoom(zoom)
+    if factor is None:
         return Roi.whole(shape, axis)
-    if not zoom >= 1.0:
-        raise InvalidInputError(f"zoom: expected a crop factor >= 1 (or None: whole slices), got {zoom}")
     boxes = np.array([mask_box(m) for m in masks])
     union = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])
-    return roi_around(union, shape, axis=axis, factor=zoom)
+    return roi_around(union, shape, axis=axis, factor=factor)
 
 
 @dataclass(frozen=True)

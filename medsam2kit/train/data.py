@@ -202,19 +202,17 @@ def zoomed_videos(image: Volume, labels: np.ndarray, *, factors: Sequence[float]
         >>> [v.masks.float().mean().item() for v in zoomed_videos(img, lab, factors=[2.0], image_size=32, axis=0)]
         [0.25]
     """
-    from medsam2kit.roi import roi_around
+    from medsam2kit.roi import largest_slice, roi_around
     from medsam2kit.sequencer import default_axis
 
     ax = default_axis(image) if axis is None else axis
-    others = tuple(a for a in range(3) if a != ax)
     values = tuple(int(v) for v in label_values) or tuple(int(v) for v in np.unique(labels) if v != 0)
     out = []
     for value in values:
         mask = labels == value
-        areas = mask.sum(axis=others)
-        if not areas.any():
+        if not mask.any():
             continue
-        largest = np.take(mask, int(np.argmax(areas)), axis=ax)
+        largest = np.take(mask, largest_slice(mask, axis=ax), axis=ax)
         for factor in factors:
             roi = roi_around(largest, image.shape, axis=ax, factor=float(factor))
             crop = roi.crop_volume(image)
