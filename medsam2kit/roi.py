@@ -166,7 +166,7 @@ def check_zoom(zoom: float | None, *, name: str = "zoom") -> float | None:
     if zoom is None:
         return None
     if not float(zoom) >= 1.0:
-        raise InvalidInputError(f"{name}: expected a crop factor >= 1 (times the prompt's box), got {zoom}")
+        raise InvalidInputError(f"{name}: expected a crop factor >= 1 (the crop's side over the box it is drawn around), got {zoom}")
     return float(zoom)
 
 
