@@ -13,7 +13,8 @@ recording or image; ``--split validation``: the recipe-selection cases of
 * 3D cases (hippocampus, prostate, CT lesions, brain tumour): one-prompt propagation per label,
   prompted on its largest slice by the true mask and by its box (slices zoomed around the
   prompts, :data:`medsam2kit.roi.DEFAULT_ZOOM`; ``--no-zoom``: whole slices), against the copy
-  baseline (the prompt mask on every slice holding the label);
+  baseline (the prompt mask on every slice holding the label), and from the mask after one-shot
+  adaptation of a copy of the model to the prompts (:mod:`medsam2kit.adapt`; ``--no-adapt`` skips it);
 * hippocampus: FATE-SAM from the training cases as supports, and SAM2Med3D (a coarse network
   fitted on them, fused with SAM2) against the coarse network alone;
 * carotid recordings: first-frame mask propagation (Dice, J&F) against copying the first mask;
@@ -42,6 +43,7 @@ import torch
 
 from medsam2kit._data import shared_data_dir
 from medsam2kit._files import atomic_write
+from medsam2kit.adapt import AdaptConfig
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.demo import Pair, keep_labels, training_supports
 from medsam2kit.fewshot import FewShotPipeline
@@ -80,15 +82,17 @@ def load_predictor(name: str) -> SAM2Predictor:
     return SAM2Predictor.from_pretrained(name, device="cpu")
 
 
-def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bool = True) -> list[Row]:
+def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bool = True,
+                adapt: bool = True) -> list[Row]:
     rows = []
     truth = np.asarray(case.label.array)
-    for prompt in ("mask", "box"):
-        out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt, **_zoom(zoom))
+    runs = [("mask", "sam2", None), ("box", "sam2", None)] + ([("mask", "sam2 adapted", AdaptConfig())] if adapt else [])
+    for prompt, method, config in runs:
+        out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt, adapt=config, **_zoom(zoom))
         for lab in out.prompt_slices:
-            rows.append(Row(model, case.dataset, case.name, lab, f"propagation ({prompt})", "sam2",
+            rows.append(Row(model, case.dataset, case.name, lab, f"propagation ({prompt})", method,
                             dice(out.labels == lab, truth == lab)))
-            if prompt == "mask":
+            if prompt == "mask" and config is None:
                 rows.append(Row(model, case.dataset, case.name, lab, "propagation (mask)", "copy to labelled slices",
                                 dice(out.baseline[lab], truth == lab)))
     return rows
@@ -145,12 +149,12 @@ def _zoom(zoom: bool) -> dict[str, None]:
     return {} if zoom else {"zoom": None}
 
 
-def evaluate_model(name: str, cases: Cases, *, zoom: bool = True) -> list[Row]:
+def evaluate_model(name: str, cases: Cases, *, zoom: bool = True, adapt: bool = True) -> list[Row]:
     pred = load_predictor(name)
     label = name if zoom else f"{name} (no zoom)"
     rows: list[Row] = []
     for case in cases.volumes:
-        rows += volume_rows(label, pred, case, zoom=zoom)
+        rows += volume_rows(label, pred, case, zoom=zoom, adapt=adapt)
         if case.dataset == "msd_hippocampus":
             rows += hippocampus_rows(label, pred, case, cases.supports)
     for rec in cases.recordings:
@@ -205,6 +209,8 @@ def main() -> None:
                         help="the cases scored (validation: the recipe-selection cases)")
     parser.add_argument("--no-zoom", action="store_true",
                         help="whole slices and images (default: the tasks' zoom around the prompt, medsam2kit.roi)")
+    parser.add_argument("--no-adapt", action="store_true",
+                        help="skip the one-shot adapted mask propagation (medsam2kit.adapt; about 30 s per volume)")
     args = parser.parse_args()
     data_dir = shared_data_dir()
     if data_dir is None:
@@ -214,7 +220,7 @@ def main() -> None:
     seconds = {}
     for name in [m for m in args.models.split(",") if m]:
         start = time.perf_counter()
-        rows += evaluate_model(name, cases, zoom=not args.no_zoom)
+        rows += evaluate_model(name, cases, zoom=not args.no_zoom, adapt=not args.no_adapt)
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"{name}: {seconds[name]} s", file=sys.stderr)
     summary = summarise(rows)

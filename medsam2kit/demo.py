@@ -8,8 +8,9 @@ reference model trained on):
 
 * ``propagation (mask)`` / ``propagation (box)``: per label, the true mask of its largest slice,
   or the box around it, as the only prompt, propagated through the volume (slices zoomed around
-  the prompts, :mod:`medsam2kit.roi`); beside it the ``copy to labelled slices`` baseline (that
-  mask on every slice holding the label);
+  the prompts, :mod:`medsam2kit.roi`); from the mask also by a copy of the model adapted to
+  the prompt masks first (``sam2 adapted (N steps)``, :mod:`medsam2kit.adapt`); beside them the
+  ``copy to labelled slices`` baseline (that mask on every slice holding the label);
 * ``fewshot``: FATE-SAM from labelled supports, no prompt at all (phantom, hippocampus);
 * ``sam2med3d``: a deliberately weak coarse network (a small U-Net fitted for a few steps on the
   supports), its reliable slices as prompts, SAM2 propagation and confidence fusion; beside it
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 
 from medsam2kit._files import atomic_write
+from medsam2kit.adapt import AdaptConfig
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.errors import InvalidInputError
 from medsam2kit.fewshot import FewShotPipeline
@@ -64,6 +66,19 @@ Pair = tuple[Volume, Volume]
 
 #: Fetal-head images the demo scores (of the 76 held out; the model card scores them all).
 DEMO_IMAGES = 12
+#: Steps of the demo's one-shot adaptation: half of :class:`~medsam2kit.adapt.AdaptConfig`'s
+#: default, so that the demo stays under three minutes on two CPU cores (200 steps: 4 minutes).
+DEMO_ADAPT_STEPS = 100
+
+
+def adapted_method(config: AdaptConfig) -> str:
+    """The method name of a propagation after one-shot adaptation, its steps included.
+
+    Example:
+        >>> adapted_method(AdaptConfig(steps=100))
+        'sam2 adapted (100 steps)'
+    """
+    return f"sam2 adapted ({config.steps} steps)"
 
 
 @dataclass(frozen=True)
@@ -161,9 +176,10 @@ def real_cases(data_dir: Path) -> list[DemoCase]:
 
 def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, *,
              coarse_steps: int = 40, generator: torch.Generator | None = None,
-             progress: Callable[[str], None] | None = None) -> list[DiceRow]:
-    """The volume tasks on one case: propagation from a mask and from a box, and, when the case
-    has supports, FATE-SAM and SAM2Med3D; with ``out``, its NIfTI files and overlays go to
+             progress: Callable[[str], None] | None = None, adapt: AdaptConfig | None = None) -> list[DiceRow]:
+    """The volume tasks on one case: propagation from a mask and from a box (and, with
+    ``adapt``, from the mask after one-shot adaptation, :mod:`medsam2kit.adapt`), and, when the
+    case has supports, FATE-SAM and SAM2Med3D; with ``out``, its NIfTI files and overlays go to
     ``out/<name>`` (``generator`` draws the weak coarse network's weights and shuffling;
     ``progress`` is called with one line as each stage starts)."""
     image, label = case.query
@@ -175,9 +191,19 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
     prop = one_prompt_propagation(predictor, image, label)
     boxed = one_prompt_propagation(predictor, image, label, prompt="box")
     maps["propagation"], maps["propagation_box"] = prop.labels, boxed.labels
+    adapted = None
+    map_rows = dict(_MAP_ROWS)
+    if adapt is not None:
+        stage(f"{case.name}: one-shot adaptation to the prompt masks ({adapt.steps} steps), then propagation")
+        adapted = one_prompt_propagation(predictor, image, label, adapt=adapt)
+        maps["propagation_adapted"] = adapted.labels
+        map_rows["propagation_adapted"] = ("propagation (mask)", adapted_method(adapt))
     for lab in prop.prompt_slices:
         truth = label.array == lab
         rows.append(DiceRow("propagation (mask)", case.name, lab, "sam2", dice(prop.labels == lab, truth)))
+        if adapt is not None and adapted is not None:
+            rows.append(DiceRow("propagation (mask)", case.name, lab, adapted_method(adapt),
+                                dice(adapted.labels == lab, truth)))
         rows.append(DiceRow("propagation (mask)", case.name, lab, "copy to labelled slices",
                             dice(prop.baseline[lab], truth)))
         rows.append(DiceRow("propagation (box)", case.name, lab, "sam2", dice(boxed.labels == lab, truth)))
@@ -203,7 +229,7 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
 
     if out is not None:
         stage(f"{case.name}: writing {out / case.name}")
-        _write_case(out / case.name, image, label, maps, prop.axis, case=case.name, rows=rows)
+        _write_case(out / case.name, image, label, maps, prop.axis, case=case.name, rows=rows, map_rows=map_rows)
     return rows
 
 
@@ -247,12 +273,14 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
 
 def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Path | None = None,
              coarse_steps: int = 40, max_images: int = DEMO_IMAGES, info: Mapping[str, Any] | None = None,
-             say: Callable[[str], None] = print,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             say: Callable[[str], None] = print, progress: Callable[[str], None] | None = None,
+             adapt: AdaptConfig | None = AdaptConfig(steps=DEMO_ADAPT_STEPS)) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
     ``say`` receives the results (a line per case, the table); ``progress`` one line as each
-    stage of each case starts (``medsam2kit demo`` prints them on stderr).
+    stage of each case starts (``medsam2kit demo`` prints them on stderr). ``adapt``: the
+    one-shot adaptation of the volumes' ``sam2 adapted (N steps)`` rows (``None``: no such rows;
+    default :data:`DEMO_ADAPT_STEPS` steps).
 
     The cases: a held-out phantom (:func:`phantom_case`) and, with ``data_dir``, the held-out
     shared cases (:data:`medsam2kit.reference.HELD_OUT`): the 3D ones (:func:`real_cases`), the
@@ -286,7 +314,7 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
 
     for case in cases:
         timed(case.name, partial(run_case, predictor, case, out, coarse_steps=coarse_steps,
-                                 generator=torch.Generator().manual_seed(seed), progress=progress))
+                                 generator=torch.Generator().manual_seed(seed), progress=progress, adapt=adapt))
     for rec in recordings:
         timed(rec.name, partial(run_recording, predictor, rec.name, rec.image, rec.label, out))
     if images:
@@ -360,7 +388,8 @@ _MAP_ROWS: Mapping[str, tuple[str, str]] = {
 
 
 def _write_case(folder: Path, image: Volume, label: Volume, maps: Mapping[str, np.ndarray], axis: int, *,
-                case: str = "", rows: Sequence[DiceRow] = ()) -> None:
+                case: str = "", rows: Sequence[DiceRow] = (),
+                map_rows: Mapping[str, tuple[str, str]] = _MAP_ROWS) -> None:
     """The case's NIfTI files and one montage per method: titled with the case and the method,
     its Dice per label (from ``rows``) in the heading, the truth (of the labels scored) dashed."""
     from medsam2kit.io import save_mask, save_volume
@@ -370,10 +399,10 @@ def _write_case(folder: Path, image: Volume, label: Volume, maps: Mapping[str, n
     save_mask(label.array, image, folder / "ground_truth.nii.gz")
     for name, arr in maps.items():
         save_mask(arr.astype(np.uint8), image, folder / f"{name}.nii.gz")
-        task, method = _MAP_ROWS.get(name, (name, name))
+        task, method = map_rows.get(name, (name, name))
         scores = {r.label: r.dice for r in rows if (r.task, r.method) == (task, method) and r.case == case}
         truth = keep_labels(label, sorted(scores)).array if scores else np.asarray(label.array)
-        title = f"{case}: {task}" + (f" ({method})" if method not in (task, "sam2") else "")
+        title = f"{case}: {task}" + (f", {method}" if method not in (task, "sam2") else "")
         _write_montage(folder / f"overlay_{name}.png", image, arr, truth, title, scores, axis=axis, method=method)
 
 
@@ -393,8 +422,10 @@ def _write_text(path: Path, text: str) -> None:
 
 __all__ = [
     "DemoCase",
+    "DEMO_ADAPT_STEPS",
     "DiceRow",
     "Propagated",
+    "adapted_method",
     "dice_table",
 
     "keep_labels",

@@ -133,8 +133,8 @@ _SPLITS: dict[Split, dict[str, tuple[str, ...]]] = {"held_out": HELD_OUT, "valid
 VOLUME_DATASETS: tuple[str, ...] = ("msd_hippocampus", "msd_prostate", "deeplesion_ct", "pyradiomics")
 
 #: Sampling weight of each source of the real-image recipe (see :func:`real_datasets`).
-SOURCE_WEIGHTS: dict[str, float] = {"phantoms": 0.5, "volumes": 1.5, "zoom": 1.0, "regions": 0.75, "carotid": 1.0,
-                                    "fetal": 1.0}
+SOURCE_WEIGHTS: dict[str, float] = {"phantoms": 0.5, "volumes": 1.5, "zoom": 1.0, "regions": 0.75, "pasted": 1.0,
+                                    "carotid": 1.0, "fetal": 1.0}
 #: Crop factors of the ``zoom`` source (:func:`medsam2kit.train.data.zoomed_videos`): around the
 #: factor the tasks zoom by at inference (:data:`medsam2kit.roi.DEFAULT_ZOOM`).
 ZOOM_FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0)
@@ -194,7 +194,9 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
 
     Sources: ``phantoms`` (600 3D phantoms), ``volumes`` (the labelled 3D cases, sliced along
     their through-plane axis; 1 mm isotropic ones along every axis), ``regions`` (supervoxel
-    objects of the same volumes, :func:`medsam2kit.train.selfsup.region_labels`), ``zoom`` (the
+    objects of the same volumes, :func:`medsam2kit.train.selfsup.region_labels`), ``pasted``
+    (random 3D shapes pasted into the same volumes with their own texture,
+    :func:`medsam2kit.train.selfsup.pasted_labels`), ``zoom`` (the
     labelled volumes cropped around each label at :data:`ZOOM_FACTORS` times its size, as the
     tasks zoom at inference), ``carotid``
     (the labelled recordings) and ``fetal`` (the fetal-head images, each an 8-frame moving clip).
@@ -218,6 +220,8 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
             groups["zoom"].append({"kind": "volume", "path": str(path), "mask_path": label, "zoom": ZOOM_FACTORS})
         if "regions" in groups:
             groups["regions"].append({"kind": "regions", "path": str(path), "count": regions_per_axis, "seed": seed})
+        if "pasted" in groups:
+            groups["pasted"].append({"kind": "pasted", "path": str(path), "count": regions_per_axis, "seed": seed})
     if "carotid" in groups:
         groups["carotid"] += [{"kind": "cine", "path": str(p)} for p in shared_files(data_dir, "carotid_us", kept)]
     if "fetal" in groups:

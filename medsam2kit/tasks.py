@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from medsam2kit.adapt import AdaptConfig, adapt_predictor
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.fewshot import label_map_from_logits
 from medsam2kit.metrics import dice, j_and_f
@@ -94,7 +95,7 @@ def filled_box(mask: np.ndarray) -> np.ndarray:
 
 def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volume,
                            labels: Sequence[int] | None = None, *, prompt: PromptKind = "mask",
-                           zoom: float | None = DEFAULT_ZOOM) -> Propagated:
+                           zoom: float | None = DEFAULT_ZOOM, adapt: AdaptConfig | None = None) -> Propagated:
     """Prompt each label on its largest slice (its true mask, or the box around it) and propagate
     both ways.
 
@@ -103,13 +104,18 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
     square of ``zoom`` times the prompts' box (:func:`medsam2kit.roi.roi_around`, around all the
     labels' prompts together; default :data:`medsam2kit.roi.DEFAULT_ZOOM`) before it is resized
     for the model; the result is pasted back (nothing outside the crop). ``None``: whole slices.
+    With ``adapt`` (mask prompts only) a copy of the model is first fine-tuned on the prompt
+    masks (:func:`medsam2kit.adapt.adapt_predictor`, all labels together) and propagates instead.
 
     Raises:
         ShapeMismatchError / GeometryError: ``label`` is not on ``image``'s grid.
-        InvalidInputError: a label is absent, ``prompt`` is unknown or ``zoom < 1``.
+        InvalidInputError: a label is absent, ``prompt`` is unknown, ``zoom < 1``, or ``adapt``
+            is given with box prompts (there is no mask to adapt to).
     """
     if prompt not in ("mask", "box"):
         raise InvalidInputError(f"prompt: expected 'mask' or 'box', got {prompt!r}")
+    if adapt is not None and prompt != "mask":
+        raise InvalidInputError("adapt: one-shot adaptation needs mask prompts (prompt='mask'), got prompt='box'")
     check_same_grid(label, image)
     present = tuple(int(v) for v in np.unique(label.array) if v != 0)
     wanted = present if labels is None else tuple(int(v) for v in labels)
@@ -128,14 +134,15 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
         baseline[lab] = np.expand_dims(slice_masks[lab], axis) & np.expand_dims(holds, others)
     roi = _zoom_roi(list(slice_masks.values()), image.shape, axis, zoom)
     seq = sequence_volume(roi.crop_volume(image), axis=axis, image_size=predictor.image_size)
-    session = predictor.start(seq)
-    for lab in wanted:
-        frame = seq.frame_of_slice(prompts[lab])
-        crop = roi.crop_slice(slice_masks[lab])
+    frame_masks = {lab: (seq.frame_of_slice(prompts[lab]), seq.mask_to_frame(roi.crop_slice(slice_masks[lab])))
+                   for lab in wanted}
+    tracker = predictor if adapt is None else adapt_predictor(predictor, seq, list(frame_masks.values()), adapt)
+    session = tracker.start(seq)
+    for lab, (frame, mask) in frame_masks.items():
         if prompt == "mask":
-            session.add_mask(frame, seq.mask_to_frame(crop), obj_id=lab)
+            session.add_mask(frame, mask, obj_id=lab)
         else:
-            session.add_box(frame, seq.boxes_to_frame(mask_box(crop)), obj_id=lab)
+            session.add_box(frame, seq.boxes_to_frame(mask_box(roi.crop_slice(slice_masks[lab]))), obj_id=lab)
     result = session.propagate("both")
     logits = {lab: image.with_array(roi.paste(seq.to_volume_logits(result.logits()[:, k].numpy()).array, fill=-np.inf))
               for k, lab in enumerate(result.obj_ids)}

@@ -84,10 +84,10 @@ def test_finetune_model_option_sets_the_config_model() -> None:
 
 def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--no-data", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--no-data", "--quiet", "--adapt-steps", "3"]) == 0
     case = out / "phantom_0"
     image = nib.load(case / "image.nii.gz")
-    methods = ("propagation", "propagation_box", "fewshot", "coarse", "sam2med3d")
+    methods = ("propagation", "propagation_adapted", "propagation_box", "fewshot", "coarse", "sam2med3d")
     for name in ("ground_truth", *methods):
         other = nib.load(case / f"{name}.nii.gz")
         assert other.shape == image.shape
@@ -98,13 +98,15 @@ def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
     assert summary["cases"] == ["phantom_0"] and summary["model"].startswith("bundled model reference")
     rows = (out / "dice_table.csv").read_text().splitlines()
     assert rows[0] == "task,case,label,method,dice"
-    assert len(rows) - 1 == len(summary["rows"]) >= 12  # labels 1, 2 x (fate-sam, coarse, fused) + propagation x 3
+    assert len(rows) - 1 == len(summary["rows"]) >= 14  # labels 1, 2 x (fate-sam, coarse, fused) + propagation x 4
     assert all(0.0 <= float(r.rsplit(",", 1)[1]) <= 1.0 for r in rows[1:])
     table = (out / "dice_table.md").read_text()
-    for column in ("propagation (mask): sam2", "propagation (mask): copy to labelled slices",
+    for column in ("propagation (mask): sam2", "propagation (mask): sam2 adapted (3 steps)",
+                   "propagation (mask): copy to labelled slices",
                    "propagation (box): sam2", "fewshot: fate-sam", "sam2med3d: coarse", "sam2med3d: fused"):
         assert column in table
-    assert set(summary["mean_dice"]) == {"propagation (mask)/sam2", "propagation (mask)/copy to labelled slices",
+    assert set(summary["mean_dice"]) == {"propagation (mask)/sam2", "propagation (mask)/sam2 adapted (3 steps)",
+                                         "propagation (mask)/copy to labelled slices",
                                          "propagation (box)/sam2", "fewshot/fate-sam", "sam2med3d/coarse",
                                          "sam2med3d/fused"}
 
@@ -118,6 +120,9 @@ def test_demo_errors_exit_1_and_write_nothing(tmp_path: Path, capsys: pytest.Cap
     file_out.write_text("x")
     assert main(["demo", "--out", str(file_out)]) == 1
     assert "--out" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--adapt-steps", "-1"]) == 1
+    assert "--adapt-steps: expected a number of steps >= 0" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_help_and_usage_errors() -> None:

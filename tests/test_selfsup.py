@@ -1,4 +1,4 @@
-"""Self-supervised training objects (supervoxels of real volumes, moving images) and the real split."""
+"""Self-supervised training objects (supervoxels of real volumes, pasted shapes, moving images) and the real split."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from scipy import ndimage
 from medsam2kit.errors import InvalidInputError
 from medsam2kit.train.config import DatasetSpec
 from medsam2kit.train.data import load_videos
-from medsam2kit.train.selfsup import moving_clip, moving_video, region_axes, region_labels
+from medsam2kit.train.selfsup import (PASTE_CONTRAST, TISSUE, moving_clip, moving_video, pasted_labels, region_axes,
+                                      region_labels)
 
 
 def _blobs(seed: int, shape: tuple[int, int, int] = (16, 48, 48)) -> np.ndarray:
@@ -66,6 +67,70 @@ def test_region_axes_follow_the_voxel_shape() -> None:
     assert region_axes((40, 40, 40), (1.0, 3.0, 3.0)) == [0]
 
 
+def _windowed(vol: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(vol, [0.5, 99.5])
+    return np.clip((vol - lo) / (hi - lo), 0.0, 1.0)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), axis=st.integers(0, 2))
+def test_pasted_shapes_change_the_volume_only_around_them(seed: int, axis: int) -> None:
+    vol = _blobs(seed, (14, 40, 44))
+    min_slices, area_range = 3, (0.02, 0.1)
+    img, lab = pasted_labels(vol, (1.0, 1.5, 1.0), axis=axis, rng=np.random.default_rng(seed), min_slices=min_slices,
+                             area_range=area_range)
+    assert img.shape == lab.shape == vol.shape and img.dtype == np.float32 and lab.dtype == np.uint8
+    assert 0.0 <= img.min() and img.max() <= 1.0
+    values = [int(v) for v in np.unique(lab) if v != 0]
+    assert values == list(range(1, len(values) + 1)) and len(values) <= 3
+    # beyond the blend at their border (two voxels), the windowed volume is untouched
+    near = ndimage.binary_dilation(lab > 0, np.ones((3, 3, 3), bool), iterations=3)
+    assert np.allclose(img[~near], _windowed(vol)[~near], rtol=0.0, atol=1e-6)
+    plane = np.prod([n for a, n in enumerate(vol.shape) if a != axis])
+    for v in values:
+        obj = np.moveaxis(lab == v, axis, 0)
+        per_slice = obj.reshape(obj.shape[0], -1).sum(1)
+        assert int((per_slice > 0).sum()) >= min_slices
+        assert per_slice.max() / plane <= area_range[1] * 2  # the drawn size, irregular border and all
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_a_pasted_shape_differs_from_its_surroundings_by_the_drawn_contrast(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    vol = (0.5 + 0.05 * rng.normal(size=(12, 48, 48))).astype(np.float32)  # mid-grey tissue, real-ish texture
+    vol[0, 0, 0], vol[-1, -1, -1] = 0.0, 1.0  # the window's ends, so windowing keeps the grey level
+    img, lab = pasted_labels(vol, (2.0, 1.0, 1.0), axis=0, rng=np.random.default_rng(seed), max_objects=1)
+    shape = lab == 1
+    core = ndimage.binary_erosion(shape, iterations=2)
+    ring = ndimage.binary_dilation(shape, iterations=4) & ~ndimage.binary_dilation(shape, iterations=2)
+    if core.sum() < 20:
+        return  # a sliver: no core to measure
+    contrast = abs(float(img[core].mean()) - float(img[ring].mean()))
+    assert PASTE_CONTRAST[0] - 0.02 <= contrast <= PASTE_CONTRAST[1] + 0.02
+
+
+def test_pasted_shapes_sit_in_the_body_and_are_reproducible() -> None:
+    vol = _blobs(5, (12, 40, 40))
+    vol -= vol.min()
+    vol[:, :, :20] = 0.0  # air on the left half
+    a_img, a = pasted_labels(vol, (1.0, 1.0, 1.0), axis=0, rng=np.random.default_rng(3))
+    b_img, b = pasted_labels(vol, (1.0, 1.0, 1.0), axis=0, rng=np.random.default_rng(3))
+    assert np.array_equal(a, b) and np.array_equal(a_img, b_img) and a.max() >= 1
+    body = ndimage.uniform_filter(_windowed(vol), 3) > TISSUE
+    for v in range(1, int(a.max()) + 1):
+        assert (body & (a == v)).any()
+    img, none = pasted_labels(np.zeros((8, 20, 20), np.float32), (1.0, 1.0, 1.0), axis=0, rng=np.random.default_rng(0))
+    assert not none.any() and not img.any()  # all air: nothing to paste into
+
+
+def test_pasted_labels_reject_bad_input() -> None:
+    with pytest.raises(InvalidInputError, match="volume"):
+        pasted_labels(np.zeros((4, 4)), (1.0, 1.0, 1.0), axis=0, rng=np.random.default_rng(0))
+    with pytest.raises(InvalidInputError, match="axis"):
+        pasted_labels(np.zeros((4, 4, 4)), (1.0, 1.0), axis=0, rng=np.random.default_rng(0))
+
+
 def test_moving_clip_without_motion_is_the_image() -> None:
     gen = torch.Generator().manual_seed(0)
     frame = torch.randint(0, 256, (32, 32), dtype=torch.uint8, generator=gen)
@@ -106,6 +171,9 @@ def test_load_videos_regions_and_moving_images(tmp_path: Path) -> None:
     vids = load_videos(DatasetSpec(kind="regions", path=str(tmp_path / "v.nii.gz"), count=2), image_size=64)
     assert len(vids) == 2 * 3  # two sequences per axis, three axes of a 1 mm isotropic volume
     assert all(v.masks.shape[1] == len(v.obj_ids) >= 1 and v.frames.shape[1:] == (64, 64) for v in vids)
+    pasted = load_videos(DatasetSpec(kind="pasted", path=str(tmp_path / "v.nii.gz"), count=2, axis=0), image_size=64)
+    assert len(pasted) == 2 and all(1 <= len(v.obj_ids) <= 3 for v in pasted)
+    assert [v.name for v in pasted] == ["pasted:v.nii.gz:0:0", "pasted:v.nii.gz:0:1"]
     img = np.zeros((30, 50), np.uint8)
     img[10:20, 15:30] = 180
     Image.fromarray(img).save(tmp_path / "a.png")

@@ -32,7 +32,7 @@ from typing import Any, cast, get_args, get_origin, Literal, Union
 
 from medsam2kit.errors import ConfigError, MissingFileError
 
-DatasetKind = Literal["cine", "frames", "images", "volume", "regions", "synthetic"]
+DatasetKind = Literal["cine", "frames", "images", "volume", "regions", "pasted", "synthetic"]
 Duration = Literal["all", "short", "long"]
 PhantomKind = Literal["ultrasound", "volume"]
 AugmentName = Literal["none", "ultrasound", "generic", "combined"]
@@ -61,7 +61,9 @@ class DatasetSpec:
             image plus a label map, sliced along ``axis`` into a sequence), ``"regions"``
             (self-supervised: any 3D image, no labels; ``count`` sequences per volume and slicing
             axis, each object a supervoxel of real texture, see
-            :func:`medsam2kit.train.selfsup.region_labels`) or ``"synthetic"`` (``count``
+            :func:`medsam2kit.train.selfsup.region_labels`), ``"pasted"`` (self-supervised the
+            same way: each sequence's objects are random 3D shapes pasted into the image with
+            its own texture, see :func:`medsam2kit.train.selfsup.pasted_labels`) or ``"synthetic"`` (``count``
             phantoms made by :mod:`medsam2kit.phantoms`, see ``phantom``).
         path: a file or folder, or a glob pattern (``"data/*.npz"``); one video per match.
         name: label in logs (default: the kind and the path).
@@ -74,10 +76,11 @@ class DatasetSpec:
         weight: sampling weight when several datasets are mixed.
         frame_range: ``[start, stop)`` frames of every video to keep (e.g. a train/val split of
             one recording); ``None`` keeps all.
-        axis: slicing axis of a volume (default: the through-plane axis; for ``regions``: every
+        axis: slicing axis of a volume (default: the through-plane axis; for ``regions`` and ``pasted``: every
             axis whose in-plane voxel sides differ by at most 2.5x).
-        count: number of synthetic clips (``regions``: sequences per volume and axis);
-            ``frames``: their length; ``seed``: their seed (also of ``regions`` and ``motion_frames``).
+        count: number of synthetic clips (``regions``, ``pasted``: sequences per volume and axis);
+            ``frames``: their length; ``seed``: their seed (also of ``regions``, ``pasted`` and
+            ``motion_frames``).
         motion_frames: for ``images``: each image becomes a clip of this many frames moving along
             a smooth random trajectory (:func:`medsam2kit.train.selfsup.moving_clip`); 1 keeps stills.
         zoom: for ``volume``: instead of the whole slices, one sequence per label and factor,

@@ -290,11 +290,12 @@ def load_videos(spec: DatasetSpec, *, image_size: int) -> list[Video]:
         vids = synthetic_videos(spec.count, frames=spec.frames, image_size=image_size, seed=spec.seed)
         return [_crop(v, spec.frame_range) for v in vids]
     paths = _expand(spec.path)
-    if spec.kind == "regions":
-        from medsam2kit.train.selfsup import region_videos
+    if spec.kind in ("regions", "pasted"):
+        from medsam2kit.train.selfsup import pasted_videos, region_videos
 
+        made = region_videos if spec.kind == "regions" else pasted_videos
         return [_crop(v, spec.frame_range) for p in paths
-                for v in region_videos(p, image_size=image_size, count=spec.count, seed=spec.seed, axis=spec.axis)]
+                for v in made(p, image_size=image_size, count=spec.count, seed=spec.seed, axis=spec.axis)]
     videos: list[Video | None] = []
     for p in paths:
         if spec.kind == "cine":

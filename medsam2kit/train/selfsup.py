@@ -1,4 +1,5 @@
-"""Self-supervised training objects with real texture: supervoxels of real volumes, moving images.
+"""Self-supervised training objects with real texture: supervoxels of real volumes, objects
+pasted into real volumes, moving images.
 
 Labelled real data are few (a handful of volumes, recordings and images), but every real volume,
 labelled or not, is full of structures a tracker must follow through slices: organs, vessels,
@@ -11,6 +12,12 @@ fat, tissue boundaries. Two sources turn real pixels into trackable objects:
   background become objects. Sliced along an axis they appear, grow, shrink and vanish like
   anatomy does, with real texture inside and outside; the object-score head learns "absent",
   which phantoms (objects present on nearly every slice) never taught the first reference model.
+* :func:`pasted_labels`: smooth random 3D shapes pasted into a real volume, their inside
+  filled with real texture from elsewhere in the same volume at a random contrast (faint to
+  clear) with a soft edge. Unlike a supervoxel, a pasted object has a defined, visible border,
+  so it is an unambiguous target for a mask, a box or a click; unlike a phantom, it sits among
+  real anatomy whose bright, salient structures are *not* the object, so the tracker has to
+  follow the object's shape and texture from slice to slice instead of the most salient blob.
 * :func:`moving_clip`: a labelled 2D image (a fetal-head ultrasound) becomes a short clip by
   moving the image and its mask along a smooth random rigid-plus-scale trajectory, so 2D
   labels train tracking and box prompts on real images.
@@ -28,7 +35,7 @@ Example:
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,6 +127,134 @@ def _pick_regions(seg: np.ndarray, x: np.ndarray, *, axis: int, rng: np.random.G
     return out
 
 
+#: Contrast of a pasted object against its surroundings (windowed intensity, 0-1), drawn
+#: uniformly, with a random sign: from faint to clear.
+PASTE_CONTRAST: tuple[float, float] = (0.05, 0.35)
+#: A pasted object is centred where the windowed intensity (3-voxel mean) exceeds this: in the
+#: body, not in air or padding.
+TISSUE = 0.1
+
+
+def pasted_labels(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, *, axis: int, rng: np.random.Generator,
+                  max_objects: int = 3, min_slices: int = 3, area_range: tuple[float, float] = (0.01, 0.12),
+                  contrast_range: tuple[float, float] = PASTE_CONTRAST) -> tuple[np.ndarray, np.ndarray]:
+    """Paste 1 to ``max_objects`` smooth random 3D shapes into a real volume; they are the objects.
+
+    Each shape is centred in the body (windowed intensity above :data:`TISSUE`), an ellipsoid (random axes and rotation, sized in mm so that its largest
+    cross-section along ``axis`` covers a fraction of the slice drawn log-uniformly from
+    ``area_range``) with a border made irregular by smooth noise. Inside, the volume's windowed
+    intensities are replaced by the same volume shifted by a random in-plane offset (real texture
+    from elsewhere), moved to differ from the shape's surroundings by a contrast drawn from
+    ``contrast_range`` with a random sign; the edge is blended over about one voxel. A later
+    shape overlapping an earlier one covers it. Shapes that end up on fewer than ``min_slices``
+    slices are dropped.
+
+    Args:
+        volume: ``(D, H, W)`` intensities (any range; windowed at the 0.5-99.5 % percentiles).
+        spacing: voxel size in mm per array axis.
+        axis: the slicing axis the objects are tracked along.
+        rng: draws every shape, place, texture and contrast.
+        max_objects: shapes at most.
+        min_slices: a kept shape spans at least this many slices.
+        area_range: largest cross-section as a fraction of a slice's area.
+        contrast_range: absolute contrast bounds, windowed intensity (0-1).
+
+    Returns:
+        The windowed volume with the shapes pasted (float32 in 0-1) and uint8 labels ``1..K``.
+
+    Raises:
+        InvalidInputError: ``volume`` is not 3D, or ``axis``/``spacing`` do not fit it.
+
+    Example:
+        >>> vol = np.random.default_rng(1).random((10, 40, 40)).astype(np.float32)
+        >>> img, lab = pasted_labels(vol, (2.0, 1.0, 1.0), axis=0, rng=np.random.default_rng(0))
+        >>> img.shape, lab.dtype, int(lab.max()) >= 1, float(img.min()) >= 0.0
+        ((10, 40, 40), dtype('uint8'), True, True)
+    """
+    if volume.ndim != 3:
+        raise InvalidInputError(f"volume: expected (D, H, W), got shape {volume.shape}")
+    if axis not in (0, 1, 2) or len(spacing) != 3:
+        raise InvalidInputError(f"axis, spacing: expected an axis in 0..2 and 3 spacings, got {axis}, {spacing}")
+    lo, hi = np.percentile(volume, [0.5, 99.5])
+    x = np.clip((volume.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    sp = np.asarray(spacing, dtype=np.float64)
+    in_plane = [a for a in range(3) if a != axis]
+    slice_mm2 = float(np.prod([volume.shape[a] * sp[a] for a in in_plane]))
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    tissue = np.flatnonzero(ndimage.uniform_filter(x, 3) > TISSUE)  # not air or padding
+    if tissue.size == 0:
+        return x, labels
+    for k in range(1, int(rng.integers(1, max_objects, endpoint=True)) + 1):
+        shape = _random_shape(volume.shape, sp, tissue, axis=axis, rng=rng, slice_mm2=slice_mm2,
+                              area_range=area_range, min_slices=min_slices)
+        if shape is None:
+            continue
+        shift = [int(rng.integers(volume.shape[a] // 4, 3 * volume.shape[a] // 4 + 1)) if a in in_plane else 0
+                 for a in range(3)]
+        texture = np.roll(x, shift, axis=(0, 1, 2))
+        ring = ndimage.binary_dilation(shape, iterations=2) & ~shape
+        around = float(x[ring].mean()) if ring.any() else float(x.mean())
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        target = float(np.clip(around + sign * rng.uniform(*contrast_range), 0.0, 1.0))
+        inside = np.clip(texture - float(texture[shape].mean()) + target, 0.0, 1.0)
+        alpha = np.clip(ndimage.gaussian_filter(shape.astype(np.float32), 0.7), 0.0, 1.0)
+        alpha[shape] = np.maximum(alpha[shape], 0.5)
+        alpha[alpha < 0.01] = 0.0  # the blend ends about two voxels out
+        x = x * (1 - alpha) + inside * alpha
+        labels[shape] = k
+    kept = [v for v in range(1, int(labels.max()) + 1)
+            if np.count_nonzero(np.moveaxis(labels == v, axis, 0).any(axis=(1, 2))) >= min_slices]
+    relabel = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
+    relabel[kept] = np.arange(1, len(kept) + 1)
+    return x.astype(np.float32), relabel[labels]
+
+
+def _random_shape(shape: tuple[int, ...], spacing: np.ndarray, tissue: np.ndarray, *, axis: int,
+                  rng: np.random.Generator, slice_mm2: float, area_range: tuple[float, float],
+                  min_slices: int) -> np.ndarray | None:
+    """A bool mask of one irregular ellipsoid centred on one of the ``tissue`` voxels (flat
+    indices), ``None`` when it cannot span ``min_slices`` slices."""
+    frac = float(np.exp(rng.uniform(np.log(area_range[0]), np.log(area_range[1]))))
+    radius = np.sqrt(frac * slice_mm2 / np.pi)  # mm, of the largest cross-section
+    aspect = rng.uniform(0.6, 1.0)
+    radii = np.array([radius, radius, radius])
+    in_plane = [a for a in range(3) if a != axis]
+    radii[in_plane[0]] *= aspect ** -0.5
+    radii[in_plane[1]] *= aspect ** 0.5
+    depth_mm = spacing[axis] * shape[axis]
+    radii[axis] = float(np.clip(radius * rng.uniform(0.5, 1.5), min_slices * spacing[axis] / 2, depth_mm / 2))
+    if 2 * radii[axis] / spacing[axis] < min_slices - 1e-6:
+        return None
+    rot = _rotation(rng, axis)
+    half = np.ceil(radii.max() * 1.3 / spacing).astype(int)
+    grid = np.stack(np.meshgrid(*[np.arange(-h, h + 1) * s for h, s in zip(half, spacing)], indexing="ij"), -1)
+    local = grid @ rot.T / radii
+    noise = ndimage.gaussian_filter(rng.normal(size=grid.shape[:3]), sigma=np.maximum(half / 3, 1.0))
+    noise /= max(float(np.abs(noise).max()), 1e-6)
+    inside = (local**2).sum(-1) < 1.0 + 0.35 * noise
+    centre = [int(c) for c in np.unravel_index(int(rng.choice(tissue)), shape)]
+    out = np.zeros(shape, dtype=bool)
+    src, dst = [], []
+    for c, h, n in zip(centre, half, shape):
+        a, b = c - h, c + h + 1
+        dst.append(slice(max(a, 0), min(b, n)))
+        src.append(slice(max(a, 0) - a, 2 * h + 1 - (b - min(b, n))))
+    out[tuple(dst)] = inside[tuple(src)]
+    return out if out.any() else None
+
+
+def _rotation(rng: np.random.Generator, axis: int) -> np.ndarray:
+    """A random rotation mostly in the slice plane (up to 180 degrees) with a tilt of up to 30."""
+    def turn(a: int, b: int, angle: float) -> np.ndarray:
+        m = np.eye(3)
+        m[a, a] = m[b, b] = np.cos(angle)
+        m[a, b], m[b, a] = -np.sin(angle), np.sin(angle)
+        return m
+
+    p, q = [a for a in range(3) if a != axis]
+    return turn(p, q, rng.uniform(0, np.pi)) @ turn(axis, p, rng.uniform(-np.pi / 6, np.pi / 6))
+
+
 def moving_clip(frame: torch.Tensor, masks: torch.Tensor, length: int, *, generator: torch.Generator,
                 max_shift: float = 0.08, max_angle: float = 12.0, max_scale: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``length``-frame clip of one image moving smoothly (rotation, scale, translation).
@@ -196,6 +331,33 @@ def region_videos(path: str | Path, *, image_size: int, count: int, seed: int, a
     frames are ``image_size`` anyway), which keeps SLIC at a fraction of a second per volume.
     Each sequence's draws come from ``(seed, crc32(file name), axis, k)``.
     """
+    def label(array: np.ndarray, spacing: np.ndarray, axis: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return array, region_labels(array, spacing, axis=axis, rng=rng)
+
+    return _volume_videos(path, label, "regions", image_size=image_size, count=count, seed=seed, axis=axis)
+
+
+def pasted_videos(path: str | Path, *, image_size: int, count: int, seed: int, axis: int | None = None) -> list[Video]:
+    """``count`` sequences per slicing axis of the volume at ``path``, each with its own
+    :func:`pasted_labels` objects (axes, size reduction and seeds as :func:`region_videos`).
+
+    Example:
+        >>> import nibabel as nib, tempfile, os
+        >>> vol = np.random.default_rng(0).random((24, 24, 12)).astype(np.float32)
+        >>> path = os.path.join(tempfile.mkdtemp(), "v.nii.gz")
+        >>> nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 3.0, 1.0])), path)
+        >>> [v.obj_ids[0] for v in pasted_videos(path, image_size=32, count=2, seed=0)]
+        [1, 1]
+    """
+    def label(array: np.ndarray, spacing: np.ndarray, axis: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return pasted_labels(array, spacing, axis=axis, rng=rng)
+
+    return _volume_videos(path, label, "pasted", image_size=image_size, count=count, seed=seed, axis=axis)
+
+
+def _volume_videos(path: str | Path, label: Callable[[np.ndarray, np.ndarray, int, np.random.Generator],
+                                                      tuple[np.ndarray, np.ndarray]],
+                   kind: str, *, image_size: int, count: int, seed: int, axis: int | None) -> list[Video]:
     from medsam2kit.io import load_volume
     from medsam2kit.train.data import derive_seed, make_video
 
@@ -207,8 +369,8 @@ def region_videos(path: str | Path, *, image_size: int, count: int, seed: int, a
     for a in axes:
         for k in range(count):
             rng = np.random.default_rng(derive_seed(seed, tag, a, k))
-            labels = region_labels(array, spacing, axis=a, rng=rng)
-            video = make_video(array, labels, image_size=image_size, name=f"regions:{Path(path).name}:{a}:{k}",
+            image, labels = label(array, spacing, a, rng)
+            video = make_video(image, labels, image_size=image_size, name=f"{kind}:{Path(path).name}:{a}:{k}",
                                is_volume=True, axis=a, affine=np.diag([*spacing, 1.0]))
             if video is not None:
                 out.append(video)
@@ -238,4 +400,5 @@ def moving_video(video: Video, length: int, *, generator: torch.Generator) -> Vi
     return Video(frames, masks, video.obj_ids, video.name, masks.flatten(2).any(-1))
 
 
-__all__ = ["MAX_IN_PLANE_RATIO", "WOBBLE", "moving_clip", "moving_video", "region_axes", "region_labels", "region_videos"]
+__all__ = ["MAX_IN_PLANE_RATIO", "PASTE_CONTRAST", "TISSUE", "WOBBLE", "moving_clip", "moving_video", "pasted_labels", "pasted_videos",
+           "region_axes", "region_labels", "region_videos"]
