@@ -111,6 +111,7 @@ def test_the_task_propagates_with_the_adapted_copy() -> None:
         one_prompt_propagation(pred, image, label, prompt="box", adapt=config)
 
 
+@pytest.mark.semantic
 def test_adaptation_helps_the_default_model_on_a_held_out_ct_lesion(shared_data: Path, one_torch_thread: None) -> None:
     """The semantic claim of the model card, on one held-out case (the CT lesion 000009)."""
     from medsam2kit.reference import reference_predictor, shared_volumes

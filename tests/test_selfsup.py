@@ -107,7 +107,8 @@ def test_a_pasted_shape_differs_from_its_surroundings_by_the_drawn_contrast(seed
     if core.sum() < 20:
         return  # a sliver: no core to measure
     contrast = abs(float(img[core].mean()) - float(img[ring].mean()))
-    assert PASTE_CONTRAST[0] - 0.02 <= contrast <= PASTE_CONTRAST[1] + 0.02
+    noise = 3 * float(img[core].std()) / np.sqrt(core.sum())  # the core's mean, of real-ish texture, is a sample
+    assert PASTE_CONTRAST[0] - 0.02 - noise <= contrast <= PASTE_CONTRAST[1] + 0.02 + noise
 
 
 def test_pasted_shapes_sit_in_the_body_and_are_reproducible() -> None:
@@ -223,9 +224,9 @@ def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
     held = [prefix for prefixes in HELD_OUT.values() for prefix in prefixes]
     assert trained and not [t for t in trained if t.startswith(tuple(held))]
     sources = {s["name"].split(":")[0] for s in specs}
-    assert sources == {"phantoms", "volumes", "zoom", "regions", "carotid", "fetal"}
+    assert sources == {"phantoms", "volumes", "zoom", "regions", "pasted", "carotid", "fetal"}
     shipped = {s["name"].split(":")[0] for s in real_datasets(shared_data)}
-    assert shipped == set(DEFAULT_SOURCES) == sources - {"regions", "zoom"}
+    assert shipped == set(DEFAULT_SOURCES) == sources - {"regions", "pasted", "zoom"}
     zoomed = [s for s in specs if s["name"].startswith("zoom:")]
     assert zoomed and all(s["zoom"] and s["kind"] == "volume" for s in zoomed)
     assert abs(sum(s["weight"] for s in specs) - sum(SOURCE_WEIGHTS.values())) < 1e-9

@@ -146,8 +146,8 @@ def pasted_labels(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, *, 
     intensities are replaced by the same volume shifted by a random in-plane offset (real texture
     from elsewhere), moved to differ from the shape's surroundings by a contrast drawn from
     ``contrast_range`` with a random sign; the edge is blended over about one voxel. A later
-    shape overlapping an earlier one covers it. Shapes that end up on fewer than ``min_slices``
-    slices are dropped.
+    shape keeps out of the earlier ones; a shape left on fewer than ``min_slices`` slices (by the
+    volume's edge or the earlier shapes) is not pasted.
 
     Args:
         volume: ``(D, H, W)`` intensities (any range; windowed at the 0.5-99.5 % percentiles).
@@ -184,11 +184,14 @@ def pasted_labels(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, *, 
     tissue = np.flatnonzero(ndimage.uniform_filter(x, 3) > TISSUE)  # not air or padding
     if tissue.size == 0:
         return x, labels
-    for k in range(1, int(rng.integers(1, max_objects, endpoint=True)) + 1):
+    for _ in range(int(rng.integers(1, max_objects, endpoint=True))):
         shape = _random_shape(volume.shape, sp, tissue, axis=axis, rng=rng, slice_mm2=slice_mm2,
                               area_range=area_range, min_slices=min_slices)
         if shape is None:
             continue
+        shape &= labels == 0  # earlier shapes stay whole
+        if np.count_nonzero(np.moveaxis(shape, axis, 0).any(axis=(1, 2))) < min_slices:
+            continue  # cut by the volume's edge or by earlier shapes: not pasted at all
         shift = [int(rng.integers(volume.shape[a] // 4, 3 * volume.shape[a] // 4 + 1)) if a in in_plane else 0
                  for a in range(3)]
         texture = np.roll(x, shift, axis=(0, 1, 2))
@@ -200,13 +203,10 @@ def pasted_labels(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, *, 
         alpha = np.clip(ndimage.gaussian_filter(shape.astype(np.float32), 0.7), 0.0, 1.0)
         alpha[shape] = np.maximum(alpha[shape], 0.5)
         alpha[alpha < 0.01] = 0.0  # the blend ends about two voxels out
+        alpha[labels > 0] = 0.0  # and leaves the earlier shapes as they are
         x = x * (1 - alpha) + inside * alpha
-        labels[shape] = k
-    kept = [v for v in range(1, int(labels.max()) + 1)
-            if np.count_nonzero(np.moveaxis(labels == v, axis, 0).any(axis=(1, 2))) >= min_slices]
-    relabel = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
-    relabel[kept] = np.arange(1, len(kept) + 1)
-    return x.astype(np.float32), relabel[labels]
+        labels[shape] = int(labels.max()) + 1
+    return x.astype(np.float32), labels
 
 
 def _random_shape(shape: tuple[int, ...], spacing: np.ndarray, tissue: np.ndarray, *, axis: int,
