@@ -80,15 +80,7 @@ def region_labels(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, *, 
     """
     from skimage.segmentation import slic
 
-    if volume.ndim != 3:
-        raise InvalidInputError(f"volume: expected (D, H, W), got shape {volume.shape}")
-    if axis not in (0, 1, 2) or len(spacing) != 3:
-        raise InvalidInputError(f"axis, spacing: expected an axis in 0..2 and 3 spacings, got {axis}, {spacing}")
-    lo, hi = np.percentile(volume, [0.5, 99.5])
-    x = np.clip((volume.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    sp = np.asarray(spacing, dtype=np.float64)
-    in_plane = [a for a in range(3) if a != axis]
-    slice_mm2 = float(np.prod([volume.shape[a] * sp[a] for a in in_plane]))
+    x, sp, slice_mm2 = _windowed(volume, spacing, axis)
     frac = float(np.exp(rng.uniform(np.log(area_range[0]), np.log(area_range[1]))))
     side_mm = np.sqrt(frac * slice_mm2)
     total_mm3 = float(np.prod(np.asarray(volume.shape) * sp))
@@ -98,6 +90,21 @@ def region_labels(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, *, 
                start_label=1, enforce_connectivity=True, sigma=0.5)
     return _pick_regions(seg, x, axis=axis, rng=rng, max_objects=max_objects, min_slices=min_slices,
                          area=(frac / 2, frac * 2))
+
+
+def _windowed(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The volume windowed at its 0.5-99.5 % percentiles to 0-1 (float32), the spacing as an
+    array and a slice's area in mm² along ``axis``; checks the volume is 3D and ``axis`` and
+    ``spacing`` fit it."""
+    if volume.ndim != 3:
+        raise InvalidInputError(f"volume: expected (D, H, W), got shape {volume.shape}")
+    if axis not in (0, 1, 2) or len(spacing) != 3:
+        raise InvalidInputError(f"axis, spacing: expected an axis in 0..2 and 3 spacings, got {axis}, {spacing}")
+    lo, hi = np.percentile(volume, [0.5, 99.5])
+    x = np.clip((volume.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    sp = np.asarray(spacing, dtype=np.float64)
+    slice_mm2 = float(np.prod([volume.shape[a] * sp[a] for a in range(3) if a != axis]))
+    return x, sp, slice_mm2
 
 
 def _pick_regions(seg: np.ndarray, x: np.ndarray, *, axis: int, rng: np.random.Generator, max_objects: int,
@@ -171,15 +178,7 @@ def pasted_labels(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, *, 
         >>> img.shape, lab.dtype, int(lab.max()) >= 1, float(img.min()) >= 0.0
         ((10, 40, 40), dtype('uint8'), True, True)
     """
-    if volume.ndim != 3:
-        raise InvalidInputError(f"volume: expected (D, H, W), got shape {volume.shape}")
-    if axis not in (0, 1, 2) or len(spacing) != 3:
-        raise InvalidInputError(f"axis, spacing: expected an axis in 0..2 and 3 spacings, got {axis}, {spacing}")
-    lo, hi = np.percentile(volume, [0.5, 99.5])
-    x = np.clip((volume.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    sp = np.asarray(spacing, dtype=np.float64)
-    in_plane = [a for a in range(3) if a != axis]
-    slice_mm2 = float(np.prod([volume.shape[a] * sp[a] for a in in_plane]))
+    x, sp, slice_mm2 = _windowed(volume, spacing, axis)
     labels = np.zeros(volume.shape, dtype=np.uint8)
     tissue = np.flatnonzero(ndimage.uniform_filter(x, 3) > TISSUE)  # not air or padding
     if tissue.size == 0:
@@ -192,7 +191,7 @@ def pasted_labels(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, *, 
         shape &= labels == 0  # earlier shapes stay whole
         if np.count_nonzero(np.moveaxis(shape, axis, 0).any(axis=(1, 2))) < min_slices:
             continue  # cut by the volume's edge or by earlier shapes: not pasted at all
-        shift = [int(rng.integers(volume.shape[a] // 4, 3 * volume.shape[a] // 4 + 1)) if a in in_plane else 0
+        shift = [int(rng.integers(volume.shape[a] // 4, 3 * volume.shape[a] // 4 + 1)) if a != axis else 0
                  for a in range(3)]
         texture = np.roll(x, shift, axis=(0, 1, 2))
         ring = ndimage.binary_dilation(shape, iterations=2) & ~shape
