@@ -45,14 +45,14 @@ from medsam2kit._data import shared_data_dir
 from medsam2kit._files import atomic_write
 from medsam2kit.adapt import AdaptConfig
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
-from medsam2kit.demo import Pair, keep_labels, training_supports
+from medsam2kit.demo import Pair, adapted_method, keep_labels, training_supports
 from medsam2kit.fewshot import FewShotPipeline
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import (REFERENCE_CONFIG, SharedArrays, SharedVolume, Split, shared_images,
                                   shared_recordings, shared_volumes)
-from medsam2kit.tasks import box_prompt_image, filled_box, one_prompt_propagation, track_recording
+from medsam2kit.tasks import PromptKind, box_prompt_image, filled_box, one_prompt_propagation, track_recording
 
 
 #: Steps of the hippocampus coarse network (a 2D U-Net at 48 px, 8 base channels, along axis 0,
@@ -86,13 +86,16 @@ def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bo
                 adapt: bool = True) -> list[Row]:
     rows = []
     truth = np.asarray(case.label.array)
-    runs = [("mask", "sam2", None), ("box", "sam2", None)] + ([("mask", "sam2 adapted", AdaptConfig())] if adapt else [])
-    for prompt, method, config in runs:
-        out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt, adapt=config, **_zoom(zoom))
+    config = AdaptConfig()
+    runs: list[tuple[PromptKind, str, AdaptConfig | None]] = [("mask", "sam2", None), ("box", "sam2", None)]
+    if adapt:
+        runs.append(("mask", adapted_method(config), config))
+    for prompt, method, adapting in runs:
+        out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt, adapt=adapting, **_zoom(zoom))
         for lab in out.prompt_slices:
             rows.append(Row(model, case.dataset, case.name, lab, f"propagation ({prompt})", method,
                             dice(out.labels == lab, truth == lab)))
-            if prompt == "mask" and config is None:
+            if prompt == "mask" and adapting is None:
                 rows.append(Row(model, case.dataset, case.name, lab, "propagation (mask)", "copy to labelled slices",
                                 dice(out.baseline[lab], truth == lab)))
     return rows
@@ -210,7 +213,7 @@ def main() -> None:
     parser.add_argument("--no-zoom", action="store_true",
                         help="whole slices and images (default: the tasks' zoom around the prompt, medsam2kit.roi)")
     parser.add_argument("--no-adapt", action="store_true",
-                        help="skip the one-shot adapted mask propagation (medsam2kit.adapt; about 30 s per volume)")
+                        help="skip the one-shot adapted mask propagation (medsam2kit.adapt; about 38 s per volume on one thread)")
     args = parser.parse_args()
     data_dir = shared_data_dir()
     if data_dir is None:

@@ -147,12 +147,13 @@ def pasted_labels(volume: np.ndarray, spacing: Sequence[float] | np.ndarray, *, 
                   contrast_range: tuple[float, float] = PASTE_CONTRAST) -> tuple[np.ndarray, np.ndarray]:
     """Paste 1 to ``max_objects`` smooth random 3D shapes into a real volume; they are the objects.
 
-    Each shape is centred in the body (windowed intensity above :data:`TISSUE`), an ellipsoid (random axes and rotation, sized in mm so that its largest
-    cross-section along ``axis`` covers a fraction of the slice drawn log-uniformly from
-    ``area_range``) with a border made irregular by smooth noise. Inside, the volume's windowed
-    intensities are replaced by the same volume shifted by a random in-plane offset (real texture
-    from elsewhere), moved to differ from the shape's surroundings by a contrast drawn from
-    ``contrast_range`` with a random sign; the edge is blended over about one voxel. A later
+    Each shape is centred in the body (windowed intensity above :data:`TISSUE`), an ellipsoid
+    (random axes and rotation, sized in mm so that its largest cross-section along ``axis``
+    covers a fraction of the slice drawn log-uniformly from ``area_range``) with a border made
+    irregular by smooth noise. Inside, the volume's windowed intensities are replaced by the same
+    volume shifted by a random in-plane offset (real texture from elsewhere), moved to differ
+    from the shape's surroundings by a contrast drawn from ``contrast_range`` with a random sign;
+    the edge is blended over about two voxels. A later
     shape keeps out of the earlier ones; a shape left on fewer than ``min_slices`` slices (by the
     volume's edge or the earlier shapes) is not pasted.
 
