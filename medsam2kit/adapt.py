@@ -13,9 +13,10 @@ used: no label beyond the prompt, no other case.
 Measured with the micro reference model (``docs/reference_model.md``): one-prompt propagation
 through the held-out volumes rises from Dice 0.27 to 0.42 (hippocampus), 0.40 to 0.45
 (prostate), 0.39 to 0.80 (CT lesions) and 0.13 to 0.29 (brain tumour); on the validation
-carotid recordings (frames far apart, the artery moving) tracking got worse, so the tasks adapt
-volumes only. It costs ``steps`` training steps: about 0.19 s each for the micro model on one
-CPU thread with one or two prompts, 38 s for the default 200 (``benchmarks/bench_adapt.py``).
+carotid recordings (frames far apart, the artery moving) tracking got worse, so only the volume
+task offers it, as an option (thin moving phantom tubes lose too). It costs ``steps`` training
+steps: about 0.19 s each for the micro model on one CPU thread with one or two prompts, 38 s for
+the default 200 (``benchmarks/bench_adapt.py``).
 
 Example:
     >>> import numpy as np, torch
