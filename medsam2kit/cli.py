@@ -31,10 +31,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 from medsam2kit.errors import InvalidInputError, MedSAM2KitError
+
+if TYPE_CHECKING:  # the adapter imports torch and sam2 (slow): the CLI imports them only when used
+    from medsam2kit.adapt import AdaptConfig
 
 _FEWSHOT_EXAMPLE = """example:
   medsam2kit fewshot --support a_img.nii.gz a_label.nii.gz --support b_img.nii.gz b_label.nii.gz \\
@@ -137,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-data", action="store_true", help="the phantom case only, even when shared data is present")
     demo.add_argument("--adapt-steps", type=int, default=None, metavar="N",
                       help="steps of the one-shot adaptation before the 'sam2 adapted' propagation of each volume "
-                           "(medsam2kit.adapt; default 100, about 0.18 s each on 2 CPU cores; 0: none)")
+                           "(medsam2kit.adapt; default 100, about 0.19 s each on a CPU; 0: none)")
     demo.add_argument("--coarse-steps", type=int, default=40,
                       help="training steps of the weak coarse network (default 40)")
 
@@ -552,7 +555,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapt_config(steps: int | None) -> Any:
+def _adapt_config(steps: int | None) -> AdaptConfig | None:
     """The demo's :class:`~medsam2kit.adapt.AdaptConfig` from ``--adapt-steps`` (``None`` for 0)."""
     from medsam2kit.adapt import AdaptConfig
     from medsam2kit.demo import DEMO_ADAPT_STEPS

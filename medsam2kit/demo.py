@@ -191,19 +191,19 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
     prop = one_prompt_propagation(predictor, image, label)
     boxed = one_prompt_propagation(predictor, image, label, prompt="box")
     maps["propagation"], maps["propagation_box"] = prop.labels, boxed.labels
-    adapted = None
     map_rows = dict(_MAP_ROWS)
+    adapted_name: str | None = None
     if adapt is not None:
+        adapted_name = adapted_method(adapt)
         stage(f"{case.name}: one-shot adaptation to the prompt masks ({adapt.steps} steps), then propagation")
-        adapted = one_prompt_propagation(predictor, image, label, adapt=adapt)
-        maps["propagation_adapted"] = adapted.labels
-        map_rows["propagation_adapted"] = ("propagation (mask)", adapted_method(adapt))
+        maps["propagation_adapted"] = one_prompt_propagation(predictor, image, label, adapt=adapt).labels
+        map_rows["propagation_adapted"] = ("propagation (mask)", adapted_name)
     for lab in prop.prompt_slices:
         truth = label.array == lab
         rows.append(DiceRow("propagation (mask)", case.name, lab, "sam2", dice(prop.labels == lab, truth)))
-        if adapt is not None and adapted is not None:
-            rows.append(DiceRow("propagation (mask)", case.name, lab, adapted_method(adapt),
-                                dice(adapted.labels == lab, truth)))
+        if adapted_name is not None:
+            rows.append(DiceRow("propagation (mask)", case.name, lab, adapted_name,
+                                dice(maps["propagation_adapted"] == lab, truth)))
         rows.append(DiceRow("propagation (mask)", case.name, lab, "copy to labelled slices",
                             dice(prop.baseline[lab], truth)))
         rows.append(DiceRow("propagation (box)", case.name, lab, "sam2", dice(boxed.labels == lab, truth)))

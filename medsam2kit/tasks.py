@@ -134,15 +134,15 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
         baseline[lab] = np.expand_dims(slice_masks[lab], axis) & np.expand_dims(holds, others)
     roi = _zoom_roi(list(slice_masks.values()), image.shape, axis, zoom)
     seq = sequence_volume(roi.crop_volume(image), axis=axis, image_size=predictor.image_size)
-    frame_masks = {lab: (seq.frame_of_slice(prompts[lab]), seq.mask_to_frame(roi.crop_slice(slice_masks[lab])))
-                   for lab in wanted}
+    crops = {lab: roi.crop_slice(slice_masks[lab]) for lab in wanted}
+    frame_masks = {lab: (seq.frame_of_slice(prompts[lab]), seq.mask_to_frame(crops[lab])) for lab in wanted}
     tracker = predictor if adapt is None else adapt_predictor(predictor, seq, list(frame_masks.values()), adapt)
     session = tracker.start(seq)
     for lab, (frame, mask) in frame_masks.items():
         if prompt == "mask":
             session.add_mask(frame, mask, obj_id=lab)
         else:
-            session.add_box(frame, seq.boxes_to_frame(mask_box(roi.crop_slice(slice_masks[lab]))), obj_id=lab)
+            session.add_box(frame, seq.boxes_to_frame(mask_box(crops[lab])), obj_id=lab)
     result = session.propagate("both")
     logits = {lab: image.with_array(roi.paste(seq.to_volume_logits(result.logits()[:, k].numpy()).array, fill=-np.inf))
               for k, lab in enumerate(result.obj_ids)}
