@@ -15,10 +15,13 @@ recording or image; ``--split validation``: the recipe-selection cases of
   prompts, :data:`medsam2kit.roi.DEFAULT_ZOOM`; ``--no-zoom``: whole slices), against the copy
   baseline (the prompt mask on every slice holding the label), and from the mask after one-shot
   adaptation of a copy of the model to the prompts (:mod:`medsam2kit.adapt`; ``--no-adapt`` skips it);
+  each propagation also scored ``on labelled slices`` (kept on the slices the label spans, the
+  extent the copy baseline is given: :meth:`medsam2kit.tasks.Propagated.on_labelled_slices`);
 * hippocampus: FATE-SAM from the training cases as supports, and SAM2Med3D (a coarse network
   fitted on them, fused with SAM2) against the coarse network alone;
 * carotid recordings: first-frame mask propagation (Dice, J&F) against copying the first mask;
-* fetal-head images: box prompts (zoomed, :data:`medsam2kit.roi.DEFAULT_ZOOM`) against the filled box.
+* fetal-head images: box prompts (zoomed, :data:`medsam2kit.roi.DEFAULT_ZOOM`; the mask cut to the
+  box, and as SAM2 gives it) against the filled box.
 
 Writes ``rows.csv`` (one row per case, label, task and method), ``per_case.md`` (a line per case
 and label, fetal-head images as their mean), ``summary.md`` (means per dataset, task and method)
@@ -92,9 +95,12 @@ def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bo
         runs.append(("mask", adapted_method(config), config))
     for prompt, method, adapting in runs:
         out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt, adapt=adapting, **_zoom(zoom))
+        bounded = out.on_labelled_slices()
         for lab in out.prompt_slices:
             rows.append(Row(model, case.dataset, case.name, lab, f"propagation ({prompt})", method,
                             dice(out.labels == lab, truth == lab)))
+            rows.append(Row(model, case.dataset, case.name, lab, f"propagation ({prompt})", f"{method} on labelled slices",
+                            dice(bounded == lab, truth == lab)))
             if prompt == "mask" and adapting is None:
                 rows.append(Row(model, case.dataset, case.name, lab, "propagation (mask)", "copy to labelled slices",
                                 dice(out.baseline[lab], truth == lab)))
@@ -127,7 +133,9 @@ def recording_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[
 
 def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays, *, zoom: bool = True) -> list[Row]:
     mask = box_prompt_image(pred, case.image, case.label, **_zoom(zoom))
+    uncut = box_prompt_image(pred, case.image, case.label, inside_box=False, **_zoom(zoom))
     return [Row(model, case.dataset, case.name, 1, "box prompt", "sam2", dice(mask, case.label)),
+            Row(model, case.dataset, case.name, 1, "box prompt", "sam2 not cut to the box", dice(uncut, case.label)),
             Row(model, case.dataset, case.name, 1, "box prompt", "filled box", dice(filled_box(case.label), case.label))]
 
 

@@ -10,15 +10,17 @@ reference model trained on):
   or the box around it, as the only prompt, propagated through the volume (slices zoomed around
   the prompts, :mod:`medsam2kit.roi`); from the mask also by a copy of the model adapted to
   the prompt masks first (``sam2 adapted (N steps)``, :mod:`medsam2kit.adapt`); beside them the
-  ``copy to labelled slices`` baseline (that mask on every slice holding the label);
+  ``copy to labelled slices`` baseline (that mask on every slice holding the label) and the
+  mask propagations ``on labelled slices`` (kept on the slices the label spans: the extent the
+  baseline is given, :meth:`medsam2kit.tasks.Propagated.on_labelled_slices`);
 * ``fewshot``: FATE-SAM from labelled supports, no prompt at all (phantom, hippocampus);
 * ``sam2med3d``: a deliberately weak coarse network (a small U-Net fitted for a few steps on the
   supports), its reliable slices as prompts, SAM2 propagation and confidence fusion; beside it
   the coarse network alone (phantom, hippocampus);
 * ``tracking``: a carotid ultrasound recording from the mask of its first labelled frame,
   beside ``copy first mask``;
-* ``box prompt``: fetal-head ultrasound images from the box around the head (zoomed), beside
-  the ``filled box``.
+* ``box prompt``: fetal-head ultrasound images from the box around the head (zoomed, the mask
+  cut to the box), beside the ``filled box``.
 
 :func:`run_demo` writes, per volume, the image, the truth and every prediction as NIfTI (the
 input's grid and geometry), one titled overlay montage per method (and per recording and image
@@ -90,7 +92,8 @@ class DiceRow:
             ``"tracking"`` or ``"box prompt"``.
         case: the case's name.
         label: the label value.
-        method: ``"sam2"``, a baseline (``"copy to labelled slices"``, ``"copy first mask"``,
+        method: ``"sam2"``, ``"sam2 adapted (N steps)"`` (each also ``"... on labelled
+            slices"``), a baseline (``"copy to labelled slices"``, ``"copy first mask"``,
             ``"filled box"``), ``"fate-sam"``, ``"coarse"`` or ``"fused"``.
         dice: Dice against the truth (1.0 when both are empty).
     """
@@ -192,18 +195,19 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
     boxed = one_prompt_propagation(predictor, image, label, prompt="box")
     maps["propagation"], maps["propagation_box"] = prop.labels, boxed.labels
     map_rows = dict(_MAP_ROWS)
-    adapted_name: str | None = None
+    runs = {"sam2": prop}
     if adapt is not None:
-        adapted_name = adapted_method(adapt)
         stage(f"{case.name}: one-shot adaptation to the prompt masks ({adapt.steps} steps), then propagation")
-        maps["propagation_adapted"] = one_prompt_propagation(predictor, image, label, adapt=adapt).labels
-        map_rows["propagation_adapted"] = ("propagation (mask)", adapted_name)
+        runs[adapted_method(adapt)] = one_prompt_propagation(predictor, image, label, adapt=adapt)
+        maps["propagation_adapted"] = runs[adapted_method(adapt)].labels
+        map_rows["propagation_adapted"] = ("propagation (mask)", adapted_method(adapt))
+    bounded = {method: run.on_labelled_slices() for method, run in runs.items()}
     for lab in prop.prompt_slices:
         truth = label.array == lab
-        rows.append(DiceRow("propagation (mask)", case.name, lab, "sam2", dice(prop.labels == lab, truth)))
-        if adapted_name is not None:
-            rows.append(DiceRow("propagation (mask)", case.name, lab, adapted_name,
-                                dice(maps["propagation_adapted"] == lab, truth)))
+        for method, run in runs.items():
+            rows.append(DiceRow("propagation (mask)", case.name, lab, method, dice(run.labels == lab, truth)))
+            rows.append(DiceRow("propagation (mask)", case.name, lab, f"{method} on labelled slices",
+                                dice(bounded[method] == lab, truth)))
         rows.append(DiceRow("propagation (mask)", case.name, lab, "copy to labelled slices",
                             dice(prop.baseline[lab], truth)))
         rows.append(DiceRow("propagation (box)", case.name, lab, "sam2", dice(boxed.labels == lab, truth)))

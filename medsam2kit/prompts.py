@@ -369,6 +369,33 @@ def largest_component(mask: np.ndarray, *, connectivity: int | None = None) -> n
     return np.asarray(labels == int(np.argmax(sizes)))
 
 
+def components_meeting(mask: np.ndarray, seed: np.ndarray, *, connectivity: int | None = None) -> np.ndarray:
+    """The connected components of a 2D or 3D bool ``mask`` that share a pixel with ``seed``
+    (bool, the same shape); all False when none does.
+
+    Args:
+        mask: bool ``(h, w)`` or ``(D, H, W)``.
+        seed: bool, ``mask``'s shape.
+        connectivity: 1 .. ``mask.ndim`` (default ``mask.ndim``: 8- / 26-neighbourhood).
+
+    Raises:
+        ShapeMismatchError: ``seed`` has another shape.
+
+    Example:
+        >>> import numpy as np
+        >>> m = np.array([[1, 1, 0, 1]], bool)
+        >>> components_meeting(m, np.array([[0, 0, 0, 1]], bool)).astype(int).tolist()
+        [[0, 0, 0, 1]]
+    """
+    m, s = np.asarray(mask, dtype=bool), np.asarray(seed, dtype=bool)
+    if s.shape != m.shape:
+        raise ShapeMismatchError(f"seed: expected the mask's shape {m.shape}, got {s.shape}")
+    conn = m.ndim if connectivity is None else min(int(connectivity), m.ndim)
+    labels, _ = ndimage.label(m, structure=ndimage.generate_binary_structure(m.ndim, conn))
+    met = np.unique(labels[s & m])
+    return np.isin(labels, met[met > 0])
+
+
 def score_slices(
     prob: ProbInput,
     *,
@@ -822,6 +849,7 @@ __all__ = [
     "SliceScores",
     "SliceSelection",
     "choose_slices",
+    "components_meeting",
     "crop_selection",
     "largest_component",
     "prompt_geometry",

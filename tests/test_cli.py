@@ -98,15 +98,18 @@ def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
     assert summary["cases"] == ["phantom_0"] and summary["model"].startswith("bundled model reference")
     rows = (out / "dice_table.csv").read_text().splitlines()
     assert rows[0] == "task,case,label,method,dice"
-    assert len(rows) - 1 == len(summary["rows"]) >= 14  # labels 1, 2 x (fate-sam, coarse, fused) + propagation x 4
+    assert len(rows) - 1 == len(summary["rows"]) == 2 * (3 + 6)  # labels 1, 2 x (fate-sam, coarse, fused) + propagation x 6
     assert all(0.0 <= float(r.rsplit(",", 1)[1]) <= 1.0 for r in rows[1:])
     table = (out / "dice_table.md").read_text()
     for column in ("propagation (mask): sam2", "propagation (mask): sam2 adapted (3 steps)",
-                   "propagation (mask): copy to labelled slices",
+                   "propagation (mask): copy to labelled slices", "propagation (mask): sam2 on labelled slices",
+                   "propagation (mask): sam2 adapted (3 steps) on labelled slices",
                    "propagation (box): sam2", "fewshot: fate-sam", "sam2med3d: coarse", "sam2med3d: fused"):
         assert column in table
     assert set(summary["mean_dice"]) == {"propagation (mask)/sam2", "propagation (mask)/sam2 adapted (3 steps)",
                                          "propagation (mask)/copy to labelled slices",
+                                         "propagation (mask)/sam2 on labelled slices",
+                                         "propagation (mask)/sam2 adapted (3 steps) on labelled slices",
                                          "propagation (box)/sam2", "fewshot/fate-sam", "sam2med3d/coarse",
                                          "sam2med3d/fused"}
 

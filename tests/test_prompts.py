@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
 from medsam2kit.errors import GeometryError, InvalidInputError, InvalidTypeError, ShapeMismatchError
@@ -17,6 +18,7 @@ from medsam2kit.prompts import (
     SliceFilterConfig,
     SliceSelection,
     choose_slices,
+    components_meeting,
     largest_component,
     prompt_geometry,
     score_slices,
@@ -466,3 +468,28 @@ def test_crop_selection_moves_prompts_and_refuses_a_crop_that_cuts_one() -> None
         crop_selection(sel, Roi((5, 30, 40), 0, (10, 20), (7, 30)))
     with pytest.raises(GeometryError, match="along axis 0"):
         crop_selection(sel, Roi((5, 30, 40), 1, (0, 5), (0, 40)))
+
+
+def _flood(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Brute force: grow from the seed pixels inside the mask through any touching neighbour."""
+    out = seed & mask
+    offsets = [o for o in itertools.product((-1, 0, 1), repeat=mask.ndim) if any(o)]
+    while True:
+        grown = out.copy()
+        for p in zip(*np.nonzero(out)):
+            for o in offsets:
+                q = tuple(a + b for a, b in zip(p, o))
+                if all(0 <= c < n for c, n in zip(q, mask.shape)) and mask[q]:
+                    grown[q] = True
+        if np.array_equal(grown, out):
+            return out
+        out = grown
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 3).flatmap(lambda nd: arrays(np.bool_, st.tuples(*[st.integers(1, 6)] * nd))), st.data())
+def test_components_meeting_against_flood_fill(mask: np.ndarray, data: st.DataObject) -> None:
+    seed = data.draw(arrays(np.bool_, mask.shape))
+    assert np.array_equal(components_meeting(mask, seed), _flood(mask, seed))
+    with pytest.raises(ShapeMismatchError, match="seed"):
+        components_meeting(mask, seed[..., :0])

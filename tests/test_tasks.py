@@ -12,12 +12,13 @@ from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.metrics import dice
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import heldout_phantoms
-from medsam2kit.roi import roi_around
+from medsam2kit.roi import Roi, roi_around
 from medsam2kit.tasks import (
     box_prompt_image,
     correction_click,
     filled_box,
     mask_box,
+    Propagated,
     one_prompt_propagation,
     track_recording,
 )
@@ -66,6 +67,52 @@ def test_one_prompt_propagation_and_its_baseline(random_predictor: SAM2Predictor
         assert np.array_equal(np.moveaxis(out.baseline[lab], out.axis, 0), expected)
 
 
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.int8, st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5)), elements=st.integers(0, 2)),
+       st.integers(0, 2), st.data())
+def test_on_labelled_slices_against_brute_force(truth: np.ndarray, axis: int, data: st.DataObject) -> None:
+    """Each label is kept exactly on the slices its true mask spans, and its Dice never falls."""
+    labels = data.draw(arrays(np.int8, truth.shape, elements=st.integers(0, 2)))
+    present = [int(v) for v in np.unique(truth) if v]
+    moved = np.moveaxis(truth, axis, 0)
+    baseline = {}
+    for lab in present:  # the copy baseline as one_prompt_propagation builds it
+        areas = (moved == lab).reshape(len(moved), -1).sum(1)
+        copied = np.zeros(moved.shape, bool)
+        copied[areas > 0] = moved[int(np.argmax(areas))] == lab
+        baseline[lab] = np.moveaxis(copied, 0, axis)
+    out = Propagated(labels, {lab: 0 for lab in present}, axis, baseline, Roi.whole(truth.shape, axis)).on_labelled_slices()
+    expected = np.zeros_like(np.moveaxis(labels, axis, 0))
+    for z, plane in enumerate(np.moveaxis(labels, axis, 0)):
+        for lab in present:
+            if (moved[z] == lab).any():
+                expected[z][plane == lab] = lab
+    assert np.array_equal(np.moveaxis(out, axis, 0), expected)
+    for lab in present:
+        assert dice(out == lab, truth == lab) >= dice(labels == lab, truth == lab) - 1e-12
+
+
+def test_mask_propagation_keeps_what_is_connected_to_each_prompt(random_predictor: SAM2Predictor) -> None:
+    """``connected`` (the default) equals the unconnected map with each label cut to its 3D
+    components that meet its prompt mask; box prompts keep the whole map."""
+    from medsam2kit.prompts import components_meeting
+
+    (image, label), = heldout_phantoms(1, 1)
+    loose = one_prompt_propagation(random_predictor, image, label, connected=False)
+    tight = one_prompt_propagation(random_predictor, image, label)
+    truth = np.asarray(label.array)
+    expected = np.zeros_like(loose.labels)
+    for lab, k in loose.prompt_slices.items():
+        seed = np.zeros(truth.shape, bool)
+        np.moveaxis(seed, loose.axis, 0)[k] = np.moveaxis(truth == lab, loose.axis, 0)[k]
+        expected[components_meeting(loose.labels == lab, seed)] = lab
+    assert np.array_equal(tight.labels, expected)
+    assert not np.array_equal(tight.labels, loose.labels)  # the random model's mask has parts cut off
+    boxed = one_prompt_propagation(random_predictor, image, label, prompt="box")
+    assert np.array_equal(boxed.labels, one_prompt_propagation(random_predictor, image, label, prompt="box",
+                                                               connected=False).labels)
+
+
 def test_one_prompt_propagation_rejects_an_unknown_prompt(random_predictor: SAM2Predictor) -> None:
     (image, label), = heldout_phantoms(1, 1)
     with pytest.raises(InvalidInputError, match="prompt"):
@@ -103,6 +150,10 @@ def test_box_prompt_image_shape_and_errors(random_predictor: SAM2Predictor) -> N
     mask[5:20, 10:40] = True
     out = box_prompt_image(random_predictor, image, mask)
     assert out.shape == image.shape and out.dtype == bool
+    raw = box_prompt_image(random_predictor, image, mask, inside_box=False)
+    box = filled_box(mask)
+    assert (raw & ~box).any()  # the random model's mask leaks past the box ...
+    assert np.array_equal(out, raw & box)  # ... and the default cuts exactly that
     with pytest.raises(ShapeMismatchError, match="image, mask"):
         box_prompt_image(random_predictor, image, mask[:, :10])
     with pytest.raises(InvalidInputError, match="empty"):
