@@ -17,7 +17,8 @@ recording or image; ``--split validation``: the recipe-selection cases of
   adaptation of a copy of the model to the prompts (:mod:`medsam2kit.adapt`; ``--no-adapt`` skips it);
   each propagation also scored ``on labelled slices`` (kept on the slices the label spans, the
   extent the copy baseline is given: :meth:`medsam2kit.tasks.Propagated.on_labelled_slices`);
-* hippocampus: FATE-SAM from the training cases as supports, and SAM2Med3D (a coarse network
+* hippocampus: FATE-SAM from the training cases as supports (also after adapting a copy of the
+  model to them, :func:`medsam2kit.adapt.adapt_to_supports`), and SAM2Med3D (a coarse network
   fitted on them, fused with SAM2) against the coarse network alone;
 * carotid recordings: first-frame mask propagation (Dice, J&F) against copying the first mask;
 * fetal-head images: box prompts (zoomed, :data:`medsam2kit.roi.DEFAULT_ZOOM`; the mask cut to the
@@ -107,12 +108,16 @@ def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bo
     return rows
 
 
-def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedVolume, supports: Sequence[Pair]) -> list[Row]:
+def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedVolume, supports: Sequence[Pair], *,
+                     adapt: bool = True) -> list[Row]:
     truth = np.asarray(keep_labels(case.label, (1, 2)).array)
     rows = []
-    fewshot = FewShotPipeline(pred, supports)(case.image).array
-    rows += [Row(model, case.dataset, case.name, lab, "fewshot", "fate-sam", dice(fewshot == lab, truth == lab))
-             for lab in (1, 2)]
+    config = AdaptConfig()
+    runs = [("fate-sam", None)] + ([(adapted_method(config, "fate-sam"), config)] if adapt else [])
+    for method, adapting in runs:
+        fewshot = FewShotPipeline(pred, supports, adapt=adapting)(case.image).array
+        rows += [Row(model, case.dataset, case.name, lab, "fewshot", method, dice(fewshot == lab, truth == lab))
+                 for lab in (1, 2)]
     coarse = CoarseSegmenter(CoarseConfig(num_labels=2, image_size=48, base_channels=8, depth=2, axis=0))
     coarse.fit([s[0] for s in supports], [keep_labels(s[1], (1, 2)) for s in supports], steps=COARSE_STEPS,
                batch_size=16, generator=torch.Generator().manual_seed(0))
@@ -167,7 +172,7 @@ def evaluate_model(name: str, cases: Cases, *, zoom: bool = True, adapt: bool = 
     for case in cases.volumes:
         rows += volume_rows(label, pred, case, zoom=zoom, adapt=adapt)
         if case.dataset == "msd_hippocampus":
-            rows += hippocampus_rows(label, pred, case, cases.supports)
+            rows += hippocampus_rows(label, pred, case, cases.supports, adapt=adapt)
     for rec in cases.recordings:
         rows += recording_rows(label, pred, rec)
     for img in cases.images:
@@ -221,7 +226,7 @@ def main() -> None:
     parser.add_argument("--no-zoom", action="store_true",
                         help="whole slices and images (default: the tasks' zoom around the prompt, medsam2kit.roi)")
     parser.add_argument("--no-adapt", action="store_true",
-                        help="skip the one-shot adapted mask propagation (medsam2kit.adapt; about 38 s per volume on one thread)")
+                        help="skip the adapted rows (mask propagation, FATE-SAM; medsam2kit.adapt; about 38 s per volume on one thread)")
     args = parser.parse_args()
     data_dir = shared_data_dir()
     if data_dir is None:

@@ -169,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="output label map (.nii or .nii.gz), or a folder for a cohort")
     fewshot.add_argument("--top-k", type=int, default=3, help="supports per query slice and label (default 3)")
     fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
+    fewshot.add_argument("--adapt-steps", type=int, default=0, metavar="N",
+                         help="first fine-tune a copy of the model on the supports for N steps "
+                              "(medsam2kit.adapt.adapt_to_supports; about 0.2-0.4 s each on a CPU; default 0: none)")
     fewshot.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
                          help="label map format: nifti (default) or dicom-seg (a DICOM query only; "
                               "--out x.dcm implies it)")
@@ -537,13 +540,13 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from medsam2kit._data import shared_data_dir
-    from medsam2kit.demo import run_demo
+    from medsam2kit.demo import DEMO_ADAPT_STEPS, run_demo
 
     out: Path = args.out
     _check_out(args, out, folder=True, contents=_DEMO_OUTPUTS)
     if args.data is not None and not args.data.is_dir():
         raise InvalidInputError(f"--data: expected a folder, got {args.data}")
-    adapt = _adapt_config(args.adapt_steps)
+    adapt = _adapt_config(args.adapt_steps, default=DEMO_ADAPT_STEPS)
     predictor, model, config = _load_predictor(args)
     data_dir = None if args.no_data else (args.data or shared_data_dir())
     info = {"config": config, "model": model, "device": str(predictor.device),
@@ -555,13 +558,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapt_config(steps: int | None) -> AdaptConfig | None:
-    """The demo's :class:`~medsam2kit.adapt.AdaptConfig` from ``--adapt-steps`` (``None`` for 0)."""
+def _adapt_config(steps: int | None, *, default: int = 0) -> AdaptConfig | None:
+    """The :class:`~medsam2kit.adapt.AdaptConfig` of ``--adapt-steps`` (``default`` steps when
+    not given; ``None`` for 0)."""
     from medsam2kit.adapt import AdaptConfig
-    from medsam2kit.demo import DEMO_ADAPT_STEPS
 
-    if steps is None:
-        return AdaptConfig(steps=DEMO_ADAPT_STEPS)
+    steps = default if steps is None else steps
     if steps < 0:
         raise InvalidInputError(f"--adapt-steps: expected a number of steps >= 0 (0: no adaptation), got {steps}")
     return AdaptConfig(steps=steps) if steps else None
@@ -589,6 +591,12 @@ def _fewshot(args: argparse.Namespace) -> int:
 
     if bool(args.support) == (args.bank is not None):
         raise InvalidInputError("--support/--bank: expected either one or more --support IMG LABEL or one --bank")
+    adapt = _adapt_config(args.adapt_steps)
+    if adapt is not None and args.bank is not None:
+        raise InvalidInputError("--adapt-steps: adapting needs the support volumes (--support), not a saved --bank")
+    if adapt is not None and args.save_bank is not None:
+        raise InvalidInputError("--save-bank: the bank of an adapted model holds its memories, and the adapted "
+                                "model is not saved: drop --adapt-steps or --save-bank")
     fmt, jobs = _label_map_jobs(args, args.query, name="--query")
     if args.save_bank is not None:
         _check_out(args, args.save_bank, name="--save-bank")
@@ -603,6 +611,11 @@ def _fewshot(args: argparse.Namespace) -> int:
             _stage(args, f"reading the support {img_path} and {lab_path}")
             image = load_volume(img_path)
             pairs.append((image, load_label(lab_path, like=image)))
+        if adapt is not None:
+            from medsam2kit.adapt import adapt_to_supports
+
+            _stage(args, f"adapting a copy of the model to the supports ({adapt.steps} steps)")
+            predictor = adapt_to_supports(predictor, pairs, adapt)
         _stage(args, f"building the support bank: encoding every labelled slice of {len(pairs)} support(s)")
         bank = SupportBank.build(predictor, pairs)
         _stage(args, f"support bank: {len(bank)} slices, labels {list(bank.labels)} "

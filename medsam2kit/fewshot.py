@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from medsam2kit._files import atomic_write, load_torch
+from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit._validate import check_label_map
 from medsam2kit.errors import (
     CheckpointError,
@@ -689,7 +690,14 @@ class FewShotPipeline:
     Args:
         predictor: the frozen SAM2 predictor.
         supports: ``(image, label)`` pairs, or a :class:`SupportBank` built before.
+        adapt: first fine-tune a copy of the model on the supports
+            (:func:`medsam2kit.adapt.adapt_to_supports`; the bank is then built with the copy,
+            available as :attr:`predictor`); needs the supports, not a bank.
         **assembler_options: keyword options of :class:`SupportMemoryAssembler`.
+
+    Raises:
+        InvalidInputError: ``adapt`` with a :class:`SupportBank` (its memories are the original
+            model's).
 
     Example:
         >>> from medsam2kit.phantoms import ellipsoid_phantom
@@ -706,8 +714,15 @@ class FewShotPipeline:
         self,
         predictor: SAM2Predictor,
         supports: Sequence[tuple[Volume, Volume]] | SupportBank,
+        *,
+        adapt: AdaptConfig | None = None,
         **assembler_options: Any,
     ) -> None:
+        if adapt is not None:
+            if isinstance(supports, SupportBank):
+                raise InvalidInputError("adapt: adapting needs the support volumes, got a SupportBank (built by the "
+                                        "original model); pass the (image, label) pairs")
+            predictor = adapt_to_supports(predictor, supports, adapt)
         self.predictor = predictor
         self.bank = supports if isinstance(supports, SupportBank) else SupportBank.build(predictor, supports)
         self.assembler = SupportMemoryAssembler(predictor, self.bank, **assembler_options)

@@ -170,6 +170,20 @@ def test_fewshot_command_writes_a_label_map_on_the_query_grid(tmp_path: Path) ->
     assert main(["fewshot", "--bank", str(bank), "--query", str(tmp_path / "q.nii.gz"), "--out", str(out2),
                  *model, "--quiet"]) == 0
     np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), np.asarray(nib.load(out2).dataobj))
+    # adapted to the supports first: as the pipeline with adapt= on the same files
+    from medsam2kit.adapt import AdaptConfig
+    from medsam2kit.fewshot import FewShotPipeline
+    from medsam2kit.predictor import SAM2Predictor
+
+    out3 = tmp_path / "q_mask3.nii.gz"
+    assert main(["fewshot", *paths, "--query", str(tmp_path / "q.nii.gz"), "--out", str(out3), *model,
+                 "--adapt-steps", "2", "--quiet"]) == 0
+    pairs = [(load_volume(tmp_path / f"s{seed}.nii.gz"), load_label(tmp_path / f"s{seed}_label.nii.gz",
+                                                                     like=load_volume(tmp_path / f"s{seed}.nii.gz")))
+             for seed in (1, 2)]
+    pred = SAM2Predictor.from_config("sam2.1_hiera_micro", ckpt, device="cpu")
+    expected = FewShotPipeline(pred, pairs, adapt=AdaptConfig(steps=2))(q).array
+    np.testing.assert_array_equal(load_label(out3, like=q).array, expected)
 
 
 def test_fewshot_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -181,7 +195,15 @@ def test_fewshot_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["fewshot", "--bank", "b.pt", "--query", str(tmp_path / "missing.nii.gz"),
                  "--out", str(tmp_path / "m.nii.gz")]) == 1
     assert "--query" in capsys.readouterr().err
-    assert not (tmp_path / "m.nii.gz").exists()
+    query = ["--query", str(tmp_path / "q.nii.gz"), "--out", str(tmp_path / "m.nii.gz")]
+    assert main(["fewshot", "--bank", "b.pt", *query, "--adapt-steps", "5"]) == 1
+    assert "--adapt-steps: adapting needs the support volumes" in capsys.readouterr().err
+    support = ["--support", "s.nii.gz", "s_label.nii.gz"]
+    assert main(["fewshot", *support, *query, "--adapt-steps", "5", "--save-bank", str(tmp_path / "b.pt")]) == 1
+    assert "--save-bank: the bank of an adapted model" in capsys.readouterr().err
+    assert main(["fewshot", *support, *query, "--adapt-steps", "-1"]) == 1
+    assert "--adapt-steps: expected a number of steps >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "m.nii.gz").exists() and not (tmp_path / "b.pt").exists()
 
 
 def test_fewshot_cohort_split_across_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

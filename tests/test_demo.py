@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medsam2kit.adapt import AdaptConfig
 from medsam2kit.demo import DiceRow, dice_table, keep_labels, mean_dice, one_prompt_propagation, phantom_case
 from medsam2kit.errors import InvalidInputError
 from medsam2kit.phantoms import ellipsoid_phantom
@@ -96,6 +97,16 @@ def test_run_case_reports_each_stage(predictor: SAM2Predictor, one_torch_thread:
                     progress=lines.append)
     assert rows and [line.split(":")[1].split()[0] for line in lines] == ["propagation", "FATE-SAM", "SAM2Med3D"]
     assert lines[0].startswith("tiny (6, 32, 32): propagation")
+    lines.clear()
+    rows = run_case(predictor, DemoCase("tiny", (q, ql), ((s, sl),), (1, 2)), coarse_steps=1,
+                    progress=lines.append, adapt=AdaptConfig(steps=1))
+    assert [line.split(":")[1].split()[0] for line in lines] == ["propagation", "one-shot", "FATE-SAM", "FATE-SAM",
+                                                                   "SAM2Med3D"]
+    assert {r.method for r in rows if r.task == "fewshot"} == {"fate-sam", "fate-sam adapted (1 steps)"}
+    lines.clear()
+    run_case(predictor, DemoCase("tiny", (q, ql), ((s, sl),), (1, 2), adapt_fewshot=False), coarse_steps=1,
+             progress=lines.append, adapt=AdaptConfig(steps=1))
+    assert sum(line.split(":")[1].split()[0] == "FATE-SAM" for line in lines) == 1
 
 
 def test_real_cases_are_the_held_out_volumes_with_training_supports(shared_data: Path) -> None:
