@@ -171,11 +171,12 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
               for k, lab in enumerate(result.obj_ids)}
     label_map = label_map_from_logits(logits, image.shape)
     if connected and prompt == "mask":
+        window = label_map[roi.index]  # a view: nothing is labelled outside the crop
         for lab in wanted:
-            seed = np.zeros(image.shape, dtype=bool)
-            np.moveaxis(seed, axis, 0)[prompts[lab]] = slice_masks[lab]
-            mine = label_map == lab
-            label_map[mine & ~components_meeting(mine, seed)] = 0
+            seed = np.zeros(window.shape, dtype=bool)
+            np.moveaxis(seed, axis, 0)[prompts[lab]] = crops[lab]
+            mine = window == lab
+            window[mine & ~components_meeting(mine, seed)] = 0
     return Propagated(label_map, prompts, axis, baseline, roi)
 
 

@@ -97,17 +97,17 @@ def test_mask_propagation_keeps_what_is_connected_to_each_prompt(random_predicto
     components that meet its prompt mask; box prompts keep the whole map."""
     from medsam2kit.prompts import components_meeting
 
-    (image, label), = heldout_phantoms(1, 1)
-    loose = one_prompt_propagation(random_predictor, image, label, connected=False)
-    tight = one_prompt_propagation(random_predictor, image, label)
-    truth = np.asarray(label.array)
-    expected = np.zeros_like(loose.labels)
-    for lab, k in loose.prompt_slices.items():
-        seed = np.zeros(truth.shape, bool)
-        np.moveaxis(seed, loose.axis, 0)[k] = np.moveaxis(truth == lab, loose.axis, 0)[k]
-        expected[components_meeting(loose.labels == lab, seed)] = lab
-    assert np.array_equal(tight.labels, expected)
-    assert not np.array_equal(tight.labels, loose.labels)  # the random model's mask has parts cut off
+    for (image, label), zoom in ((heldout_phantoms(1, 1)[0], 2.0), (_blobs(0), 1.5)):  # the crop: whole, part
+        loose = one_prompt_propagation(random_predictor, image, label, connected=False, zoom=zoom)
+        tight = one_prompt_propagation(random_predictor, image, label, zoom=zoom)
+        truth = np.asarray(label.array)
+        expected = np.zeros_like(loose.labels)
+        for lab, k in loose.prompt_slices.items():
+            seed = np.zeros(truth.shape, bool)
+            np.moveaxis(seed, loose.axis, 0)[k] = np.moveaxis(truth == lab, loose.axis, 0)[k]
+            expected[components_meeting(loose.labels == lab, seed)] = lab
+        assert np.array_equal(tight.labels, expected)
+        assert not np.array_equal(tight.labels, loose.labels)  # the random model's mask has parts cut off
     boxed = one_prompt_propagation(random_predictor, image, label, prompt="box")
     assert np.array_equal(boxed.labels, one_prompt_propagation(random_predictor, image, label, prompt="box",
                                                                connected=False).labels)
