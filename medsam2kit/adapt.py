@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +86,8 @@ class AdaptConfig:
 
 
 def adapt_predictor(predictor: SAM2Predictor, frames: FrameSequence, prompts: Sequence[tuple[int, torch.Tensor]],
-                    config: AdaptConfig | None = None) -> SAM2Predictor:
+                    config: AdaptConfig | None = None, *,
+                    progress: Callable[[int, int], None] | None = None) -> SAM2Predictor:
     """A new predictor whose model is a copy of ``predictor``'s fine-tuned on the prompt masks.
 
     Args:
@@ -97,6 +98,7 @@ def adapt_predictor(predictor: SAM2Predictor, frames: FrameSequence, prompts: Se
         prompts: ``(frame index, mask)`` pairs, each mask a bool ``(S, S)`` tensor on the
             model's frame grid (e.g. from ``frames.mask_to_frame``) holding one object.
         config: the fine-tuning settings (default :class:`AdaptConfig`).
+        progress: called as ``progress(steps_done, steps)`` after each step.
 
     Returns:
         A :class:`~medsam2kit.predictor.SAM2Predictor` on the same device with the same
@@ -121,7 +123,7 @@ def adapt_predictor(predictor: SAM2Predictor, frames: FrameSequence, prompts: Se
         if not bool(m.any()):
             raise InvalidInputError(f"prompts: the mask on frame {frame} is empty")
         items.append((grey[int(frame)], m, f"prompt@{int(frame)}"))
-    return _fine_tune(predictor, items, config or AdaptConfig())
+    return _fine_tune(predictor, items, config or AdaptConfig(), progress)
 
 
 def adapt_to_supports(predictor: SAM2Predictor, supports: Sequence[tuple[Volume, Volume]],
@@ -167,7 +169,7 @@ def adapt_to_supports(predictor: SAM2Predictor, supports: Sequence[tuple[Volume,
 
 
 def _fine_tune(predictor: SAM2Predictor, prompts: Sequence[tuple[torch.Tensor, torch.Tensor, str]],
-               cfg: AdaptConfig) -> SAM2Predictor:
+               cfg: AdaptConfig, progress: Callable[[int, int], None] | None = None) -> SAM2Predictor:
     """The fine-tuning of :func:`adapt_predictor` on ``(uint8 frame, bool mask, name)`` sources."""
     from medsam2kit.train.data import Clip, collate
     from medsam2kit.train.forward import forward_clips
@@ -202,6 +204,8 @@ def _fine_tune(predictor: SAM2Predictor, prompts: Sequence[tuple[torch.Tensor, t
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            if progress is not None:
+                progress(step + 1, cfg.steps)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -213,6 +213,36 @@ def test_propagate_correct_undo_without_reencoding(predictor: SAM2Predictor, pha
     assert ann.encoder_calls == calls
 
 
+def test_adapt_trains_a_copy_on_the_prompted_slices_then_encodes_again(predictor: SAM2Predictor, phantoms: Any,
+                                                                       one_torch_thread: None) -> None:
+    from medsam2kit.adapt import AdaptConfig, adapt_predictor
+
+    image, label = phantoms[0]
+    ann = _session(predictor, image)
+    truth = label.array == 1
+    s = _best_slice(truth, ann.axis)
+    with pytest.raises(InvalidInputError, match="adapt: no prompted slice"):
+        ann.adapt(AdaptConfig(steps=1))
+    ann.add_mask(s, np.take(truth, s, axis=ann.axis), label=1)
+    with pytest.raises(InvalidInputError, match="adapt: prompt changes"):
+        ann.adapt(AdaptConfig(steps=1))
+    ann.refresh()
+    shown = np.take(ann.labels, s, axis=ann.axis) == 1  # the mask adapted to: what the slice shows
+    seen: list[tuple[int, int]] = []
+    assert ann.adapt(AdaptConfig(steps=2), lambda i, n: seen.append((i, n))) == 1
+    assert ann.predictor is not predictor and ann.session.predictor is ann.predictor
+    assert seen[:2] == [(1, 2), (2, 2)] and seen[-1] == (len(ann.seq), len(ann.seq))
+    assert ann.encoder_calls == len(ann.seq)  # a new session: every frame encoded once more
+    ann.propagate("both")
+    # by hand: the same copy, a new session with the same prompt
+    copy = adapt_predictor(predictor, ann.seq, [(ann.seq.frame_of_slice(s), ann.seq.mask_to_frame(shown))],
+                           AdaptConfig(steps=2))
+    again = _session(copy, image)
+    again.add_mask(s, np.take(truth, s, axis=ann.axis), label=1)
+    again.propagate("both")
+    np.testing.assert_array_equal(ann.labels, again.labels)
+
+
 def test_several_labels_box_mask_and_clear(predictor: SAM2Predictor, phantoms: Any, one_torch_thread: None) -> None:
     image, label = phantoms[0]
     ann = _session(predictor, image)
@@ -444,6 +474,17 @@ def test_scripted_session_point_propagate_correct_save(viewer: Any, qtbot: Any, 
     np.testing.assert_allclose(back.affine, load_volume(img_path).affine, atol=1e-6)
     assert widget.tally_table.rowCount() == len(np.unique(widget.labels.data)) - 1
     _shot(viewer, "5_save")
+
+    # adapt a copy of the model to the two prompted slices (a few steps here): the slices are
+    # encoded again with it and everything is propagated again
+    model = ann.predictor
+    widget.tabs.setCurrentIndex(0)
+    widget.adapt_steps.setValue(2)
+    widget.adapt_button.click()
+    assert widget.busy
+    _wait(qtbot, widget)
+    assert ann.predictor is not model and ann.encoder_calls == len(ann.seq)
+    assert widget.last_update.direction == "both" and "propagated (both)" in widget.status.text()
 
 
 def test_gui_labels_box_mask_undo_clear_and_keys(viewer: Any, qtbot: Any, phantoms: Any, one_torch_thread: None) -> None:

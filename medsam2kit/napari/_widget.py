@@ -8,6 +8,7 @@ one line in the widget (and as a napari notification), never as a traceback.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from medsam2kit._files import one_line
+from medsam2kit.adapt import AdaptConfig
 from medsam2kit.errors import InvalidInputError, MedSAM2KitError
 from medsam2kit.io import load_label
 from medsam2kit.napari import _layers, automatic
@@ -212,6 +214,21 @@ class AnnotatorWidget(QWidget):
         self.propagate_button.clicked.connect(self.propagate)
         row.addWidget(self.direction_combo)
         row.addWidget(self.propagate_button, 1)
+        lay.addLayout(row)
+        row = QHBoxLayout()
+        self.adapt_steps = QSpinBox()
+        self.adapt_steps.setRange(1, 5000)
+        self.adapt_steps.setValue(AdaptConfig().steps)
+        self.adapt_steps.setToolTip("training steps of the one-shot adaptation (about 0.2 s each for the bundled "
+                                    "model on a CPU)")
+        self.adapt_button = QPushButton("Adapt model to prompted slices")
+        self.adapt_button.setToolTip("fine-tune a copy of the model on the prompted slices' masks (medsam2kit.adapt), "
+                                     "encode the slices again and propagate again: helps a model that loses the "
+                                     "object on the next slice")
+        self.adapt_button.clicked.connect(self.adapt)
+        row.addWidget(QLabel("steps"))
+        row.addWidget(self.adapt_steps)
+        row.addWidget(self.adapt_button, 1)
         lay.addLayout(row)
         self.auto_check = QCheckBox("after propagating, a correction propagates again")
         self.auto_check.setChecked(True)
@@ -386,7 +403,7 @@ class AnnotatorWidget(QWidget):
         ready = self.ann is not None and not self.busy
         for w in (self.propagate_button, self.undo_button, self.clear_button, self.mask_button, self.points_button,
                   self.box_button, self.save_button, self.sam2med3d_button, self.fewshot_button,
-                  self.load_labels_button):
+                  self.load_labels_button, self.adapt_button):
             w.setEnabled(ready)
         self.start_button.setEnabled(not self.busy)
 
@@ -588,6 +605,28 @@ class AnnotatorWidget(QWidget):
         ann = self.ann
         self._start(f"propagating ({chosen})…", lambda progress: ann.run(job, progress),
                     lambda u: self._applied(ann, job, u))
+
+    def adapt(self) -> None:
+        """Adapt a copy of the model to the prompted slices' masks (worker thread), then
+        propagate again in the chosen direction."""
+        if self.ann is None:
+            self.message("adapt: start a session first", error=True)
+            return
+        if self.busy:
+            self.message("busy: wait for the running job to finish")
+            return
+        ann, config = self.ann, AdaptConfig(steps=self.adapt_steps.value())
+        start = time.perf_counter()
+
+        def adapted(count: int) -> None:
+            if ann is not self.ann:
+                return
+            self.message(f"adapted a copy of the model to {count} prompted slice mask(s) in "
+                         f"{time.perf_counter() - start:.1f} s ({config.steps} steps); propagating again")
+            self.propagate()
+
+        self._start(f"adapting a copy of the model to the prompted slices ({config.steps} steps), then encoding…",
+                    lambda progress: ann.adapt(config, progress), adapted)
 
     def _applied(self, ann: AnnotationSession, job: Job, update: Update) -> None:
         if ann is not self.ann:

@@ -6,7 +6,8 @@ drive without any viewer. It holds:
 * one :class:`~medsam2kit.sequencer.FrameSequence` of the volume (slices along ``axis``) and one
   predictor :class:`~medsam2kit.predictor.Session` on it, whose feature cache encodes every frame
   once for the whole annotation session (:meth:`AnnotationSession.encode`); nothing is encoded
-  again, whatever the prompts, corrections and propagations;
+  again, whatever the prompts, corrections and propagations (only :meth:`AnnotationSession.adapt`,
+  which replaces the model by a copy fine-tuned on the prompted slices, encodes them again);
 * the prompts, as frozen records in voxel coordinates of the volume (napari's data coordinates
   when the layers' scale is the voxel spacing): positive / negative clicks, boxes and mask
   prompts, each for one label (one SAM2 object per label) on one slice;
@@ -59,6 +60,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from medsam2kit.adapt import AdaptConfig, adapt_predictor
 from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
 from medsam2kit.predictor import PointPrompt, PropagationResult, SAM2Predictor, Session, fill_small_holes
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, WindowSpec, default_axis, sequence_volume
@@ -348,6 +350,30 @@ class AnnotationSession:
             self.session.cache.fill(batch_size=step, indices=range(start, min(start + step, n)))
             if progress is not None:
                 progress(min(start + step, n), n)
+
+    def adapt(self, config: AdaptConfig | None = None, progress: Progress | None = None) -> int:
+        """Fine-tune a copy of the model on the prompted slices' current masks (one-shot
+        adaptation, :func:`medsam2kit.adapt.adapt_predictor`), then encode every frame with it
+        (the copy's features differ); propagate again to use it. ``progress(done, total)``
+        reports the training steps, then the encoding. Returns the number of masks adapted to.
+
+        Raises:
+            InvalidInputError: prompt changes are not computed yet, or no prompted slice holds
+                its label.
+        """
+        if self.pending:
+            raise InvalidInputError("adapt: prompt changes are not computed yet; let them finish first")
+        pairs = []
+        for lab, s in sorted({(p.label, p.slice_index) for p in self._prompts}):
+            mask = self._slice(self.labels, s) == lab
+            if mask.any():
+                pairs.append((self.seq.frame_of_slice(s), self.seq.mask_to_frame(mask)))
+        if not pairs:
+            raise InvalidInputError("adapt: no prompted slice holds its label yet; prompt the object on a slice first")
+        adapted = adapt_predictor(self.predictor, self.seq, pairs, config, progress=progress)
+        self.predictor, self.session = adapted, adapted.start(self.seq)
+        self.encode(progress)
+        return len(pairs)
 
     # ---------------------------------------------------------------- recording prompts (cheap)
 
