@@ -43,8 +43,8 @@ import torch
 from medsam2kit._validate import check_int
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.predictor import SAM2Predictor
-from medsam2kit.sequencer import FrameSequence
-from medsam2kit.volume import Volume
+from medsam2kit.sequencer import FrameSequence, default_axis, sequence_volume
+from medsam2kit.volume import Volume, check_same_grid
 
 
 @dataclass(frozen=True)
@@ -136,15 +136,13 @@ def adapt_to_supports(predictor: SAM2Predictor, supports: Sequence[tuple[Volume,
     FATE-SAM segments a query from the supports' memories alone
     (:class:`~medsam2kit.fewshot.FewShotPipeline` with ``adapt``): a model adapted to how the
     supports' structures look follows them into the query far better (validation hippocampus,
-    selection model: Dice 0.352 / 0.125 -> 0.446 / 0.370).
+    selection model, labels 1 / 2: Dice 0.352 / 0.125 -> 0.360 / 0.356 and 0.476 / 0.224 with
+    seeds 0 and 1).
 
     Raises:
         InvalidInputError: no support, a support without any label, or ``slices_per_label < 1``.
         ShapeMismatchError / GeometryError: a label map is not on its image's grid.
     """
-    from medsam2kit.sequencer import default_axis, sequence_volume
-    from medsam2kit.volume import check_same_grid
-
     check_int(slices_per_label, "slices_per_label", minimum=1)
     if not supports:
         raise InvalidInputError("supports: expected at least one (image, label) pair to adapt to")

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from medsam2kit._files import atomic_write, load_torch
-from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit._validate import check_label_map
+from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit.errors import (
     CheckpointError,
     FileFormatError,

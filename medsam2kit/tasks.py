@@ -65,11 +65,11 @@ class Propagated:
     def on_labelled_slices(self) -> np.ndarray:
         """The label map with each label kept only on the slices its true mask spans.
 
-        The copy baseline is given this extent; propagation has to find it, and its errors
-        beyond the structure's ends (SAM2's object score stays positive there) often cost more
-        than its errors within. This view scores propagation with the same knowledge, as a
-        reader gives it by marking the first and last slice (the slice range of MedSAM2's 3D
-        box workflow). Per label, Dice can only rise: only false positives are removed.
+        The copy baseline is given this extent; propagation has to find it (SAM2's object
+        score stays positive beyond the structure's ends, so it does not tell). This view
+        scores propagation with the same knowledge, as a reader gives it by marking the first
+        and last slice (the slice range of MedSAM2's 3D box workflow). Per label, Dice can only
+        rise: only false positives are removed.
         """
         others = tuple(a for a in range(3) if a != self.axis)
         out = np.zeros_like(self.labels)

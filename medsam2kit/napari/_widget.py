@@ -590,32 +590,25 @@ class AnnotatorWidget(QWidget):
 
     def propagate(self, direction: PropagateDirection | None = None) -> None:
         """Propagate every label's prompts through the volume (worker thread, with progress)."""
-        if self.ann is None:
-            self.message("propagate: start a session first", error=True)
-            return
-        if self.busy:
-            self.message("busy: wait for the running job to finish")
+        ann = self._free_session("propagate")
+        if ann is None:
             return
         chosen = direction or self.direction_combo.currentText()
         try:
-            job = self.ann.plan(chosen)  # type: ignore[arg-type]
+            job = ann.plan(chosen)  # type: ignore[arg-type]
         except Exception as err:  # noqa: BLE001
             self._fail(err)
             return
-        ann = self.ann
         self._start(f"propagating ({chosen})…", lambda progress: ann.run(job, progress),
                     lambda u: self._applied(ann, job, u))
 
     def adapt(self) -> None:
         """Adapt a copy of the model to the prompted slices' masks (worker thread), then
         propagate again in the chosen direction."""
-        if self.ann is None:
-            self.message("adapt: start a session first", error=True)
+        ann = self._free_session("adapt")
+        if ann is None:
             return
-        if self.busy:
-            self.message("busy: wait for the running job to finish")
-            return
-        ann, config = self.ann, AdaptConfig(steps=self.adapt_steps.value())
+        config = AdaptConfig(steps=self.adapt_steps.value())
         start = time.perf_counter()
 
         def adapted(count: int) -> None:
@@ -627,6 +620,16 @@ class AnnotatorWidget(QWidget):
 
         self._start(f"adapting a copy of the model to the prompted slices ({config.steps} steps), then encoding…",
                     lambda progress: ann.adapt(config, progress), adapted)
+
+    def _free_session(self, action: str) -> AnnotationSession | None:
+        """The session, when one is started and no job runs (else a message and ``None``)."""
+        if self.ann is None:
+            self.message(f"{action}: start a session first", error=True)
+            return None
+        if self.busy:
+            self.message("busy: wait for the running job to finish")
+            return None
+        return self.ann
 
     def _applied(self, ann: AnnotationSession, job: Job, update: Update) -> None:
         if ann is not self.ann:
