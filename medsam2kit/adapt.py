@@ -127,11 +127,13 @@ def adapt_predictor(predictor: SAM2Predictor, frames: FrameSequence, prompts: Se
 
 
 def adapt_to_supports(predictor: SAM2Predictor, supports: Sequence[tuple[Volume, Volume]],
-                      config: AdaptConfig | None = None, *, slices_per_label: int = 3) -> SAM2Predictor:
+                      config: AdaptConfig | None = None, *, slices_per_label: int = 3,
+                      progress: Callable[[int, int], None] | None = None) -> SAM2Predictor:
     """A copy of ``predictor``'s model fine-tuned on labelled volumes (few-shot supports), as
     :func:`adapt_predictor` on prompts: each label of each support gives ``slices_per_label``
     slices (at even quantiles of the slices holding it, along the support's
-    :func:`~medsam2kit.sequencer.default_axis`), each with its mask a clip source.
+    :func:`~medsam2kit.sequencer.default_axis`), each with its mask a clip source;
+    ``progress(steps_done, steps)`` after each step.
 
     FATE-SAM segments a query from the supports' memories alone
     (:class:`~medsam2kit.fewshot.FewShotPipeline` with ``adapt``): a model adapted to how the
@@ -163,7 +165,7 @@ def adapt_to_supports(predictor: SAM2Predictor, supports: Sequence[tuple[Volume,
             for z in picks:
                 items.append((grey[seq.frame_of_slice(z)], seq.mask_to_frame(arr[z] == value).bool().cpu(),
                               f"support{n}[label {value}]@{z}"))
-    return _fine_tune(predictor, items, config or AdaptConfig())
+    return _fine_tune(predictor, items, config or AdaptConfig(), progress)
 
 
 def _fine_tune(predictor: SAM2Predictor, prompts: Sequence[tuple[torch.Tensor, torch.Tensor, str]],

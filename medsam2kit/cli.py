@@ -615,7 +615,12 @@ def _fewshot(args: argparse.Namespace) -> int:
             from medsam2kit.adapt import adapt_to_supports
 
             _stage(args, f"adapting a copy of the model to the supports ({adapt.steps} steps)")
-            predictor = adapt_to_supports(predictor, pairs, adapt)
+
+            def report(done: int, steps: int) -> None:
+                if done % 50 == 0 or done == steps:
+                    _stage(args, f"adaptation step {done} / {steps} ({time.perf_counter() - start:.0f} s)")
+
+            predictor = adapt_to_supports(predictor, pairs, adapt, progress=report)
         _stage(args, f"building the support bank: encoding every labelled slice of {len(pairs)} support(s)")
         bank = SupportBank.build(predictor, pairs)
         _stage(args, f"support bank: {len(bank)} slices, labels {list(bank.labels)} "

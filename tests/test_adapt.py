@@ -131,7 +131,7 @@ def test_supports_give_slices_at_even_quantiles_of_each_label(monkeypatch: pytes
     from medsam2kit.volume import Volume
 
     seen: list[tuple[torch.Tensor, torch.Tensor, str]] = []
-    monkeypatch.setattr(adapt_module, "_fine_tune", lambda pred, items, cfg: seen.extend(items) or pred)
+    monkeypatch.setattr(adapt_module, "_fine_tune", lambda pred, items, cfg, progress: seen.extend(items) or pred)
     rng = np.random.default_rng(0)
     image = Volume(rng.random((12, 40, 36)).astype(np.float32), np.eye(4))
     lab = np.zeros((12, 40, 36), np.uint8)
