@@ -112,7 +112,7 @@ def adapt_predictor(predictor: SAM2Predictor, frames: FrameSequence, prompts: Se
     size = predictor.image_size
     if not prompts:
         raise InvalidInputError("prompts: expected at least one (frame, mask) pair to adapt to")
-    grey = frames.frames if frames.frames.ndim == 3 else frames.frames.float().mean(1).round().to(torch.uint8)
+    grey = frames.grey_frames
     items = []
     for frame, mask in prompts:
         if not 0 <= int(frame) < len(frames):
@@ -153,7 +153,7 @@ def adapt_to_supports(predictor: SAM2Predictor, supports: Sequence[tuple[Volume,
         check_same_grid(label, image)
         axis = default_axis(image)
         seq = sequence_volume(image, axis=axis, image_size=predictor.image_size)
-        grey = seq.frames if seq.frames.ndim == 3 else seq.frames.float().mean(1).round().to(torch.uint8)
+        grey = seq.grey_frames
         arr = np.moveaxis(np.asarray(label.array), axis, 0)
         values = [int(v) for v in np.unique(arr) if v != 0]
         if not values:

@@ -204,9 +204,10 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
     runs = {"sam2": prop}
     if adapt is not None:
         stage(f"{case.name}: one-shot adaptation to the prompt masks ({adapt.steps} steps), then propagation")
-        runs[adapted_method(adapt)] = one_prompt_propagation(predictor, image, label, adapt=adapt)
-        maps["propagation_adapted"] = runs[adapted_method(adapt)].labels
-        map_rows["propagation_adapted"] = ("propagation (mask)", adapted_method(adapt))
+        name = adapted_method(adapt)
+        runs[name] = one_prompt_propagation(predictor, image, label, adapt=adapt)
+        maps["propagation_adapted"] = runs[name].labels
+        map_rows["propagation_adapted"] = ("propagation (mask)", name)
     bounded = {method: run.on_labelled_slices() for method, run in runs.items()}
     for lab in prop.prompt_slices:
         truth = label.array == lab
@@ -228,10 +229,11 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
                  for lab in case.labels]
         if adapt is not None and case.adapt_fewshot:
             stage(f"{case.name}: FATE-SAM after adapting a copy of the model to the supports ({adapt.steps} steps)")
+            name = adapted_method(adapt, "fate-sam")
             maps["fewshot_adapted"] = FewShotPipeline(predictor, supports, adapt=adapt)(image).array
-            map_rows["fewshot_adapted"] = ("fewshot", adapted_method(adapt, "fate-sam"))
-            rows += [DiceRow("fewshot", case.name, lab, adapted_method(adapt, "fate-sam"),
-                             dice(maps["fewshot_adapted"] == lab, truth_map == lab)) for lab in case.labels]
+            map_rows["fewshot_adapted"] = ("fewshot", name)
+            rows += [DiceRow("fewshot", case.name, lab, name, dice(maps["fewshot_adapted"] == lab, truth_map == lab))
+                     for lab in case.labels]
 
         stage(f"{case.name}: SAM2Med3D (fitting a weak coarse network, {coarse_steps} steps, then SAM2)")
         coarse = weak_coarse(supports, num_labels=max(case.labels), steps=coarse_steps, generator=generator)

@@ -990,6 +990,11 @@ class FrameSequence:
         return self.layout.slice_indices
 
     @property
+    def grey_frames(self) -> torch.Tensor:
+        """uint8 ``(T, S, S)``: the frames, colour ones as the rounded mean of their channels."""
+        return self.frames if self.frames.ndim == 3 else self.frames.float().mean(1).round().to(torch.uint8)
+
+    @property
     def affine(self) -> np.ndarray:
         """The input's ``(4, 4)`` voxel-to-world affine."""
         return self.geometry.affine

@@ -185,7 +185,7 @@ def make_video(frames: np.ndarray, labels: np.ndarray, *, image_size: int, name:
     present = masks.flatten(2).any(-1)
     if not bool(present.any()):
         return None
-    frames_u8 = seq.frames if seq.frames.ndim == 3 else seq.frames.float().mean(1).round().to(torch.uint8)
+    frames_u8 = seq.grey_frames
     return Video(frames_u8.contiguous(), masks, values, name, present)
 
 
