@@ -22,7 +22,7 @@ recording or image; ``--split validation``: the recipe-selection cases of
   fitted on them, fused with SAM2) against the coarse network alone;
 * carotid recordings: first-frame mask propagation (Dice, J&F) against copying the first mask;
 * fetal-head images: box prompts (zoomed, :data:`medsam2kit.roi.DEFAULT_ZOOM`; the mask cut to the
-  box, and as SAM2 gives it) against the filled box.
+  box, and as SAM2 gives it) against the filled box and the ellipse inscribed in it.
 
 Writes ``rows.csv`` (one row per case, label, task and method), ``per_case.md`` (a line per case
 and label, fetal-head images as their mean), ``summary.md`` (means per dataset, task and method)
@@ -56,7 +56,7 @@ from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import (REFERENCE_CONFIG, SharedArrays, SharedVolume, Split, shared_images,
                                   shared_recordings, shared_volumes)
-from medsam2kit.tasks import PromptKind, box_prompt_image, filled_box, one_prompt_propagation, track_recording
+from medsam2kit.tasks import PromptKind, box_ellipse, box_prompt_image, filled_box, one_prompt_propagation, track_recording
 
 
 #: Steps of the hippocampus coarse network (a 2D U-Net at 48 px, 8 base channels, along axis 0,
@@ -141,7 +141,8 @@ def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays, *, zoom: boo
     uncut = box_prompt_image(pred, case.image, case.label, inside_box=False, **_zoom(zoom))
     return [Row(model, case.dataset, case.name, 1, "box prompt", "sam2", dice(mask, case.label)),
             Row(model, case.dataset, case.name, 1, "box prompt", "sam2 not cut to the box", dice(uncut, case.label)),
-            Row(model, case.dataset, case.name, 1, "box prompt", "filled box", dice(filled_box(case.label), case.label))]
+            Row(model, case.dataset, case.name, 1, "box prompt", "filled box", dice(filled_box(case.label), case.label)),
+            Row(model, case.dataset, case.name, 1, "box prompt", "ellipse in the box", dice(box_ellipse(case.label), case.label))]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ reference model trained on):
 * ``tracking``: a carotid ultrasound recording from the mask of its first labelled frame,
   beside ``copy first mask``;
 * ``box prompt``: fetal-head ultrasound images from the box around the head (zoomed, the mask
-  cut to the box), beside the ``filled box``.
+  cut to the box), beside the ``filled box`` and the ``ellipse in the box``.
 
 :func:`run_demo` writes, per volume, the image, the truth and every prediction as NIfTI (the
 input's grid and geometry), one titled overlay montage per method (and per recording and image
@@ -62,7 +62,7 @@ from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import Split, heldout_phantoms, label_file, shared_files, shared_images, shared_recordings, shared_volumes
-from medsam2kit.tasks import box_prompt_image, filled_box, one_prompt_propagation, track_recording
+from medsam2kit.tasks import box_ellipse, box_prompt_image, filled_box, one_prompt_propagation, track_recording
 from medsam2kit.volume import Volume
 
 Pair = tuple[Volume, Volume]
@@ -270,14 +270,15 @@ def run_recording(predictor: SAM2Predictor, name: str, frames: np.ndarray, masks
 def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray, np.ndarray]],
                out: Path | None = None, *, name: str = "images") -> list[DiceRow]:
     """Box prompts on 2D images (:func:`medsam2kit.tasks.box_prompt_image`) against the filled
-    box; with ``out``, a montage of the first images (all of one size) goes to
+    box and the ellipse inscribed in it (:func:`medsam2kit.tasks.box_ellipse`); with ``out``, a montage of the first images (all of one size) goes to
     ``out/<name>/overlay_box_prompt.png``."""
     rows: list[DiceRow] = []
     shown: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for case, image, mask in images:
         pred = box_prompt_image(predictor, image, mask)
         rows += [DiceRow("box prompt", f"{name}/{case}", 1, "sam2", dice(pred, mask)),
-                 DiceRow("box prompt", f"{name}/{case}", 1, "filled box", dice(filled_box(mask), mask))]
+                 DiceRow("box prompt", f"{name}/{case}", 1, "filled box", dice(filled_box(mask), mask)),
+                 DiceRow("box prompt", f"{name}/{case}", 1, "ellipse in the box", dice(box_ellipse(mask), mask))]
         if len(shown) < 6 and (not shown or image.shape == shown[0][0].shape):
             shown.append((image, pred, mask))
     if out is not None and shown:

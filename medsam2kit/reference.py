@@ -134,7 +134,7 @@ VOLUME_DATASETS: tuple[str, ...] = ("msd_hippocampus", "msd_prostate", "deeplesi
 
 #: Sampling weight of each source of the real-image recipe (see :func:`real_datasets`).
 SOURCE_WEIGHTS: dict[str, float] = {"phantoms": 0.5, "volumes": 1.5, "zoom": 1.0, "regions": 0.75, "pasted": 1.0,
-                                    "carotid": 1.0, "fetal": 1.0}
+                                    "carotid": 1.0, "fetal": 1.0, "fetal_zoom": 1.0}
 #: Crop factors of the ``zoom`` source (:func:`medsam2kit.train.data.zoomed_videos`): around the
 #: factor the tasks zoom by at inference (:data:`medsam2kit.roi.DEFAULT_ZOOM`).
 ZOOM_FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0)
@@ -199,7 +199,9 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
     :func:`medsam2kit.train.selfsup.pasted_labels`), ``zoom`` (the
     labelled volumes cropped around each label at :data:`ZOOM_FACTORS` times its size, as the
     tasks zoom at inference), ``carotid``
-    (the labelled recordings) and ``fetal`` (the fetal-head images, each an 8-frame moving clip).
+    (the labelled recordings), ``fetal`` (the fetal-head images, each an 8-frame moving clip) and
+    ``fetal_zoom`` (the same images cropped around the head at :data:`ZOOM_FACTORS` times its box,
+    as :func:`medsam2kit.tasks.box_prompt_image` crops at inference, each an 8-frame moving clip).
     Each source's weight (:data:`SOURCE_WEIGHTS`) is shared among its specs.
     """
     from medsam2kit.train.selfsup import region_axes
@@ -227,6 +229,9 @@ def real_datasets(data_dir: Path, *, sources: tuple[str, ...] = DEFAULT_SOURCES,
     if "fetal" in groups:
         groups["fetal"] += [{"kind": "images", "path": str(p), "motion_frames": 8, "seed": seed}
                             for p in shared_files(data_dir, "hc18_fetal_us", kept)]
+    if "fetal_zoom" in groups:
+        groups["fetal_zoom"] += [{"kind": "images", "path": str(p), "motion_frames": 8, "seed": seed, "zoom": ZOOM_FACTORS}
+                                 for p in shared_files(data_dir, "hc18_fetal_us", kept)]
     return [{**spec, "weight": SOURCE_WEIGHTS[name] / len(specs), "name": f"{name}:{Path(spec.get('path', 'phantoms')).name}"}
             for name, specs in groups.items() for spec in specs]
 

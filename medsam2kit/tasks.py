@@ -7,8 +7,8 @@
 * :func:`track_recording`: a video (an ultrasound recording), the first labelled frame prompted
   by its true mask, the box around it, or clicks with simulated corrections
   (:func:`correction_click`), propagated forward. Baseline: that mask copied onto every later frame.
-* :func:`box_prompt_image`: one image, the box around the true mask as the prompt. Baseline:
-  the filled box.
+* :func:`box_prompt_image`: one image, the box around the true mask as the prompt. Baselines:
+  the filled box, and the ellipse inscribed in it (:func:`box_ellipse`).
 
 Example:
     >>> from medsam2kit.reference import heldout_phantoms
@@ -108,6 +108,32 @@ def filled_box(mask: np.ndarray) -> np.ndarray:
     out = np.zeros(mask.shape, dtype=bool)
     out[y0:y1 + 1, x0:x1 + 1] = True
     return out
+
+
+def box_ellipse(mask: np.ndarray) -> np.ndarray:
+    """The axis-aligned ellipse inscribed in :func:`filled_box` (a second baseline of box prompts
+    on elliptical structures, such as the fetal head, whose annotations are drawn as ellipses:
+    a tight box nearly fixes them).
+
+    Pixel ``(r, c)`` is inside when its centre lies in the ellipse touching the box's outer edges
+    (the box spans pixels ``x0..x1``, so its edges are at ``x0 - 0.5`` and ``x1 + 0.5``).
+
+    Raises:
+        InvalidInputError: the mask is empty.
+
+    Example:
+        >>> m = np.zeros((5, 7), bool); m[0, 3] = m[4, 3] = m[2, 0] = m[2, 6] = True
+        >>> box_ellipse(m).astype(int)
+        array([[0, 1, 1, 1, 1, 1, 0],
+               [1, 1, 1, 1, 1, 1, 1],
+               [1, 1, 1, 1, 1, 1, 1],
+               [1, 1, 1, 1, 1, 1, 1],
+               [0, 1, 1, 1, 1, 1, 0]])
+    """
+    x0, y0, x1, y1 = mask_box(mask)
+    rows, cols = np.ogrid[:mask.shape[0], :mask.shape[1]]
+    half_w, half_h = (x1 - x0 + 1) / 2, (y1 - y0 + 1) / 2
+    return ((cols - (x0 + x1) / 2) / half_w) ** 2 + ((rows - (y0 + y1) / 2) / half_h) ** 2 <= 1
 
 
 def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volume,
@@ -354,5 +380,5 @@ def _window(frames: np.ndarray) -> PercentileWindow | None:
     return None if frames.dtype == np.uint8 else PercentileWindow()
 
 
-__all__ = ["PromptKind", "Propagated", "RecordingPrompt", "RecordingScores", "box_prompt_image", "correction_click",
+__all__ = ["PromptKind", "Propagated", "RecordingPrompt", "RecordingScores", "box_ellipse", "box_prompt_image", "correction_click",
            "filled_box", "mask_box", "one_prompt_propagation", "track_recording"]

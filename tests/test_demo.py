@@ -134,7 +134,7 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
     from medsam2kit.demo import run_images, run_recording
     from medsam2kit.metrics import dice
     from medsam2kit.reference import shared_images, shared_recordings
-    from medsam2kit.tasks import filled_box
+    from medsam2kit.tasks import box_ellipse, filled_box
 
     rec = shared_recordings(shared_data)[0]
     frames, masks = np.asarray(rec.image), np.asarray(rec.label)
@@ -146,7 +146,9 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
     assert (tmp_path / rec.name / "overlay_tracking.png").stat().st_size > 1000
     images = [(c.name, np.asarray(c.image), np.asarray(c.label)) for c in shared_images(shared_data)[:2]]
     rows = run_images(predictor, images, tmp_path, name="fetal")
-    assert [r.case for r in rows] == [f"fetal/{n}" for n, _, _ in images for _ in range(2)]
+    assert [r.case for r in rows] == [f"fetal/{n}" for n, _, _ in images for _ in range(3)]
+    assert [r.method for r in rows[:3]] == ["sam2", "filled box", "ellipse in the box"]
     assert rows[1].dice == pytest.approx(dice(filled_box(images[0][2]), images[0][2]))
+    assert rows[2].dice == pytest.approx(dice(box_ellipse(images[0][2]), images[0][2]))
     assert dice_table(rows).splitlines()[2].startswith("| fetal (2) | 1 |")
     assert (tmp_path / "fetal" / "overlay_box_prompt.png").is_file()

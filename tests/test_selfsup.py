@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -207,11 +208,30 @@ def test_zoomed_volume_videos_crop_around_each_label(tmp_path: Path) -> None:
     assert int(vids[0].present.sum()) == 4 and int(vids[1].present.sum()) == 2
     whole = load_videos(DatasetSpec(kind="volume", path=spec.path, mask_path=spec.mask_path), image_size=64)
     assert len(whole) == 1 and whole[0].obj_ids == (1, 2)
-    with pytest.raises(Exception, match=r"zoom: only a 'volume' dataset zooms"):
+    with pytest.raises(Exception, match=r"zoom: only a 'volume' or 'images' dataset zooms"):
         config_from_dict({"data": {"train": [{"kind": "cine", "path": "x.npz", "zoom": [2.0]}]}})
     with pytest.raises(Exception, match=r"zoom: expected factors >= 1"):
         config_from_dict({"data": {"train": [{**{k: str(v) for k, v in (("kind", "volume"), ("path", spec.path),
                                                                             ("mask_path", spec.mask_path))}, "zoom": [0.5]}]}})
+
+
+def test_zoomed_images_crop_around_the_object_and_move(tmp_path: Path) -> None:
+    from PIL import Image
+
+    img = np.zeros((90, 120), np.uint8)
+    img[30:40, 50:65] = 200  # 10 x 15 pixels: crops of 30 (factor 2) and 45 (factor 3) pixels
+    Image.fromarray(img).save(tmp_path / "a.png")
+    Image.fromarray((img > 0).astype(np.uint8) * 255).save(tmp_path / "a_mask.png")
+    spec = DatasetSpec(kind="images", path=str(tmp_path / "a.png"), zoom=(2.0, 3.0))
+    stills = load_videos(spec, image_size=96)
+    assert [v.num_frames for v in stills] == [1, 1] and [v.obj_ids for v in stills] == [(255,), (255,)]
+    for v, side in zip(stills, (30, 45)):
+        share = 150 / side**2
+        assert abs(float(v.masks.float().mean()) - share) < 0.01
+        assert abs(float(v.frames.float().mean()) / 200 - share) < 0.01  # the frame is the same crop
+    moving = load_videos(dataclasses.replace(spec, motion_frames=4), image_size=96)
+    assert [v.num_frames for v in moving] == [4, 4] and all(bool(v.present.all()) for v in moving)
+    assert not torch.equal(moving[0].frames[0], moving[0].frames[3])
 
 
 def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
@@ -224,9 +244,9 @@ def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:
     held = [prefix for prefixes in HELD_OUT.values() for prefix in prefixes]
     assert trained and not [t for t in trained if t.startswith(tuple(held))]
     sources = {s["name"].split(":")[0] for s in specs}
-    assert sources == {"phantoms", "volumes", "zoom", "regions", "pasted", "carotid", "fetal"}
+    assert sources == {"phantoms", "volumes", "zoom", "regions", "pasted", "carotid", "fetal", "fetal_zoom"}
     shipped = {s["name"].split(":")[0] for s in real_datasets(shared_data)}
-    assert shipped == set(DEFAULT_SOURCES) == sources - {"regions", "pasted", "zoom"}
+    assert shipped == set(DEFAULT_SOURCES) == sources - {"regions", "pasted", "zoom", "fetal_zoom"}
     zoomed = [s for s in specs if s["name"].startswith("zoom:")]
     assert zoomed and all(s["zoom"] and s["kind"] == "volume" for s in zoomed)
     assert abs(sum(s["weight"] for s in specs) - sum(SOURCE_WEIGHTS.values())) < 1e-9

@@ -14,6 +14,7 @@ from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import heldout_phantoms
 from medsam2kit.roi import Roi, roi_around
 from medsam2kit.tasks import (
+    box_ellipse,
     box_prompt_image,
     correction_click,
     filled_box,
@@ -46,6 +47,22 @@ def test_box_and_filled_box_against_brute_force(mask: np.ndarray) -> None:
     assert (x0, y0, x1, y1) == (min(cols), min(rows), max(cols), max(rows))
     box = filled_box(mask)
     assert box[mask].all() and box.sum() == (x1 - x0 + 1) * (y1 - y0 + 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(6, 40), st.floats(6, 40), st.floats(-0.5, 0.5), st.floats(-0.5, 0.5))
+def test_box_ellipse_recovers_a_drawn_axis_aligned_ellipse(r_radius: float, c_radius: float, dr: float,
+                                                           dc: float) -> None:
+    from skimage.draw import ellipse
+
+    shape = (int(2 * r_radius) + 10, int(2 * c_radius) + 10)
+    drawn = np.zeros(shape, bool)
+    drawn[ellipse(shape[0] / 2 + dr, shape[1] / 2 + dc, r_radius, c_radius, shape=shape)] = True
+    inscribed = box_ellipse(drawn)
+    assert dice(inscribed, drawn) > 0.93  # only the pixel quantisation of the two drawings differs
+    assert np.array_equal(mask_box(inscribed), mask_box(drawn))  # it touches the box's four sides
+    assert not (inscribed & ~filled_box(drawn)).any()
+    assert abs(inscribed.sum() / filled_box(drawn).sum() - np.pi / 4) < 0.05
 
 
 @pytest.mark.parametrize("prompt", ["mask", "box"])

@@ -85,8 +85,9 @@ class DatasetSpec:
             a smooth random trajectory (:func:`medsam2kit.train.selfsup.moving_clip`); 1 keeps stills.
         zoom: for ``volume``: instead of the whole slices, one sequence per label and factor,
             cropped in-plane to a square of ``factor`` times the label's box on its largest slice
-            (:func:`medsam2kit.roi.roi_around`, as the tasks zoom at inference); ``()`` keeps
-            the whole slices.
+            (:func:`medsam2kit.roi.roi_around`, as the tasks zoom at inference); for ``images``:
+            each image cropped so per label and factor (then set in motion by
+            ``motion_frames``); ``()`` keeps the whole slices and images.
         phantom: what ``synthetic`` makes: ``"ultrasound"`` clips
             (:func:`~medsam2kit.phantoms.ultrasound_clip`, ``frames`` long) or ``"volume"``
             phantoms sliced into sequences (:func:`~medsam2kit.phantoms.random_phantom`).
@@ -612,7 +613,8 @@ def _validate(cfg: TrainConfig) -> None:
             _check(spec.count >= 1 and spec.frames >= 1, f"{where}.count/frames: expected >= 1")
             _check(spec.motion_frames >= 1, f"{where}.motion_frames: expected >= 1, got {spec.motion_frames}")
             _check(all(f >= 1 for f in spec.zoom), f"{where}.zoom: expected factors >= 1, got {list(spec.zoom)}")
-            _check(not spec.zoom or spec.kind == "volume", f"{where}.zoom: only a 'volume' dataset zooms, got kind {spec.kind!r}")
+            _check(not spec.zoom or spec.kind in ("volume", "images"),
+                   f"{where}.zoom: only a 'volume' or 'images' dataset zooms, got kind {spec.kind!r}")
             _check(spec.kind != "volume" or bool(spec.mask_path) or spec.path.lower().endswith(".npz"),
                    f"{where}.mask_path: required for kind 'volume' (the label map of each image, e.g. "
                    f"'labels/{{stem}}_label.nii.gz'); only an .npz volume can hold its labels itself, got path "

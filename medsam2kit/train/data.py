@@ -32,10 +32,10 @@ from __future__ import annotations
 import glob
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from medsam2kit._validate import check_label_map
 from medsam2kit.errors import FileFormatError, InvalidInputError, MissingFileError, ShapeMismatchError
 from medsam2kit.train.config import SHORT_MAX_FRAMES, DatasetSpec, Duration
 from medsam2kit.volume import Volume
+
+if TYPE_CHECKING:
+    from medsam2kit.roi import Roi
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _LABEL_KEYS = ("masks", "mask", "labels", "label", "seg", "segmentation")
@@ -202,26 +205,55 @@ def zoomed_videos(image: Volume, labels: np.ndarray, *, factors: Sequence[float]
         >>> [v.masks.float().mean().item() for v in zoomed_videos(img, lab, factors=[2.0], image_size=32, axis=0)]
         [0.25]
     """
-    from medsam2kit.roi import largest_slice, roi_around
     from medsam2kit.sequencer import default_axis
 
     ax = default_axis(image) if axis is None else axis
-    values = tuple(int(v) for v in label_values) or tuple(int(v) for v in np.unique(labels) if v != 0)
     out = []
+    for value, factor, roi in _zoom_rois(labels, ax, factors, label_values):
+        crop = roi.crop_volume(image)
+        video = make_video(crop.array, np.where(roi.crop(labels == value), value, 0), image_size=image_size,
+                           name=f"{image.source or 'volume'}[label {value}, zoom {factor:g}]",
+                           label_values=(value,), is_volume=True, axis=ax, affine=crop.affine)
+        if video is not None:
+            out.append(video)
+    return out
+
+
+def zoomed_frames(frames: np.ndarray, labels: np.ndarray, *, factors: Sequence[float], image_size: int,
+                  name: str, label_values: Sequence[int] = ()) -> list[Video]:
+    """Labelled ``(T, H, W)`` frames (an image: ``T = 1``) as zoomed videos: per label and factor,
+    every frame cropped to the square of ``factor`` times the label's box on the frame where it
+    is largest (:func:`medsam2kit.roi.roi_around`, as :func:`medsam2kit.tasks.box_prompt_image`
+    crops at inference), that label the only object.
+
+    Example:
+        >>> f = np.zeros((1, 60, 90), np.uint8); lab = np.zeros((1, 60, 90), np.uint8); lab[0, 20:30, 40:50] = 1
+        >>> [v.masks.float().mean().item() for v in zoomed_frames(f, lab, factors=[2.0], image_size=32, name="toy")]
+        [0.25]
+    """
+    out = []
+    for value, factor, roi in _zoom_rois(labels, 0, factors, label_values):
+        video = make_video(roi.crop(frames), np.where(roi.crop(labels == value), value, 0), image_size=image_size,
+                           name=f"{name}[label {value}, zoom {factor:g}]", label_values=(value,))
+        if video is not None:
+            out.append(video)
+    return out
+
+
+def _zoom_rois(labels: np.ndarray, axis: int, factors: Sequence[float],
+               label_values: Sequence[int]) -> Iterator[tuple[int, float, Roi]]:
+    """Per label present (``label_values``, default all) and factor: the crop around the label's
+    box on its largest slice along ``axis``."""
+    from medsam2kit.roi import largest_slice, roi_around
+
+    values = tuple(int(v) for v in label_values) or tuple(int(v) for v in np.unique(labels) if v != 0)
     for value in values:
         mask = labels == value
         if not mask.any():
             continue
-        largest = np.take(mask, largest_slice(mask, axis=ax), axis=ax)
+        largest = np.take(mask, largest_slice(mask, axis=axis), axis=axis)
         for factor in factors:
-            roi = roi_around(largest, image.shape, axis=ax, factor=float(factor))
-            crop = roi.crop_volume(image)
-            video = make_video(crop.array, np.where(roi.crop(mask), value, 0), image_size=image_size,
-                               name=f"{image.source or 'volume'}[label {value}, zoom {factor:g}]",
-                               label_values=(value,), is_volume=True, axis=ax, affine=crop.affine)
-            if video is not None:
-                out.append(video)
-    return out
+            yield value, float(factor), roi_around(largest, labels.shape, axis=axis, factor=float(factor))
 
 
 def synthetic_videos(count: int, *, frames: int = 12, image_size: int = 128, seed: int = 0,
@@ -325,13 +357,16 @@ def load_videos(spec: DatasetSpec, *, image_size: int) -> list[Video]:
             else:
                 for i, (img, msk) in enumerate(pairs):
                     frames, labels = _read_images([(img, msk)])
-                    video = make_video(frames, labels, image_size=image_size, name=str(img), label_values=spec.labels)
-                    if video is not None and spec.motion_frames > 1:
-                        from medsam2kit.train.selfsup import moving_video
+                    stills = (zoomed_frames(frames, labels, factors=spec.zoom, image_size=image_size, name=str(img),
+                                            label_values=spec.labels) if spec.zoom
+                              else [make_video(frames, labels, image_size=image_size, name=str(img), label_values=spec.labels)])
+                    for k, video in enumerate(stills):
+                        if video is not None and spec.motion_frames > 1:
+                            from medsam2kit.train.selfsup import moving_video
 
-                        video = moving_video(video, spec.motion_frames,
-                                             generator=torch.Generator().manual_seed(derive_seed(spec.seed, i)))
-                    videos.append(video)
+                            seed = derive_seed(spec.seed, i) if not spec.zoom else derive_seed(spec.seed, i, k)
+                            video = moving_video(video, spec.motion_frames, generator=torch.Generator().manual_seed(seed))
+                        videos.append(video)
     found = [_crop(v, spec.frame_range) for v in videos if v is not None]
     return [v for v in found if bool(v.present.any())]
 
