@@ -56,7 +56,8 @@ from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import (REFERENCE_CONFIG, SharedArrays, SharedVolume, Split, shared_images,
                                   shared_recordings, shared_volumes)
-from medsam2kit.tasks import PromptKind, box_ellipse, box_prompt_image, filled_box, one_prompt_propagation, track_recording
+from medsam2kit.tasks import (PromptKind, box_ellipse, box_prompt_image, filled_box, one_prompt_propagation,
+                              track_recording)
 
 
 #: Steps of the hippocampus coarse network (a 2D U-Net at 48 px, 8 base channels, along axis 0,
@@ -142,7 +143,8 @@ def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays, *, zoom: boo
     return [Row(model, case.dataset, case.name, 1, "box prompt", "sam2", dice(mask, case.label)),
             Row(model, case.dataset, case.name, 1, "box prompt", "sam2 not cut to the box", dice(uncut, case.label)),
             Row(model, case.dataset, case.name, 1, "box prompt", "filled box", dice(filled_box(case.label), case.label)),
-            Row(model, case.dataset, case.name, 1, "box prompt", "ellipse in the box", dice(box_ellipse(case.label), case.label))]
+            Row(model, case.dataset, case.name, 1, "box prompt", "ellipse in the box",
+                dice(box_ellipse(case.label), case.label))]
 
 
 @dataclass(frozen=True)

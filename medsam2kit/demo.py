@@ -270,8 +270,8 @@ def run_recording(predictor: SAM2Predictor, name: str, frames: np.ndarray, masks
 def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray, np.ndarray]],
                out: Path | None = None, *, name: str = "images") -> list[DiceRow]:
     """Box prompts on 2D images (:func:`medsam2kit.tasks.box_prompt_image`) against the filled
-    box and the ellipse inscribed in it (:func:`medsam2kit.tasks.box_ellipse`); with ``out``, a montage of the first images (all of one size) goes to
-    ``out/<name>/overlay_box_prompt.png``."""
+    box and the ellipse inscribed in it (:func:`medsam2kit.tasks.box_ellipse`); with ``out``, a
+    montage of the first images (all of one size) goes to ``out/<name>/overlay_box_prompt.png``."""
     rows: list[DiceRow] = []
     shown: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for case, image, mask in images:

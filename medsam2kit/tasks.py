@@ -380,5 +380,5 @@ def _window(frames: np.ndarray) -> PercentileWindow | None:
     return None if frames.dtype == np.uint8 else PercentileWindow()
 
 
-__all__ = ["PromptKind", "Propagated", "RecordingPrompt", "RecordingScores", "box_ellipse", "box_prompt_image", "correction_click",
-           "filled_box", "mask_box", "one_prompt_propagation", "track_recording"]
+__all__ = ["PromptKind", "Propagated", "RecordingPrompt", "RecordingScores", "box_ellipse", "box_prompt_image",
+           "correction_click", "filled_box", "mask_box", "one_prompt_propagation", "track_recording"]

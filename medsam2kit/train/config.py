@@ -86,7 +86,7 @@ class DatasetSpec:
         zoom: for ``volume``: instead of the whole slices, one sequence per label and factor,
             cropped in-plane to a square of ``factor`` times the label's box on its largest slice
             (:func:`medsam2kit.roi.roi_around`, as the tasks zoom at inference); for ``images``:
-            each image cropped so per label and factor (then set in motion by
+            likewise one clip per image, label and factor (then set in motion by
             ``motion_frames``); ``()`` keeps the whole slices and images.
         phantom: what ``synthetic`` makes: ``"ultrasound"`` clips
             (:func:`~medsam2kit.phantoms.ultrasound_clip`, ``frames`` long) or ``"volume"``
