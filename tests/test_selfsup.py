@@ -232,6 +232,11 @@ def test_zoomed_images_crop_around_the_object_and_move(tmp_path: Path) -> None:
     moving = load_videos(dataclasses.replace(spec, motion_frames=4), image_size=96)
     assert [v.num_frames for v in moving] == [4, 4] and all(bool(v.present.all()) for v in moving)
     assert not torch.equal(moving[0].frames[0], moving[0].frames[3])
+    mask = (img > 0).astype(np.uint8) * 255
+    mask[30, 50] = 1  # a mask of exactly the values 1 and 255 is one object, 255, zoomed or not
+    Image.fromarray(mask).save(tmp_path / "a_mask.png")
+    assert [v.obj_ids for v in load_videos(spec, image_size=96)] == [(255,), (255,)]
+    assert [v.obj_ids for v in load_videos(dataclasses.replace(spec, zoom=()), image_size=96)] == [(255,)]
 
 
 def test_real_split_never_trains_on_a_held_out_case(shared_data: Path) -> None:

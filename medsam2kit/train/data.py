@@ -166,9 +166,7 @@ def make_video(frames: np.ndarray, labels: np.ndarray, *, image_size: int, name:
     if frames.ndim != 3:
         raise InvalidInputError(f"{name}: expected frames (T, H, W), got shape {frames.shape}")
     lab = check_label_map(labels, f"{name}: labels")
-    values = tuple(int(v) for v in label_values) or tuple(int(v) for v in np.unique(lab) if v != 0)
-    if len(values) == 2 and not label_values and set(values) == {1, 255}:
-        values = (255,)
+    values = _object_values(lab, label_values)
     if not values:
         return None
     window = None if frames.dtype == np.uint8 else PercentileWindow()
@@ -246,14 +244,20 @@ def _zoom_rois(labels: np.ndarray, axis: int, factors: Sequence[float],
     box on its largest slice along ``axis``."""
     from medsam2kit.roi import largest_slice, roi_around
 
-    values = tuple(int(v) for v in label_values) or tuple(int(v) for v in np.unique(labels) if v != 0)
-    for value in values:
+    for value in _object_values(labels, label_values):
         mask = labels == value
         if not mask.any():
             continue
         largest = np.take(mask, largest_slice(mask, axis=axis), axis=axis)
         for factor in factors:
             yield value, float(factor), roi_around(largest, labels.shape, axis=axis, factor=float(factor))
+
+
+def _object_values(labels: np.ndarray, label_values: Sequence[int]) -> tuple[int, ...]:
+    """The label values that become objects: ``label_values``, by default every non-zero value,
+    except that a mask holding exactly the values 1 and 255 is one object, 255."""
+    values = tuple(int(v) for v in label_values) or tuple(int(v) for v in np.unique(labels) if v != 0)
+    return (255,) if not label_values and set(values) == {1, 255} else values
 
 
 def synthetic_videos(count: int, *, frames: int = 12, image_size: int = 128, seed: int = 0,
