@@ -363,13 +363,15 @@ def load_videos(spec: DatasetSpec, *, image_size: int) -> list[Video]:
                     frames, labels = _read_images([(img, msk)])
                     stills = (zoomed_frames(frames, labels, factors=spec.zoom, image_size=image_size, name=str(img),
                                             label_values=spec.labels) if spec.zoom
-                              else [make_video(frames, labels, image_size=image_size, name=str(img), label_values=spec.labels)])
+                              else [make_video(frames, labels, image_size=image_size, name=str(img),
+                                               label_values=spec.labels)])
                     for k, video in enumerate(stills):
                         if video is not None and spec.motion_frames > 1:
                             from medsam2kit.train.selfsup import moving_video
 
-                            seed = derive_seed(spec.seed, i) if not spec.zoom else derive_seed(spec.seed, i, k)
-                            video = moving_video(video, spec.motion_frames, generator=torch.Generator().manual_seed(seed))
+                            seed = derive_seed(spec.seed, i, k) if spec.zoom else derive_seed(spec.seed, i)
+                            video = moving_video(video, spec.motion_frames,
+                                                 generator=torch.Generator().manual_seed(seed))
                         videos.append(video)
     found = [_crop(v, spec.frame_range) for v in videos if v is not None]
     return [v for v in found if bool(v.present.any())]
