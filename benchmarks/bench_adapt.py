@@ -80,7 +80,8 @@ def main() -> None:
         plain_s, plain = timed(lambda: one_prompt_propagation(predictor, image, label))
         adapted_s, adapted = timed(lambda: one_prompt_propagation(predictor, image, label, adapt=config))
         wanted = sorted(plain.prompt_slices)
-        record = {"task": "propagation", "case": name, "labels": len(wanted), "plain_s": plain_s, "adapted_s": adapted_s,
+        record = {"task": "propagation", "case": name, "labels": len(wanted), "plain_s": plain_s,
+                  "adapted_s": adapted_s,
                   "ratio_adapted_plain": adapted_s / plain_s, "s_per_step": (adapted_s - plain_s) / config.steps,
                   "dice_plain": mean_dice(plain.labels, truth, wanted),
                   "dice_adapted": mean_dice(adapted.labels, truth, wanted)}

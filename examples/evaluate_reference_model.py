@@ -138,13 +138,11 @@ def recording_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[
 
 
 def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays, *, zoom: bool = True) -> list[Row]:
-    mask = box_prompt_image(pred, case.image, case.label, **_zoom(zoom))
-    uncut = box_prompt_image(pred, case.image, case.label, inside_box=False, **_zoom(zoom))
-    return [Row(model, case.dataset, case.name, 1, "box prompt", "sam2", dice(mask, case.label)),
-            Row(model, case.dataset, case.name, 1, "box prompt", "sam2 not cut to the box", dice(uncut, case.label)),
-            Row(model, case.dataset, case.name, 1, "box prompt", "filled box", dice(filled_box(case.label), case.label)),
-            Row(model, case.dataset, case.name, 1, "box prompt", "ellipse in the box",
-                dice(box_ellipse(case.label), case.label))]
+    masks = {"sam2": box_prompt_image(pred, case.image, case.label, **_zoom(zoom)),
+             "sam2 not cut to the box": box_prompt_image(pred, case.image, case.label, inside_box=False, **_zoom(zoom)),
+             "filled box": filled_box(case.label), "ellipse in the box": box_ellipse(case.label)}
+    return [Row(model, case.dataset, case.name, 1, "box prompt", method, dice(mask, case.label))
+            for method, mask in masks.items()]
 
 
 @dataclass(frozen=True)

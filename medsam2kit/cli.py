@@ -122,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
             "supports with no prompt, SAM2Med3D from a deliberately weak coarse network (beside the "
             "coarse network alone), tracking of recordings (beside copying the first mask) and box "
             "prompts on images (beside the filled box and the ellipse in it). Writes NIfTI masks "
-            "with each input's geometry, titled PNG overlays, dice_table.md/.csv and summary.json to --out. The "
-            "default model is the bundled micro reference model, fine-tuned on a few real cases "
+            "with each input's geometry, titled PNG overlays, dice_table.md/.csv and summary.json "
+            "to --out. The default model is the bundled micro reference model, fine-tuned on a few real cases "
             "(not for clinical use); --model picks another (see 'medsam2kit models'); "
             "--random-init runs with random weights: the run is real, the masks are not meaningful."
         ),

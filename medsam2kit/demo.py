@@ -276,9 +276,9 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
     shown: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for case, image, mask in images:
         pred = box_prompt_image(predictor, image, mask)
-        rows += [DiceRow("box prompt", f"{name}/{case}", 1, "sam2", dice(pred, mask)),
-                 DiceRow("box prompt", f"{name}/{case}", 1, "filled box", dice(filled_box(mask), mask)),
-                 DiceRow("box prompt", f"{name}/{case}", 1, "ellipse in the box", dice(box_ellipse(mask), mask))]
+        rows += [DiceRow("box prompt", f"{name}/{case}", 1, method, dice(m, mask))
+                 for method, m in (("sam2", pred), ("filled box", filled_box(mask)),
+                                   ("ellipse in the box", box_ellipse(mask)))]
         if len(shown) < 6 and (not shown or image.shape == shown[0][0].shape):
             shown.append((image, pred, mask))
     if out is not None and shown:

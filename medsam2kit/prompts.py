@@ -360,8 +360,7 @@ def largest_component(mask: np.ndarray, *, connectivity: int | None = None) -> n
         [[1, 1, 0, 0]]
     """
     m = np.asarray(mask, dtype=bool)
-    conn = m.ndim if connectivity is None else min(int(connectivity), m.ndim)
-    labels, count = ndimage.label(m, structure=ndimage.generate_binary_structure(m.ndim, conn))
+    labels, count = _components(m, connectivity)
     if count == 0:
         return np.zeros(m.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())
@@ -390,10 +389,17 @@ def components_meeting(mask: np.ndarray, seed: np.ndarray, *, connectivity: int 
     m, s = np.asarray(mask, dtype=bool), np.asarray(seed, dtype=bool)
     if s.shape != m.shape:
         raise ShapeMismatchError(f"seed: expected the mask's shape {m.shape}, got {s.shape}")
-    conn = m.ndim if connectivity is None else min(int(connectivity), m.ndim)
-    labels, _ = ndimage.label(m, structure=ndimage.generate_binary_structure(m.ndim, conn))
+    labels, _ = _components(m, connectivity)
     met = np.unique(labels[s & m])
     return np.isin(labels, met[met > 0])
+
+
+def _components(mask: np.ndarray, connectivity: int | None) -> tuple[np.ndarray, int]:
+    """``scipy.ndimage.label`` of a bool mask with connectivity 1 .. ``mask.ndim`` (default
+    ``mask.ndim``): the component index per pixel (0: background) and their count."""
+    conn = mask.ndim if connectivity is None else min(int(connectivity), mask.ndim)
+    labels, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, conn))
+    return labels, int(count)
 
 
 def score_slices(
