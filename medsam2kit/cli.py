@@ -553,9 +553,22 @@ def _demo(args: argparse.Namespace) -> int:
             "data_dir": None if data_dir is None else str(data_dir), "torch_threads": torch.get_num_threads()}
     summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,
                        info=info, say=lambda line: _say(args, line), progress=lambda line: _stage(args, line),
-                       adapt=adapt)
+                       adapt=adapt, image_models=_demo_task_models(args, predictor.device))
     _say(args, f"wrote {out}/ ({len(summary['cases'])} cases, {summary['seconds_total']} s)")
     return 0
+
+
+def _demo_task_models(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """The task models the demo scores beside the bundled default model: the fetal-head model
+    on the fetal-head images (none when another model was asked for)."""
+    from medsam2kit.models import REFERENCE, REFERENCE_FETAL_HEAD
+    from medsam2kit.predictor import SAM2Predictor
+
+    default = (args.model in (None, REFERENCE) and args.checkpoint is None and args.config is None
+               and not args.random_init and args.image_size is None)
+    if not default:
+        return {}
+    return {"sam2 fetal-head model": SAM2Predictor.from_pretrained(REFERENCE_FETAL_HEAD, device=device)}
 
 
 def _adapt_config(steps: int | None, *, default: int = 0) -> AdaptConfig | None:

@@ -262,44 +262,51 @@ def run_recording(predictor: SAM2Predictor, name: str, frames: np.ndarray, masks
     if out is not None:
         video = Volume(np.asarray(frames, dtype=np.float32), np.eye(4))
         title = f"{name}: tracking from the mask of frame {scores.prompt_frame} (J&F {scores.jf:.3f})"
-        _write_montage(out / name / "overlay_tracking.png", video, scores.masks.astype(np.uint8),
-                       (np.asarray(masks) != 0).astype(np.uint8), title, {1: scores.dice}, axis=0)
+        _write_montage(out / name / "overlay_tracking.png", video, {"sam2": scores.masks.astype(np.uint8)},
+                       (np.asarray(masks) != 0).astype(np.uint8), title, {"sam2": {1: scores.dice}}, axis=0)
     return rows
 
 
 def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray, np.ndarray]],
-               out: Path | None = None, *, name: str = "images") -> list[DiceRow]:
+               out: Path | None = None, *, name: str = "images",
+               task_models: Mapping[str, SAM2Predictor] | None = None) -> list[DiceRow]:
     """Box prompts on 2D images (:func:`medsam2kit.tasks.box_prompt_image`) against the filled
-    box and the ellipse inscribed in it (:func:`medsam2kit.tasks.box_ellipse`); with ``out``, a
-    montage of the first images (all of one size) goes to ``out/<name>/overlay_box_prompt.png``."""
+    box and the ellipse inscribed in it (:func:`medsam2kit.tasks.box_ellipse`); ``task_models``
+    (method name -> predictor, e.g. the fetal-head task model) are scored beside ``predictor``
+    (method ``sam2``). With ``out``, a montage of the first images (all of one size), a row per
+    model, goes to ``out/<name>/overlay_box_prompt.png``."""
+    models = {"sam2": predictor, **(task_models or {})}
     rows: list[DiceRow] = []
-    shown: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    shown: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
     for case, image, mask in images:
-        pred = box_prompt_image(predictor, image, mask)
+        preds = {method: box_prompt_image(model, image, mask) for method, model in models.items()}
         rows += [DiceRow("box prompt", f"{name}/{case}", 1, method, dice(m, mask))
-                 for method, m in (("sam2", pred), ("filled box", filled_box(mask)),
+                 for method, m in (*preds.items(), ("filled box", filled_box(mask)),
                                    ("ellipse in the box", box_ellipse(mask)))]
         if len(shown) < 6 and (not shown or image.shape == shown[0][0].shape):
-            shown.append((image, pred, mask))
+            shown.append((image, preds, mask))
     if out is not None and shown:
         stack = Volume(np.stack([s[0] for s in shown]).astype(np.float32), np.eye(4))
-        mean = float(np.mean([r.dice for r in rows if r.method == "sam2"]))
-        _write_montage(out / name / "overlay_box_prompt.png", stack, np.stack([s[1] for s in shown]).astype(np.uint8),
-                       np.stack([s[2] for s in shown]).astype(np.uint8),
-                       f"{name}: box prompts, {len(shown)} of {len(images)} images", {1: mean}, axis=0)
+        stacks = {method: np.stack([s[1][method] for s in shown]).astype(np.uint8) for method in models}
+        means = {method: {1: float(np.mean([r.dice for r in rows if r.method == method]))} for method in models}
+        _write_montage(out / name / "overlay_box_prompt.png", stack, stacks, np.stack([s[2] for s in shown]).astype(np.uint8),
+                       f"{name}: box prompts, {len(shown)} of {len(images)} images (Dice: mean of all)", means, axis=0)
     return rows
 
 
 def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Path | None = None,
              coarse_steps: int = 40, max_images: int = DEMO_IMAGES, info: Mapping[str, Any] | None = None,
              say: Callable[[str], None] = print, progress: Callable[[str], None] | None = None,
-             adapt: AdaptConfig | None = AdaptConfig(steps=DEMO_ADAPT_STEPS)) -> dict[str, Any]:
+             adapt: AdaptConfig | None = AdaptConfig(steps=DEMO_ADAPT_STEPS),
+             image_models: Mapping[str, SAM2Predictor] | None = None) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
     ``say`` receives the results (a line per case, the table); ``progress`` one line as each
     stage of each case starts (``medsam2kit demo`` prints them on stderr). ``adapt``: the
     one-shot adaptation of the volumes' ``sam2 adapted (N steps)`` rows (``None``: no such rows;
-    default :data:`DEMO_ADAPT_STEPS` steps).
+    default :data:`DEMO_ADAPT_STEPS` steps). ``image_models``: task models scored beside
+    ``predictor`` on the fetal-head images (method name -> predictor; ``medsam2kit demo`` passes
+    the ``reference-fetal-head`` model with the default model, see :func:`run_images`).
 
     The cases: a held-out phantom (:func:`phantom_case`) and, with ``data_dir``, the held-out
     shared cases (:data:`medsam2kit.reference.HELD_OUT`): the 3D ones (:func:`real_cases`), the
@@ -338,7 +345,8 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
         timed(rec.name, partial(run_recording, predictor, rec.name, rec.image, rec.label, out))
     if images:
         pairs = [(c.name, c.image, c.label) for c in images]
-        timed("hc18_fetal_us", partial(run_images, predictor, pairs, out, name="hc18_fetal_us"))
+        timed("hc18_fetal_us", partial(run_images, predictor, pairs, out, name="hc18_fetal_us",
+                                       task_models=image_models))
     table = dice_table(rows)
     _write_text(out / "dice_table.md", table)
     _write_text(out / "dice_table.csv", _csv(rows))
@@ -422,16 +430,17 @@ def _write_case(folder: Path, image: Volume, label: Volume, maps: Mapping[str, n
         scores = {r.label: r.dice for r in rows if (r.task, r.method) == (task, method) and r.case == case}
         truth = keep_labels(label, sorted(scores)).array if scores else np.asarray(label.array)
         title = f"{case}: {task}" + (f", {method}" if method not in (task, "sam2") else "")
-        _write_montage(folder / f"overlay_{name}.png", image, arr, truth, title, scores, axis=axis, method=method)
+        _write_montage(folder / f"overlay_{name}.png", image, {method: arr}, truth, title, {method: scores}, axis=axis)
 
 
-def _write_montage(path: Path, image: Volume, pred: np.ndarray, truth: np.ndarray, title: str,
-                   scores: Mapping[int, float], *, axis: int, method: str = "sam2") -> None:
-    """One titled montage: ``pred`` filled (row ``method``, its Dice per label), ``truth`` dashed."""
+def _write_montage(path: Path, image: Volume, preds: Mapping[str, np.ndarray], truth: np.ndarray, title: str,
+                   scores: Mapping[str, Mapping[int, float]], *, axis: int) -> None:
+    """One titled montage: a row per method of ``preds`` (filled, its Dice per label from
+    ``scores``), ``truth`` dashed."""
     from medsam2kit.viz import overlay_montage, save_png
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(overlay_montage(image, {method: pred}, reference=truth, title=title, dice={method: dict(scores)},
+    save_png(overlay_montage(image, preds, reference=truth, title=title, dice={m: dict(d) for m, d in scores.items()},
                              axis=axis), path)
 
 

@@ -80,6 +80,8 @@ HUB_TIMEOUT_S = 5.0
 REFERENCE = "reference"
 #: Name of the bundled phantom-only model's entry.
 REFERENCE_PHANTOMS = "reference-phantoms"
+#: Name of the bundled fetal-head task model's entry (box prompts on fetal-head ultrasound).
+REFERENCE_FETAL_HEAD = "reference-fetal-head"
 
 
 @dataclass(frozen=True)
@@ -285,13 +287,15 @@ def _bundled(name: str, filename: str, description: str) -> ModelEntry:
 
 
 def _references() -> tuple[ModelEntry, ...]:
-    from medsam2kit.reference import PHANTOM_WEIGHTS, REFERENCE_WEIGHTS
+    from medsam2kit.reference import FETAL_HEAD_WEIGHTS, PHANTOM_WEIGHTS, REFERENCE_WEIGHTS
 
     return (
         _bundled(REFERENCE, REFERENCE_WEIGHTS, "bundled micro SAM 2.1 (1.8 M parameters) fine-tuned by medsam2kit on "
                  "real shared MRI, CT and ultrasound cases plus phantoms; not for clinical use"),
         _bundled(REFERENCE_PHANTOMS, PHANTOM_WEIGHTS, "the first bundled micro SAM 2.1, trained on phantoms only "
                  "(segments phantoms, not real images); not for clinical use"),
+        _bundled(REFERENCE_FETAL_HEAD, FETAL_HEAD_WEIGHTS, "task model: the bundled reference model fine-tuned on "
+                 "fetal-head ultrasound images for box prompts (HC18); not for clinical use"),
     )
 
 
@@ -867,6 +871,7 @@ __all__ = [
     "ENV_HOME",
     "HUB_TIMEOUT_S",
     "REFERENCE",
+    "REFERENCE_FETAL_HEAD",
     "REFERENCE_PHANTOMS",
     "MICRO_FINETUNE",
     "SAM2_FINETUNE",

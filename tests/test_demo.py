@@ -134,7 +134,8 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
     from medsam2kit.demo import run_images, run_recording
     from medsam2kit.metrics import dice
     from medsam2kit.reference import shared_images, shared_recordings
-    from medsam2kit.tasks import box_ellipse, filled_box
+    from medsam2kit.tasks import box_ellipse, box_prompt_image, filled_box
+    from PIL import Image
 
     rec = shared_recordings(shared_data)[0]
     frames, masks = np.asarray(rec.image), np.asarray(rec.label)
@@ -152,3 +153,12 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
     assert rows[2].dice == pytest.approx(dice(box_ellipse(images[0][2]), images[0][2]))
     assert dice_table(rows).splitlines()[2].startswith("| fetal (2) | 1 |")
     assert (tmp_path / "fetal" / "overlay_box_prompt.png").is_file()
+    # a task model is scored beside the model, and drawn as a second row of the montage
+    task = SAM2Predictor.from_pretrained("reference-fetal-head", device="cpu")
+    both = run_images(predictor, images, tmp_path, name="both", task_models={"sam2 task": task})
+    assert [r.method for r in both[:4]] == ["sam2", "sam2 task", "filled box", "ellipse in the box"]
+    assert both[0].dice == pytest.approx(rows[0].dice)
+    assert both[1].dice == pytest.approx(dice(box_prompt_image(task, images[0][1], images[0][2]), images[0][2]))
+    assert both[1].dice != pytest.approx(both[0].dice)
+    one, two = (Image.open(tmp_path / n / "overlay_box_prompt.png").height for n in ("fetal", "both"))
+    assert two > one
