@@ -553,7 +553,7 @@ def _demo(args: argparse.Namespace) -> int:
             "data_dir": None if data_dir is None else str(data_dir), "torch_threads": torch.get_num_threads()}
     summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,
                        info=info, say=lambda line: _say(args, line), progress=lambda line: _stage(args, line),
-                       adapt=adapt, image_models=_demo_task_models(args, predictor.device))
+                       adapt=adapt, task_models=_demo_task_models(args, predictor.device))
     _say(args, f"wrote {out}/ ({len(summary['cases'])} cases, {summary['seconds_total']} s)")
     return 0
 

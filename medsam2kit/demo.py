@@ -274,7 +274,14 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
     box and the ellipse inscribed in it (:func:`medsam2kit.tasks.box_ellipse`); ``task_models``
     (method name -> predictor, e.g. the fetal-head task model) are scored beside ``predictor``
     (method ``sam2``). With ``out``, a montage of the first images (all of one size), a row per
-    model, goes to ``out/<name>/overlay_box_prompt.png``."""
+    model, goes to ``out/<name>/overlay_box_prompt.png``.
+
+    Raises:
+        InvalidInputError: a name of ``task_models`` is ``sam2`` or a baseline's.
+    """
+    taken = sorted(set(task_models or {}) & {"sam2", "filled box", "ellipse in the box"})
+    if taken:
+        raise InvalidInputError(f"task_models: expected names other than the model's and the baselines', got {taken}")
     models = {"sam2": predictor, **(task_models or {})}
     rows: list[DiceRow] = []
     shown: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
@@ -289,7 +296,8 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
         stack = Volume(np.stack([s[0] for s in shown]).astype(np.float32), np.eye(4))
         stacks = {method: np.stack([s[1][method] for s in shown]).astype(np.uint8) for method in models}
         means = {method: {1: float(np.mean([r.dice for r in rows if r.method == method]))} for method in models}
-        _write_montage(out / name / "overlay_box_prompt.png", stack, stacks, np.stack([s[2] for s in shown]).astype(np.uint8),
+        truth = np.stack([s[2] for s in shown]).astype(np.uint8)
+        _write_montage(out / name / "overlay_box_prompt.png", stack, stacks, truth,
                        f"{name}: box prompts, {len(shown)} of {len(images)} images (Dice: mean of all)", means, axis=0)
     return rows
 
@@ -298,13 +306,13 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
              coarse_steps: int = 40, max_images: int = DEMO_IMAGES, info: Mapping[str, Any] | None = None,
              say: Callable[[str], None] = print, progress: Callable[[str], None] | None = None,
              adapt: AdaptConfig | None = AdaptConfig(steps=DEMO_ADAPT_STEPS),
-             image_models: Mapping[str, SAM2Predictor] | None = None) -> dict[str, Any]:
+             task_models: Mapping[str, SAM2Predictor] | None = None) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
     ``say`` receives the results (a line per case, the table); ``progress`` one line as each
     stage of each case starts (``medsam2kit demo`` prints them on stderr). ``adapt``: the
     one-shot adaptation of the volumes' ``sam2 adapted (N steps)`` rows (``None``: no such rows;
-    default :data:`DEMO_ADAPT_STEPS` steps). ``image_models``: task models scored beside
+    default :data:`DEMO_ADAPT_STEPS` steps). ``task_models``: task models scored beside
     ``predictor`` on the fetal-head images (method name -> predictor; ``medsam2kit demo`` passes
     the ``reference-fetal-head`` model with the default model, see :func:`run_images`).
 
@@ -346,7 +354,7 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     if images:
         pairs = [(c.name, c.image, c.label) for c in images]
         timed("hc18_fetal_us", partial(run_images, predictor, pairs, out, name="hc18_fetal_us",
-                                       task_models=image_models))
+                                       task_models=task_models))
     table = dice_table(rows)
     _write_text(out / "dice_table.md", table)
     _write_text(out / "dice_table.csv", _csv(rows))

@@ -160,5 +160,7 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
     assert both[0].dice == pytest.approx(rows[0].dice)
     assert both[1].dice == pytest.approx(dice(box_prompt_image(task, images[0][1], images[0][2]), images[0][2]))
     assert both[1].dice != pytest.approx(both[0].dice)
+    with pytest.raises(InvalidInputError, match="task_models"):
+        run_images(predictor, images, name="clash", task_models={"filled box": task})
     one, two = (Image.open(tmp_path / n / "overlay_box_prompt.png").height for n in ("fetal", "both"))
     assert two > one
