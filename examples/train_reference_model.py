@@ -23,7 +23,7 @@ training; score it with ``examples/evaluate_reference_model.py --split validatio
 the 3D phantoms (:func:`medsam2kit.reference.reference_train_config`).
 
 ``--recipe fetal-head`` fine-tunes the packaged real-image model (or ``--init``) on the
-fetal-head images alone, zoomed around the head, 600 steps (about 10 minutes on one thread;
+fetal-head images alone, zoomed around the head, 600 steps (9 minutes on two CPU cores, 11 on one thread;
 :func:`medsam2kit.reference.fetal_head_train_config`): the ``reference-fetal-head`` task model.
 It has no validation curve; score it with ``examples/evaluate_reference_model.py``.
 

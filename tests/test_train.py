@@ -472,3 +472,25 @@ def test_exponent_without_a_dot_is_a_float() -> None:
     path = Path(tempfile.mkdtemp()) / "run.yaml"
     path.write_text("optim:\n  lr: 1e-4\n")
     assert load_config(path).optim.lr == 1e-4
+
+
+@pytest.mark.parametrize("drawer", ["matplotlib", "pil"])
+def test_curves_of_a_run_without_validation_say_so(tmp_path: Path, drawer: str) -> None:
+    from PIL import Image
+
+    from medsam2kit.train.loop import _plot_pil, plot_curves
+
+    history = [{"kind": "step", "step": i, "loss": 1.0 / i} for i in range(1, 30)]
+    pictures = {}
+    for name, hist in (("without", history), ("with", [*history, {"kind": "epoch", "step": 29, "val_dice": 0.5,
+                                                                   "val_jf": 0.4}])):
+        path = tmp_path / f"{name}.png"
+        if drawer == "pil":
+            _plot_pil([(r["step"], r["loss"]) for r in history], [] if name == "without" else [(29, 0.5, 0.4)], path)
+        else:
+            plot_curves(hist, path)
+        gray = np.asarray(Image.open(path).convert("L"))
+        h, w = gray.shape
+        # the middle of the validation panel: text without validation, empty with one point at its right edge
+        pictures[name] = int((gray[int(0.4 * h):int(0.6 * h), int(0.55 * w):int(0.85 * w)] < 128).sum())
+    assert pictures["without"] > 50 and pictures["with"] < pictures["without"], pictures

@@ -332,6 +332,10 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+#: What the validation panel of :func:`plot_curves` says when the run had no validation data.
+NO_VALIDATION = "no validation data in this run"
+
+
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
     """Training loss (per step) and validation Dice / J&F (per epoch) as a PNG.
 
@@ -358,6 +362,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path 
         axes[1].plot([s for s, _, _ in val], [d for _, d, _ in val], "o-", label="Dice")
         axes[1].plot([s for s, _, _ in val], [j for _, _, j in val], "s-", label="J&F")
         axes[1].legend()
+    else:
+        axes[1].text(0.5, 0.5, NO_VALIDATION, ha="center", va="center", transform=axes[1].transAxes)
     axes[1].set(title="validation", xlabel="step", ylim=(0, 1))
     fig.tight_layout()
     fig.savefig(dest, dpi=100)
@@ -389,6 +395,8 @@ def _plot_pil(steps: list[tuple[int, float]], val: list[tuple[int, Any, Any]], d
     if len(pts) > 1:
         draw.line(pts, fill=(31, 119, 180), width=2)
     frame(bx0, bx1, "validation Dice (blue), J&F (orange), 0..1")
+    if not val:
+        draw.text((bx0 + 20, h // 2), NO_VALIDATION, fill="black")
     for col, idx in (((31, 119, 180), 1), ((255, 127, 14), 2)):
         vp = [(bx0 + (bx1 - bx0) * r[0] / x_max, h - pad - (h - 2 * pad) * float(r[idx])) for r in val]
         if len(vp) > 1:
