@@ -299,3 +299,16 @@ def test_a_selection_run_config_carries_its_size_augmentation_and_validation_cur
     assert shipped.model.image_size is None and shipped.data.augment == "none"
     assert {split_of(Path(s.path).parent.name, Path(s.path)) for s in shipped.data.val} == {"held_out"}
     assert {split_of(Path(s.path).parent.name, Path(s.path)) for s in shipped.data.train if s.path} == {"train", "validation"}
+
+
+def test_the_fetal_head_recipe_trains_on_zoomed_fetal_heads_of_its_split_only(shared_data: Path) -> None:
+    from medsam2kit.reference import fetal_head_train_config, reference_checkpoint, shared_files, split_of
+
+    for exclude, splits in ((False, ("train", "validation")), (True, ("train",))):
+        cfg = fetal_head_train_config(shared_data, exclude_validation=exclude)
+        paths = [Path(s.path) for s in cfg.data.train]
+        assert sorted(paths) == sorted(shared_files(shared_data, "hc18_fetal_us", splits))
+        assert {split_of("hc18_fetal_us", p) for p in paths} == set(splits)
+        assert all(s.kind == "images" and s.zoom and s.motion_frames == 8 for s in cfg.data.train)
+        assert sum(s.weight for s in cfg.data.train) == pytest.approx(1.0)
+        assert cfg.data.val == () and Path(cfg.model.checkpoint) == reference_checkpoint()
