@@ -56,8 +56,7 @@ from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import (REFERENCE_CONFIG, SharedArrays, SharedVolume, Split, shared_images,
                                   shared_recordings, shared_volumes)
-from medsam2kit.tasks import (PromptKind, box_ellipse, box_prompt_image, filled_box, one_prompt_propagation,
-                              track_recording)
+from medsam2kit.tasks import BOX_BASELINES, PromptKind, box_prompt_image, one_prompt_propagation, track_recording
 
 
 #: Steps of the hippocampus coarse network (a 2D U-Net at 48 px, 8 base channels, along axis 0,
@@ -140,7 +139,7 @@ def recording_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[
 def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays, *, zoom: bool = True) -> list[Row]:
     masks = {"sam2": box_prompt_image(pred, case.image, case.label, **_zoom(zoom)),
              "sam2 not cut to the box": box_prompt_image(pred, case.image, case.label, inside_box=False, **_zoom(zoom)),
-             "filled box": filled_box(case.label), "ellipse in the box": box_ellipse(case.label)}
+             **{method: baseline(case.label) for method, baseline in BOX_BASELINES.items()}}
     return [Row(model, case.dataset, case.name, 1, "box prompt", method, dice(mask, case.label))
             for method, mask in masks.items()]
 

@@ -62,7 +62,7 @@ from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import Split, heldout_phantoms, label_file, shared_files, shared_images, shared_recordings, shared_volumes
-from medsam2kit.tasks import box_ellipse, box_prompt_image, filled_box, one_prompt_propagation, track_recording
+from medsam2kit.tasks import BOX_BASELINES, box_prompt_image, one_prompt_propagation, track_recording
 from medsam2kit.volume import Volume
 
 Pair = tuple[Volume, Volume]
@@ -279,7 +279,7 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
     Raises:
         InvalidInputError: a name of ``task_models`` is ``sam2`` or a baseline's.
     """
-    taken = sorted(set(task_models or {}) & {"sam2", "filled box", "ellipse in the box"})
+    taken = sorted(set(task_models or {}) & {"sam2", *BOX_BASELINES})
     if taken:
         raise InvalidInputError(f"task_models: expected names other than the model's and the baselines', got {taken}")
     models = {"sam2": predictor, **(task_models or {})}
@@ -287,9 +287,8 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
     shown: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
     for case, image, mask in images:
         preds = {method: box_prompt_image(model, image, mask) for method, model in models.items()}
-        rows += [DiceRow("box prompt", f"{name}/{case}", 1, method, dice(m, mask))
-                 for method, m in (*preds.items(), ("filled box", filled_box(mask)),
-                                   ("ellipse in the box", box_ellipse(mask)))]
+        scored = {**preds, **{method: baseline(mask) for method, baseline in BOX_BASELINES.items()}}
+        rows += [DiceRow("box prompt", f"{name}/{case}", 1, method, dice(m, mask)) for method, m in scored.items()]
         if len(shown) < 6 and (not shown or image.shape == shown[0][0].shape):
             shown.append((image, preds, mask))
     if out is not None and shown:

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -134,6 +134,12 @@ def box_ellipse(mask: np.ndarray) -> np.ndarray:
     rows, cols = np.ogrid[:mask.shape[0], :mask.shape[1]]
     half_w, half_h = (x1 - x0 + 1) / 2, (y1 - y0 + 1) / 2
     return ((cols - (x0 + x1) / 2) / half_w) ** 2 + ((rows - (y0 + y1) / 2) / half_h) ** 2 <= 1
+
+
+#: The model-free baselines of box prompts on an image, by the method name the demo and the
+#: evaluation report: each maps the true mask to the baseline's mask.
+BOX_BASELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {"filled box": filled_box,
+                                                                 "ellipse in the box": box_ellipse}
 
 
 def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volume,
@@ -380,5 +386,5 @@ def _window(frames: np.ndarray) -> PercentileWindow | None:
     return None if frames.dtype == np.uint8 else PercentileWindow()
 
 
-__all__ = ["PromptKind", "Propagated", "RecordingPrompt", "RecordingScores", "box_ellipse", "box_prompt_image",
+__all__ = ["BOX_BASELINES", "PromptKind", "Propagated", "RecordingPrompt", "RecordingScores", "box_ellipse", "box_prompt_image",
            "correction_click", "filled_box", "mask_box", "one_prompt_propagation", "track_recording"]
