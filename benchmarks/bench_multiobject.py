@@ -15,8 +15,16 @@ encoder time (one pass per visited frame, measured) is subtracted, so the table 
 tracking step itself (memory attention, mask decoder, memory encoder) per object and frame.
 Models: hiera-t random init at 256 px and the bundled reference model (128 px).
 
-Run: ``python benchmarks/bench_multiobject.py [--objects 1 4 16 41] [--frames 12]``. Prints a
-table and writes ``benchmarks/results/multiobject.json`` and a plot
+A second table asks how low the ratio can go on this machine: sam2's memory attention (most of
+the tracking step) with a full memory (``num_maskmem`` frames and the object pointers), one object
+and a batch of 16, its floating-point operations counted by ``torch.utils.flop_counter``, against
+the best rate of a dense matrix product of its own feed-forward layers on the same cores. If one
+object's memory attention already runs near that rate, batching has little left to save on
+these cores: ``floor`` = (operations / best rate) / one object's time is the lowest ratio
+batching reaches for memory attention with results unchanged (the same operations).
+
+Run: ``python benchmarks/bench_multiobject.py [--objects 1 4 16 41] [--frames 12]``. Prints two
+tables and writes ``benchmarks/results/multiobject.json`` and a plot
 ``benchmarks/results/multiobject.png``.
 """
 
@@ -30,12 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, timed, write_json  # noqa: E402
 
-from medsam2kit.predictor import SAM2Predictor, build_model  # noqa: E402
+from medsam2kit.predictor import SAM2Predictor, build_model, resolve_device  # noqa: E402
 from medsam2kit.reference import reference_checkpoint  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406])[:, None, None]
@@ -99,7 +109,7 @@ def upstream(model: Any, video: np.ndarray, masks: np.ndarray, config: str, size
                                   "model._target_": "sam2.sam2_video_predictor.SAM2VideoPredictor"})
     up = instantiate(cfg.model, _recursive_=True)
     up.load_state_dict(model.state_dict())
-    up.eval()
+    up.to(model.device).eval()
     from medsam2kit.backend.model import _cast_memory_to_query_dtype
 
     # upstream's fp32 run needs the same dtype fix our model has (memory stored in bf16)
@@ -125,21 +135,69 @@ def upstream(model: Any, video: np.ndarray, masks: np.ndarray, config: str, size
     return {"seconds": seconds - enc / len(video) * frames_visited, "tracked_frames": len(video) - 1}
 
 
+def best_of(fn: Any, reps: int = 5) -> float:
+    """The fastest of ``reps`` calls (after one warm-up), seconds."""
+    fn()
+    return min(timed(fn)[0] for _ in range(reps))
+
+
+def attention_floor(model: Any, size: int, batch: int = 16) -> dict[str, float]:
+    """sam2's memory attention with a full memory: seconds per object alone and in a batch of
+    ``batch``, its operations per object, and the best dense-product rate of its own feed-forward
+    layers on these cores (see the module docstring)."""
+    tokens = (size // model.backbone_stride) ** 2
+    ptr_tokens = model.max_obj_ptrs_in_encoder * (model.hidden_dim // model.mem_dim)
+    memory = model.num_maskmem * tokens + ptr_tokens
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(model.device)
+
+    def call(n: int) -> Any:
+        curr = randn(tokens, n, model.hidden_dim)
+        mem = randn(memory, n, model.mem_dim)
+        return lambda: model.memory_attention(curr=[curr], curr_pos=[torch.zeros_like(curr)], memory=mem,
+                                              memory_pos=torch.zeros_like(mem), num_obj_ptr_tokens=ptr_tokens)
+
+    layer = model.memory_attention.layers[0]
+    x = randn(tokens, layer.linear1.in_features)
+    h = randn(tokens, layer.linear2.in_features)
+    with torch.inference_mode():
+        # torch counts the CUDA attention kernels only; the CPU one does the same products
+        cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                    lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
+        with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+            call(1)()
+        flops = counter.get_total_flops()
+        alone = best_of(call(1))
+        batched = best_of(call(batch)) / batch
+        rates = [2 * lin.in_features * lin.out_features * tokens / best_of(lambda: F.linear(a, lin.weight, lin.bias))
+                 for lin, a in ((layer.linear1, x), (layer.linear2, h))]
+    best = max(rates)
+    return {"memory_tokens": memory, "gflop_per_object": flops / 1e9, "ms_alone": alone * 1e3,
+            f"ms_per_object_batch{batch}": batched * 1e3, "gflops_alone": flops / alone / 1e9,
+            "best_gemm_gflops": best / 1e9, "ratio_measured": batched / alone, "floor": flops / best / alone}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16, 41])
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--no-upstream", action="store_true", help="skip sam2's own loop (slow at many objects)")
+    ap.add_argument("--device", default="auto", help="cuda, cpu or auto (default: the GPU when there is one)")
     args = ap.parse_args()
     torch.manual_seed(0)
+    device = str(resolve_device(args.device))
     models = [
         ("hiera-t random init", "sam2.1_hiera_t", 256,
-         build_model("sam2.1_hiera_t", device="cpu", image_size=256)),
+         build_model("sam2.1_hiera_t", device=device, image_size=256)),
         ("reference (micro)", "sam2.1_hiera_micro", 128,
-         build_model("sam2.1_hiera_micro", reference_checkpoint(), device="cpu")),
+         build_model("sam2.1_hiera_micro", reference_checkpoint(), device=device)),
     ]
-    rows, records = [], []
+    rows, records, floors = [], [], []
     for name, config, size, model in models:
+        floors.append({"model": name, "image_size": size, **attention_floor(model, size)})
+        print(floors[-1], flush=True)
         if "random" in name:
             with torch.no_grad():  # random weights often say "no object": keep every object present
                 model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(10.0)
@@ -167,7 +225,17 @@ def main() -> None:
          "state MB/object"],
         rows,
     )
-    write_json("multiobject", {"what": "tracking time per object and frame, encoder excluded", "results": records})
+    print_table(
+        "memory attention alone, full memory: one object vs a batch of 16, and the floor batching can reach "
+        "(its operations at the best dense-product rate of its own feed-forward layers on these cores)",
+        ["model", "px", "memory tokens", "GFLOP/object", "ms alone", "ms/object in 16", "GFLOP/s alone",
+         "best GEMM GFLOP/s", "16 / alone", "floor"],
+        [[f["model"], f["image_size"], f["memory_tokens"], f["gflop_per_object"], f["ms_alone"],
+          f["ms_per_object_batch16"], f["gflops_alone"], f["best_gemm_gflops"], f["ratio_measured"], f["floor"]]
+         for f in floors],
+    )
+    write_json("multiobject", {"what": "tracking time per object and frame, encoder excluded", "results": records,
+                               "memory_attention_floor": floors})
     plot(records)
 
 

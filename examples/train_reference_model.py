@@ -3,6 +3,7 @@
     python examples/train_reference_model.py                       # a real-image run (see below)
     python examples/train_reference_model.py --recipe phantoms     # the phantom-only model
     python examples/train_reference_model.py --recipe fetal-head   # the fetal-head task model
+    python examples/train_reference_model.py --recipe carotid      # the carotid task model
 
 ``--recipe real`` fine-tunes the phantom-only model (or ``--init``) on the shared real data
 (``../shared/data`` or ``$MEDSAM2KIT_DATA``) with its held-out cases left out: phantoms, the
@@ -22,15 +23,18 @@ training; score it with ``examples/evaluate_reference_model.py --split validatio
 ``--recipe phantoms`` trains ``sam2.1_hiera_micro`` from random initialisation on
 the 3D phantoms (:func:`medsam2kit.reference.reference_train_config`).
 
-``--recipe fetal-head`` fine-tunes the packaged real-image model (or ``--init``) on the
-fetal-head images alone, zoomed around the head, 600 steps (9 minutes on two CPU cores, 11 on one thread;
-:func:`medsam2kit.reference.fetal_head_train_config`): the ``reference-fetal-head`` task model.
-It has no validation curve; score it with ``examples/evaluate_reference_model.py``.
+``--recipe fetal-head`` and ``--recipe carotid`` fine-tune the packaged real-image model (or
+``--init``) on one task's images alone, 600 steps (:func:`medsam2kit.reference.task_train_config`):
+the fetal-head images zoomed around the head (9 minutes on two CPU cores, 11 on one thread), the
+``reference-fetal-head`` task model; the carotid recordings, the ``reference-carotid`` task
+model. They have no validation curve; score them with ``examples/evaluate_reference_model.py``.
+Task models are exported in float16 (half the bytes; the loader casts them back to the model's
+float32), the others in float32.
 
 The run folder (``--out``) holds checkpoints, per-step records and the loss/validation curves
 (``curves.png``); a run interrupted at any point resumes from its last checkpoint when started
 again with the same arguments. At the end the weights alone (``{"model": state_dict}``, about
-7 MB) are written to ``--export`` (default: the package's file of that recipe).
+7 MB, 3.6 MB in float16) are written to ``--export`` (default: the package's file of that recipe).
 """
 
 from __future__ import annotations
@@ -45,22 +49,22 @@ import torch
 import medsam2kit
 from medsam2kit._data import shared_data_dir
 from medsam2kit._files import atomic_write
-from medsam2kit.reference import (DEFAULT_SOURCES, FETAL_HEAD_WEIGHTS, PHANTOM_WEIGHTS, REAL_WEIGHTS,
-                                  SOURCE_WEIGHTS, fetal_head_train_config, real_train_config,
-                                  reference_train_config)
+from medsam2kit.reference import (CAROTID_WEIGHTS, DEFAULT_SOURCES, FETAL_HEAD_WEIGHTS, PHANTOM_WEIGHTS,
+                                  REAL_WEIGHTS, SOURCE_WEIGHTS, TASK_SOURCES, real_train_config,
+                                  reference_train_config, task_train_config)
 from medsam2kit.train import fit
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", choices=("real", "phantoms", "fetal-head"), default="real")
+    parser.add_argument("--recipe", choices=("real", "phantoms", *TASK_SOURCES), default="real")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
                         help=f"real recipe: comma-separated sources to train on (of {', '.join(SOURCE_WEIGHTS)})")
     parser.add_argument("--init", default=None,
-                        help="real and fetal-head recipes: weights to start from (default: the phantom-only "
-                             "model; fetal-head: the packaged real-image model)")
+                        help="real and task recipes: weights to start from (default: the phantom-only "
+                             "model; task recipes: the packaged real-image model)")
     parser.add_argument("--out", default=None, help="training run folder (default: runs/reference_<recipe>)")
     parser.add_argument("--export", default=None, help="where the weights go (default: the package's file)")
     parser.add_argument("--image-size", type=int, default=None,
@@ -68,7 +72,7 @@ def main() -> None:
     parser.add_argument("--augment", choices=("none", "generic", "ultrasound", "combined"), default="none",
                         help="real recipe: clip augmentation preset")
     parser.add_argument("--exclude-validation", action="store_true",
-                        help="real and fetal-head recipes: a recipe-selection run: leave the validation cases "
+                        help="real and task recipes: a recipe-selection run: leave the validation cases "
                              "(medsam2kit.reference.VALIDATION) out of training and draw the curves on them")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -76,6 +80,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out = args.out or f"runs/reference_{args.recipe.replace('-', '_')}"
     weights = Path(medsam2kit.__file__).parent / "weights"
+    dtype = torch.float32
     if args.recipe == "phantoms":
         config = reference_train_config(seed=args.seed, steps=args.steps or 2000, output_dir=out, progress=True)
         export = Path(args.export or weights / PHANTOM_WEIGHTS)
@@ -84,10 +89,12 @@ def main() -> None:
         if data is None:
             sys.exit(f"train_reference_model: the {args.recipe} recipe needs the shared data folder (../shared/data "
                      "beside the project, or $MEDSAM2KIT_DATA); use --recipe phantoms without it")
-        if args.recipe == "fetal-head":
-            config = fetal_head_train_config(data, seed=args.seed, steps=args.steps or 600, output_dir=out, init=args.init,
-                                             exclude_validation=args.exclude_validation, progress=True)
-            export = Path(args.export or weights / FETAL_HEAD_WEIGHTS)
+        if args.recipe in TASK_SOURCES:
+            config = task_train_config(data, args.recipe, seed=args.seed, steps=args.steps or 600, output_dir=out,
+                                       init=args.init, exclude_validation=args.exclude_validation, progress=True)
+            task_files = {"fetal-head": FETAL_HEAD_WEIGHTS, "carotid": CAROTID_WEIGHTS}
+            export = Path(args.export or weights / task_files[args.recipe])
+            dtype = torch.float16
         else:
             sources = tuple(s for s in args.sources.split(",") if s)
             unknown = sorted(set(sources) - set(SOURCE_WEIGHTS))
@@ -103,6 +110,7 @@ def main() -> None:
         config = config.replace(resume=str(last))
     result = fit(config)
     state = torch.load(result.final_model, map_location="cpu", weights_only=True)["model"]
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     dest = atomic_write(export, lambda tmp: torch.save({"model": state}, tmp))
     print(json.dumps({"weights": str(dest), "bytes": dest.stat().st_size, "val": result.val}, indent=2))
 

@@ -558,17 +558,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_task_models(args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    """The task models the demo scores beside the bundled default model: the fetal-head model
-    on the fetal-head images (none when another model was asked for)."""
-    from medsam2kit.models import REFERENCE, REFERENCE_FETAL_HEAD
+def _demo_task_models(args: argparse.Namespace, device: Any) -> dict[str, dict[str, Any]]:
+    """The task models the demo scores beside the bundled default model, per task: the
+    fetal-head model on the fetal-head images, the carotid model on the recordings (none when
+    another model was asked for)."""
+    from medsam2kit.models import REFERENCE, REFERENCE_CAROTID, REFERENCE_FETAL_HEAD
     from medsam2kit.predictor import SAM2Predictor
 
     default = (args.model in (None, REFERENCE) and args.checkpoint is None and args.config is None
                and not args.random_init and args.image_size is None)
     if not default:
         return {}
-    return {"sam2 fetal-head model": SAM2Predictor.from_pretrained(REFERENCE_FETAL_HEAD, device=device)}
+    return {"box prompt": {"sam2 fetal-head model": SAM2Predictor.from_pretrained(REFERENCE_FETAL_HEAD, device=device)},
+            "tracking": {"sam2 carotid model": SAM2Predictor.from_pretrained(REFERENCE_CAROTID, device=device)}}
 
 
 def _adapt_config(steps: int | None, *, default: int = 0) -> AdaptConfig | None:

@@ -72,6 +72,8 @@ DEMO_IMAGES = 12
 #: Steps of the demo's one-shot adaptation: half of :class:`~medsam2kit.adapt.AdaptConfig`'s
 #: default, so that the demo stays under three minutes on two CPU cores (200 steps: 4 minutes).
 DEMO_ADAPT_STEPS = 100
+#: The demo's tasks that task models can join (:func:`run_demo`'s ``task_models``).
+DEMO_TASKS: tuple[str, ...] = ("box prompt", "tracking")
 
 
 def adapted_method(config: AdaptConfig, method: str = "sam2") -> str:
@@ -252,19 +254,39 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
 
 
 def run_recording(predictor: SAM2Predictor, name: str, frames: np.ndarray, masks: np.ndarray,
-                  out: Path | None = None) -> list[DiceRow]:
+                  out: Path | None = None, *, task_models: Mapping[str, SAM2Predictor] | None = None) -> list[DiceRow]:
     """Track a recording from its first labelled frame's mask (:func:`medsam2kit.tasks.track_recording`)
-    against copying that mask; with ``out``, an overlay montage of its frames goes to
-    ``out/<name>/overlay_tracking.png``."""
-    scores = track_recording(predictor, frames, masks)
-    rows = [DiceRow("tracking", name, 1, "sam2", scores.dice), DiceRow("tracking", name, 1, "copy first mask",
-                                                                       scores.copy_dice)]
+    against copying that mask; ``task_models`` (method name -> predictor, e.g. the carotid task
+    model) are scored beside ``predictor`` (method ``sam2``). With ``out``, an overlay montage of
+    its frames, a row per model, goes to ``out/<name>/overlay_tracking.png``.
+
+    Raises:
+        InvalidInputError: a name of ``task_models`` is ``sam2`` or the baseline's.
+    """
+    models = _with_task_models(predictor, task_models, ("copy first mask",))
+    scores = {method: track_recording(model, frames, masks) for method, model in models.items()}
+    first = scores["sam2"]
+    rows = [DiceRow("tracking", name, 1, method, s.dice) for method, s in scores.items()]
+    rows.append(DiceRow("tracking", name, 1, "copy first mask", first.copy_dice))
     if out is not None:
         video = Volume(np.asarray(frames, dtype=np.float32), np.eye(4))
-        title = f"{name}: tracking from the mask of frame {scores.prompt_frame} (J&F {scores.jf:.3f})"
-        _write_montage(out / name / "overlay_tracking.png", video, {"sam2": scores.masks.astype(np.uint8)},
-                       (np.asarray(masks) != 0).astype(np.uint8), title, {"sam2": {1: scores.dice}}, axis=0)
+        jf = ", ".join(f"{method} {s.jf:.3f}" for method, s in scores.items())
+        title = f"{name}: tracking from the mask of frame {first.prompt_frame} (J&F: {jf})"
+        _write_montage(out / name / "overlay_tracking.png", video,
+                       {method: s.masks.astype(np.uint8) for method, s in scores.items()},
+                       (np.asarray(masks) != 0).astype(np.uint8), title,
+                       {method: {1: s.dice} for method, s in scores.items()}, axis=0)
     return rows
+
+
+def _with_task_models(predictor: SAM2Predictor, task_models: Mapping[str, SAM2Predictor] | None,
+                      baselines: Sequence[str]) -> dict[str, SAM2Predictor]:
+    """``{"sam2": predictor}`` and the task models, whose names must be neither ``sam2`` nor a
+    baseline's (their rows would mix)."""
+    taken = sorted(set(task_models or {}) & {"sam2", *baselines})
+    if taken:
+        raise InvalidInputError(f"task_models: expected names other than the model's and the baselines', got {taken}")
+    return {"sam2": predictor, **(task_models or {})}
 
 
 def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray, np.ndarray]],
@@ -279,10 +301,7 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
     Raises:
         InvalidInputError: a name of ``task_models`` is ``sam2`` or a baseline's.
     """
-    taken = sorted(set(task_models or {}) & {"sam2", *BOX_BASELINES})
-    if taken:
-        raise InvalidInputError(f"task_models: expected names other than the model's and the baselines', got {taken}")
-    models = {"sam2": predictor, **(task_models or {})}
+    models = _with_task_models(predictor, task_models, tuple(BOX_BASELINES))
     rows: list[DiceRow] = []
     shown: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
     for case, image, mask in images:
@@ -305,15 +324,17 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
              coarse_steps: int = 40, max_images: int = DEMO_IMAGES, info: Mapping[str, Any] | None = None,
              say: Callable[[str], None] = print, progress: Callable[[str], None] | None = None,
              adapt: AdaptConfig | None = AdaptConfig(steps=DEMO_ADAPT_STEPS),
-             task_models: Mapping[str, SAM2Predictor] | None = None) -> dict[str, Any]:
+             task_models: Mapping[str, Mapping[str, SAM2Predictor]] | None = None) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
     ``say`` receives the results (a line per case, the table); ``progress`` one line as each
     stage of each case starts (``medsam2kit demo`` prints them on stderr). ``adapt``: the
     one-shot adaptation of the volumes' ``sam2 adapted (N steps)`` rows (``None``: no such rows;
     default :data:`DEMO_ADAPT_STEPS` steps). ``task_models``: task models scored beside
-    ``predictor`` on the fetal-head images (method name -> predictor; ``medsam2kit demo`` passes
-    the ``reference-fetal-head`` model with the default model, see :func:`run_images`).
+    ``predictor``, per task (``"box prompt"``: the fetal-head images, :func:`run_images`;
+    ``"tracking"``: the recordings, :func:`run_recording`), each method name -> predictor;
+    ``medsam2kit demo`` passes the ``reference-fetal-head`` and ``reference-carotid`` models
+    with the default model.
 
     The cases: a held-out phantom (:func:`phantom_case`) and, with ``data_dir``, the held-out
     shared cases (:data:`medsam2kit.reference.HELD_OUT`): the 3D ones (:func:`real_cases`), the
@@ -324,10 +345,14 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     is reproducible from the command line.
 
     Raises:
-        InvalidInputError: ``out`` is an existing file.
+        InvalidInputError: ``out`` is an existing file; ``task_models`` names another task.
     """
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: expected a folder, got the file {out}")
+    unknown = sorted(set(task_models or {}) - set(DEMO_TASKS))
+    if unknown:
+        raise InvalidInputError(f"task_models: expected tasks among {', '.join(DEMO_TASKS)}, got {unknown}")
+    per_task = {task: dict((task_models or {}).get(task, {})) for task in DEMO_TASKS}
     begin = time.perf_counter()
     cases = [phantom_case(seed)] + (real_cases(data_dir) if data_dir is not None else [])
     recordings = shared_recordings(data_dir) if data_dir is not None else []
@@ -349,11 +374,12 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
         timed(case.name, partial(run_case, predictor, case, out, coarse_steps=coarse_steps,
                                  generator=torch.Generator().manual_seed(seed), progress=progress, adapt=adapt))
     for rec in recordings:
-        timed(rec.name, partial(run_recording, predictor, rec.name, rec.image, rec.label, out))
+        timed(rec.name, partial(run_recording, predictor, rec.name, rec.image, rec.label, out,
+                                task_models=per_task["tracking"]))
     if images:
         pairs = [(c.name, c.image, c.label) for c in images]
         timed("hc18_fetal_us", partial(run_images, predictor, pairs, out, name="hc18_fetal_us",
-                                       task_models=task_models))
+                                       task_models=per_task["box prompt"]))
     table = dice_table(rows)
     _write_text(out / "dice_table.md", table)
     _write_text(out / "dice_table.csv", _csv(rows))
@@ -458,6 +484,7 @@ def _write_text(path: Path, text: str) -> None:
 __all__ = [
     "DemoCase",
     "DEMO_ADAPT_STEPS",
+    "DEMO_TASKS",
     "DiceRow",
     "Propagated",
     "adapted_method",

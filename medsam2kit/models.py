@@ -82,6 +82,8 @@ REFERENCE = "reference"
 REFERENCE_PHANTOMS = "reference-phantoms"
 #: Name of the bundled fetal-head task model's entry (box prompts on fetal-head ultrasound).
 REFERENCE_FETAL_HEAD = "reference-fetal-head"
+#: Name of the bundled carotid task model's entry (tracking the carotid artery in B-mode recordings).
+REFERENCE_CAROTID = "reference-carotid"
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,7 @@ def _bundled(name: str, filename: str, description: str) -> ModelEntry:
 
 
 def _references() -> tuple[ModelEntry, ...]:
-    from medsam2kit.reference import FETAL_HEAD_WEIGHTS, PHANTOM_WEIGHTS, REFERENCE_WEIGHTS
+    from medsam2kit.reference import CAROTID_WEIGHTS, FETAL_HEAD_WEIGHTS, PHANTOM_WEIGHTS, REFERENCE_WEIGHTS
 
     return (
         _bundled(REFERENCE, REFERENCE_WEIGHTS, "bundled micro SAM 2.1 (1.8 M parameters) fine-tuned by medsam2kit on "
@@ -296,6 +298,8 @@ def _references() -> tuple[ModelEntry, ...]:
                  "(segments phantoms, not real images); not for clinical use"),
         _bundled(REFERENCE_FETAL_HEAD, FETAL_HEAD_WEIGHTS, "task model: the bundled reference model fine-tuned on "
                  "fetal-head ultrasound images for box prompts (HC18); not for clinical use"),
+        _bundled(REFERENCE_CAROTID, CAROTID_WEIGHTS, "task model: the bundled reference model fine-tuned on "
+                 "carotid B-mode recordings for tracking the common carotid artery; not for clinical use"),
     )
 
 
@@ -871,6 +875,7 @@ __all__ = [
     "ENV_HOME",
     "HUB_TIMEOUT_S",
     "REFERENCE",
+    "REFERENCE_CAROTID",
     "REFERENCE_FETAL_HEAD",
     "REFERENCE_PHANTOMS",
     "MICRO_FINETUNE",

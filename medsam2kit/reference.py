@@ -3,7 +3,7 @@
 No SAM2 weights can be assumed to be present (tests, CI, a first look at the library), yet with
 random weights nothing shows that the pipelines segment anything. The package therefore ships
 ``sam2.1_hiera_micro`` (the real sam2 classes scaled down to 1.8 M parameters, 128 px frames)
-trained with :mod:`medsam2kit.train` three times:
+trained with :mod:`medsam2kit.train`:
 
 * ``reference`` (:data:`REFERENCE_WEIGHTS`, the default model): the phantom model fine-tuned
   three times in a row (:func:`real_train_config`, seeds 0, 1 and 2) on the shared real cases (MRI and CT volumes, carotid recordings, fetal-head images moving along
@@ -11,9 +11,10 @@ trained with :mod:`medsam2kit.train` three times:
   (:func:`real_train_config`); recipe choices are made on the :data:`VALIDATION` cases;
 * ``reference-phantoms`` (:data:`PHANTOM_WEIGHTS`): trained from random initialisation on the 3D
   phantoms of :func:`medsam2kit.phantoms.random_phantom` only (:func:`reference_train_config`);
-* ``reference-fetal-head`` (:data:`FETAL_HEAD_WEIGHTS`): a task model, ``reference`` fine-tuned
-  once more on the fetal-head images alone (:func:`fetal_head_train_config`), for box prompts
-  on fetal-head ultrasound.
+* ``reference-fetal-head`` (:data:`FETAL_HEAD_WEIGHTS`) and ``reference-carotid``
+  (:data:`CAROTID_WEIGHTS`): task models, ``reference`` fine-tuned once more on one task's
+  images alone (:func:`task_train_config`): box prompts on fetal-head ultrasound, tracking the
+  common carotid artery through B-mode recordings.
 
 All are small models trained for minutes on two CPU cores: **not for clinical use**, and no
 substitute for Meta's or MedSAM2's checkpoints on real images (``docs/reference_model.md`` is
@@ -54,8 +55,11 @@ PHANTOM_WEIGHTS = "sam2.1_hiera_micro_phantoms.pt"
 #: The real-image weights (:func:`real_train_config`).
 REAL_WEIGHTS = "sam2.1_hiera_micro_real.pt"
 #: The fetal-head task model: the real-image weights fine-tuned on fetal-head images
-#: (:func:`fetal_head_train_config`).
+#: (:func:`task_train_config` ``"fetal-head"``).
 FETAL_HEAD_WEIGHTS = "sam2.1_hiera_micro_fetal_head.pt"
+#: The carotid task model: the real-image weights fine-tuned on the carotid recordings
+#: (:func:`task_train_config` ``"carotid"``), stored in float16.
+CAROTID_WEIGHTS = "sam2.1_hiera_micro_carotid.pt"
 #: Seeds of the phantoms the reference model is trained and validated on; held-out tests and the
 #: demo draw theirs from other seeds (see :func:`heldout_phantom`).
 TRAIN_SEED, VAL_SEED, HELDOUT_SEED = 1000, 2000, 3000
@@ -407,37 +411,54 @@ def real_train_config(data_dir: Path, *, seed: int = 0, steps: int = 2400, outpu
     }, source="real_train_config")
 
 
-def fetal_head_train_config(data_dir: Path, *, seed: int = 0, steps: int = 600,
-                            output_dir: str = "runs/reference_fetal_head", init: str | Path | None = None,
-                            exclude_validation: bool = False, progress: bool = False) -> TrainConfig:
-    """The recipe of the fetal-head task model: the real-image model (or ``init``) fine-tuned on
-    the fetal-head images alone (source ``fetal_zoom``: each image cropped around the head at
-    :data:`ZOOM_FACTORS` times its box, an 8-frame moving clip; held-out images excluded), with
-    :func:`real_train_config`'s prompts and optimiser, 600 steps, no validation curve (the task
-    is scored with box prompts by ``examples/evaluate_reference_model.py``).
+#: The task models' recipes: task name -> the training sources (:func:`real_datasets`) that
+#: :func:`task_train_config` fine-tunes the real-image model on.
+TASK_SOURCES: dict[str, tuple[str, ...]] = {"fetal-head": ("fetal_zoom",), "carotid": ("carotid",)}
 
-    A task-specific checkpoint, as MedSAM2 ships them: the default model shares its 1.8 M
-    parameters among MRI, CT and two ultrasound tasks; on the validation images this recipe run
-    from the recipe-selection model raised box-prompt Dice from 0.873 to 0.922
-    (docs/reference_model.md).
+
+def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 600,
+                      output_dir: str | None = None, init: str | Path | None = None,
+                      exclude_validation: bool = False, progress: bool = False) -> TrainConfig:
+    """The recipe of a task model: the real-image model (or ``init``) fine-tuned on one task's
+    shared data alone (:data:`TASK_SOURCES`; held-out cases excluded), with
+    :func:`real_train_config`'s prompts and optimiser, 600 steps, no validation curve (the task
+    is scored by ``examples/evaluate_reference_model.py``).
+
+    Task-specific checkpoints, as MedSAM2 ships them: the default model shares its 1.8 M
+    parameters among MRI, CT and two ultrasound tasks. Measured on the validation cases, each
+    recipe run from the recipe-selection model (docs/reference_model.md):
+
+    * ``"fetal-head"`` (source ``fetal_zoom``: each fetal-head image cropped around the head at
+      :data:`ZOOM_FACTORS` times its box, an 8-frame moving clip): box-prompt Dice 0.873 -> 0.922;
+    * ``"carotid"`` (source ``carotid``: the labelled carotid recordings): first-mask tracking
+      Dice 0.568 -> 0.668.
 
     Args:
         data_dir: the shared data folder.
+        task: a key of :data:`TASK_SOURCES`.
         seed: seed of clip sampling, prompts and dropout.
         steps: optimiser steps.
-        output_dir: the run folder.
+        output_dir: the run folder (default ``runs/reference_<task>``).
         init: the weights to start from (default: the packaged real-image model).
-        exclude_validation: a recipe-selection run: leave the :data:`VALIDATION` images out.
+        exclude_validation: a recipe-selection run: leave the :data:`VALIDATION` cases out.
         progress: show a progress bar.
 
+    Raises:
+        InvalidInputError: ``task`` is not a key of :data:`TASK_SOURCES`.
+
     Example:
-        >>> cfg = fetal_head_train_config(Path("../shared/data"))
+        >>> cfg = task_train_config(Path("../shared/data"), "fetal-head")
         >>> cfg.prompts.mode, cfg.schedule.steps, cfg.data.val, Path(cfg.model.checkpoint).name
         ('mixed', 600, (), 'sam2.1_hiera_micro_real.pt')
     """
-    config = real_train_config(data_dir, seed=seed, steps=steps, output_dir=output_dir, sources=("fetal_zoom",),
-                               init=init or _packaged(REAL_WEIGHTS), exclude_validation=exclude_validation,
-                               progress=progress)
+    from medsam2kit.errors import InvalidInputError
+
+    if task not in TASK_SOURCES:
+        raise InvalidInputError(f"task: expected one of {', '.join(TASK_SOURCES)}, got {task!r}")
+    config = real_train_config(data_dir, seed=seed, steps=steps,
+                               output_dir=output_dir or f"runs/reference_{task.replace('-', '_')}",
+                               sources=TASK_SOURCES[task], init=init or _packaged(REAL_WEIGHTS),
+                               exclude_validation=exclude_validation, progress=progress)
     return config.replace(**{"data.val": (), "schedule.val_every_epochs": 0})
 
 
@@ -447,6 +468,7 @@ def _packaged(name: str) -> Path:
 
 __all__ = [
     "DEFAULT_SOURCES",
+    "CAROTID_WEIGHTS",
     "FETAL_HEAD_WEIGHTS",
     "HELD_OUT",
     "HELDOUT_SEED",
@@ -455,6 +477,7 @@ __all__ = [
     "REFERENCE_CONFIG",
     "REFERENCE_WEIGHTS",
     "SOURCE_WEIGHTS",
+    "TASK_SOURCES",
     "TRAIN_SEED",
     "VAL_SEED",
     "VOLUME_DATASETS",
@@ -463,7 +486,6 @@ __all__ = [
     "SharedArrays",
     "SharedVolume",
     "Split",
-    "fetal_head_train_config",
     "heldout_phantoms",
     "label_file",
     "real_datasets",
@@ -476,5 +498,6 @@ __all__ = [
     "shared_images",
     "shared_recordings",
     "shared_volumes",
+    "task_train_config",
     "split_of",
 ]

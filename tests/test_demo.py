@@ -134,7 +134,7 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
     from medsam2kit.demo import run_images, run_recording
     from medsam2kit.metrics import dice
     from medsam2kit.reference import shared_images, shared_recordings
-    from medsam2kit.tasks import box_ellipse, box_prompt_image, filled_box
+    from medsam2kit.tasks import box_ellipse, box_prompt_image, filled_box, track_recording
     from PIL import Image
 
     rec = shared_recordings(shared_data)[0]
@@ -145,6 +145,15 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
     later = masks[first + 1:]
     assert rows[1].dice == pytest.approx(dice(np.broadcast_to(masks[first], later.shape), later))
     assert (tmp_path / rec.name / "overlay_tracking.png").stat().st_size > 1000
+    carotid = SAM2Predictor.from_pretrained("reference-carotid", device="cpu")
+    both = run_recording(predictor, rec.name, frames, masks, tmp_path / "both", task_models={"sam2 task": carotid})
+    assert [r.method for r in both] == ["sam2", "sam2 task", "copy first mask"]
+    assert both[0].dice == pytest.approx(rows[0].dice) and both[2].dice == pytest.approx(rows[1].dice)
+    assert both[1].dice == pytest.approx(track_recording(carotid, frames, masks).dice)
+    with pytest.raises(InvalidInputError, match="task_models"):
+        run_recording(predictor, rec.name, frames, masks, task_models={"copy first mask": carotid})
+    one, two = (Image.open(f / rec.name / "overlay_tracking.png").height for f in (tmp_path, tmp_path / "both"))
+    assert two > one
     images = [(c.name, np.asarray(c.image), np.asarray(c.label)) for c in shared_images(shared_data)[:2]]
     rows = run_images(predictor, images, tmp_path, name="fetal")
     assert [r.case for r in rows] == [f"fetal/{n}" for n, _, _ in images for _ in range(3)]
@@ -164,3 +173,11 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
         run_images(predictor, images, name="clash", task_models={"filled box": task})
     one, two = (Image.open(tmp_path / n / "overlay_box_prompt.png").height for n in ("fetal", "both"))
     assert two > one
+
+
+def test_run_demo_refuses_task_models_of_a_task_it_does_not_run(predictor: SAM2Predictor, tmp_path: Path) -> None:
+    from medsam2kit.demo import run_demo
+
+    with pytest.raises(InvalidInputError, match=r"task_models: expected tasks among box prompt, tracking, got \['volumes'\]"):
+        run_demo(tmp_path / "out", predictor, task_models={"volumes": {"sam2 task": predictor}})
+    assert not (tmp_path / "out").exists()

@@ -301,14 +301,26 @@ def test_a_selection_run_config_carries_its_size_augmentation_and_validation_cur
     assert {split_of(Path(s.path).parent.name, Path(s.path)) for s in shipped.data.train if s.path} == {"train", "validation"}
 
 
-def test_the_fetal_head_recipe_trains_on_zoomed_fetal_heads_of_its_split_only(shared_data: Path) -> None:
-    from medsam2kit.reference import fetal_head_train_config, reference_checkpoint, shared_files, split_of
+@pytest.mark.parametrize(("task", "folder", "kind"), [("fetal-head", "hc18_fetal_us", "images"), ("carotid", "carotid_us", "cine")])
+def test_a_task_recipe_trains_on_its_task_of_its_split_only(shared_data: Path, task: str, folder: str, kind: str) -> None:
+    from medsam2kit.reference import reference_checkpoint, shared_files, split_of, task_train_config
 
     for exclude, splits in ((False, ("train", "validation")), (True, ("train",))):
-        cfg = fetal_head_train_config(shared_data, exclude_validation=exclude)
+        cfg = task_train_config(shared_data, task, exclude_validation=exclude)
         paths = [Path(s.path) for s in cfg.data.train]
-        assert sorted(paths) == sorted(shared_files(shared_data, "hc18_fetal_us", splits))
-        assert {split_of("hc18_fetal_us", p) for p in paths} == set(splits)
-        assert all(s.kind == "images" and s.zoom and s.motion_frames == 8 for s in cfg.data.train)
+        assert sorted(paths) == sorted(shared_files(shared_data, folder, splits))
+        assert {split_of(folder, p) for p in paths} == set(splits)
+        assert all(s.kind == kind for s in cfg.data.train)
+        if task == "fetal-head":  # zoomed around the head, as box prompts crop at inference
+            assert all(s.zoom and s.motion_frames == 8 for s in cfg.data.train)
         assert sum(s.weight for s in cfg.data.train) == pytest.approx(1.0)
         assert cfg.data.val == () and Path(cfg.model.checkpoint) == reference_checkpoint()
+        assert cfg.schedule.steps == 600 and cfg.output_dir == f"runs/reference_{task.replace('-', '_')}"
+
+
+def test_an_unknown_task_recipe_is_refused_by_name(tmp_path: Path) -> None:
+    from medsam2kit.errors import InvalidInputError
+    from medsam2kit.reference import task_train_config
+
+    with pytest.raises(InvalidInputError, match="task: expected one of fetal-head, carotid, got 'liver'"):
+        task_train_config(tmp_path, "liver")
