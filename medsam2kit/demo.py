@@ -275,7 +275,7 @@ def run_recording(predictor: SAM2Predictor, name: str, frames: np.ndarray, masks
         _write_montage(out / name / "overlay_tracking.png", video,
                        {method: s.masks.astype(np.uint8) for method, s in scores.items()},
                        (np.asarray(masks) != 0).astype(np.uint8), title,
-                       {method: {1: s.dice} for method, s in scores.items()}, axis=0)
+                       {method: {1: s.dice} for method, s in scores.items()}, axis=0, panel_name="frame")
     return rows
 
 
@@ -316,7 +316,8 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
         means = {method: {1: float(np.mean([r.dice for r in rows if r.method == method]))} for method in models}
         truth = np.stack([s[2] for s in shown]).astype(np.uint8)
         _write_montage(out / name / "overlay_box_prompt.png", stack, stacks, truth,
-                       f"{name}: box prompts, {len(shown)} of {len(images)} images (Dice: mean of all)", means, axis=0)
+                       f"{name}: box prompts, {len(shown)} of {len(images)} images (Dice: mean of all)", means, axis=0,
+                       panel_name="image")
     return rows
 
 
@@ -467,14 +468,14 @@ def _write_case(folder: Path, image: Volume, label: Volume, maps: Mapping[str, n
 
 
 def _write_montage(path: Path, image: Volume, preds: Mapping[str, np.ndarray], truth: np.ndarray, title: str,
-                   scores: Mapping[str, Mapping[int, float]], *, axis: int) -> None:
+                   scores: Mapping[str, Mapping[int, float]], *, axis: int, panel_name: str = "slice") -> None:
     """One titled montage: a row per method of ``preds`` (filled, its Dice per label from
-    ``scores``), ``truth`` dashed."""
+    ``scores``), ``truth`` dashed; panels captioned ``<panel_name> <index>``."""
     from medsam2kit.viz import overlay_montage, save_png
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(overlay_montage(image, preds, reference=truth, title=title, dice={m: dict(d) for m, d in scores.items()},
-                             axis=axis), path)
+                             axis=axis, panel_name=panel_name), path)
 
 
 def _write_text(path: Path, text: str) -> None:

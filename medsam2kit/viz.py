@@ -536,6 +536,7 @@ def overlay_montage(
     label_names: Mapping[int, str] | None = None,
     axis: int | None = None,
     slices: Sequence[int] | None = None,
+    panel_name: str = "slice",
     style: MontageStyle = MontageStyle(),
 ) -> np.ndarray:
     """A titled grid of slices: one row per overlay (the prediction, filled), the reference dashed
@@ -552,6 +553,8 @@ def overlay_montage(
         label_names: label value -> name for the legend (e.g. ``{1: "anterior"}``).
         axis: slicing axis (default: :func:`~medsam2kit.sequencer.default_axis` of ``image``).
         slices: slice indices (default ``style.count`` slices spread over the maps' extent).
+        panel_name: each panel's caption before its index (``"frame"`` for a recording,
+            ``"image"`` for a stack of images).
         style: sizes, columns, line widths.
 
     Returns:
@@ -585,7 +588,7 @@ def overlay_montage(
     window = (float(np.percentile(image.array, 1)), float(np.percentile(image.array, 99)))
     rows = [
         PanelRow(name, tuple(slice_panel(image, z, axis=ax, labels=arr, reference=reference, window=window,
-                                         style=style) for z in chosen),
+                                         caption=f"{panel_name} {z}", style=style) for z in chosen),
                  tuple(sorted((dice or {}).get(name, {}).items())))
         for name, arr in (maps.items() if maps else [("", None)])
     ]

@@ -129,6 +129,20 @@ def test_montage_has_a_title_headings_captions_and_a_legend_of_every_label_colou
     np.testing.assert_array_equal(np.asarray(Image.open(path)), titled)
 
 
+def test_montage_panels_are_captioned_with_their_kind_and_index() -> None:
+    image, label = _two_labels()
+    style = MontageStyle(count=2, columns=2, tile=64)
+    kwargs = dict(reference=label, slices=[3, 5], axis=0, style=style)
+    default = overlay_montage(image, {"p": label}, **kwargs)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(overlay_montage(image, {"p": label}, panel_name="slice", **kwargs), default)  # type: ignore[arg-type]
+    frames = overlay_montage(image, {"p": label}, panel_name="frame", **kwargs)  # type: ignore[arg-type]
+    assert frames.shape == default.shape
+    changed = np.argwhere((frames != default).any(axis=-1))
+    panel = slice_panel(image, 3, axis=0, reference=label, caption="frame 3", style=style)
+    # only the captions differ, in the top rows of the panels
+    assert len(changed) > 20 and np.ptp(changed[:, 0]) < panel.shape[0] // 2
+
+
 def test_montage_heading_shows_the_dice_of_each_label_in_its_colour() -> None:
     image, label = _two_labels()
     style = MontageStyle(count=2, tile=48)
