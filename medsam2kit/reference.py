@@ -14,7 +14,8 @@ trained with :mod:`medsam2kit.train`:
 * ``reference-fetal-head`` (:data:`FETAL_HEAD_WEIGHTS`) and ``reference-carotid``
   (:data:`CAROTID_WEIGHTS`): task models, ``reference`` fine-tuned once more on one task's
   images alone (:func:`task_train_config`): box prompts on fetal-head ultrasound, tracking the
-  common carotid artery through B-mode recordings.
+  common carotid artery through B-mode recordings; stored in float16 (half the bytes, cast back
+  to float32 on loading).
 
 All are small models trained for minutes on two CPU cores: **not for clinical use**, and no
 substitute for Meta's or MedSAM2's checkpoints on real images (``docs/reference_model.md`` is
@@ -55,7 +56,7 @@ PHANTOM_WEIGHTS = "sam2.1_hiera_micro_phantoms.pt"
 #: The real-image weights (:func:`real_train_config`).
 REAL_WEIGHTS = "sam2.1_hiera_micro_real.pt"
 #: The fetal-head task model: the real-image weights fine-tuned on fetal-head images
-#: (:func:`task_train_config` ``"fetal-head"``).
+#: (:func:`task_train_config` ``"fetal-head"``), stored in float16 as every task model.
 FETAL_HEAD_WEIGHTS = "sam2.1_hiera_micro_fetal_head.pt"
 #: The carotid task model: the real-image weights fine-tuned on the carotid recordings
 #: (:func:`task_train_config` ``"carotid"``), stored in float16.
