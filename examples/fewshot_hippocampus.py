@@ -6,8 +6,8 @@ Dice per label to --out.
 
     python examples/fewshot_hippocampus.py --out fewshot_out
 
-The default model is the bundled reference model (trained on phantoms only: on real MRI its
-masks are poor; the run is real). With a real checkpoint from the model zoo on a GPU:
+The default model is the bundled reference model (a micro SAM 2.1 fine-tuned on a few real cases:
+on real MRI its masks are poor; the run is real). With a real checkpoint from the model zoo on a GPU:
 
     python examples/fewshot_hippocampus.py --out fewshot_out --model medsam2_latest --device cuda
 """
@@ -65,7 +65,7 @@ def main() -> None:
     summary = {"source": source, "model": args.model,
                "support_slices": len(pipeline.bank), "query_encoder_calls": result.encoder_calls,
                "dice_per_label": dice,
-               "note": "the bundled reference model is trained on phantoms only; use --model for a real checkpoint"}
+               "note": "the bundled reference model is a micro SAM 2.1 fine-tuned on a few real cases; use --model for a real checkpoint"}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/query_labels.nii.gz and overlay.png; start slices {result.start_slice}")

@@ -7,8 +7,8 @@ Writes the label map (NIfTI with the input's geometry), an overlay picture and a
 
     python examples/sam2med3d_breast.py --out sam2med3d_out
 
-The default SAM2 is the bundled reference model (trained on phantoms only: on real MRI SAM2's
-refinement is not meaningful; the run is real). With a real checkpoint from the model zoo on a GPU:
+The default SAM2 is the bundled reference model (a micro SAM 2.1 fine-tuned on a few real cases,
+breast1 among them: far from a real checkpoint; the run is real). With a real checkpoint from the model zoo on a GPU:
 
     python examples/sam2med3d_breast.py --out sam2med3d_out --model sam2.1_hiera_tiny --device cuda
 """
@@ -83,7 +83,7 @@ def main() -> None:
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "encoder_calls": result.encoder_calls,
         "slices": image.shape[axis],
-        "note": "the bundled reference model is trained on phantoms only: use --model for a real checkpoint",
+        "note": "the bundled reference model is a micro SAM 2.1 fine-tuned on a few real cases: use --model for a real checkpoint",
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

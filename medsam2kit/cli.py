@@ -2,7 +2,8 @@
 
 Subcommands: ``info`` (versions, device, configs found, where the weights are), ``models`` (the
 model zoo, see :mod:`medsam2kit.models`), ``demo`` (propagation, FATE-SAM and SAM2Med3D with the
-bundled reference model on held-out phantoms and shared real cases, see :mod:`medsam2kit.demo`), ``coarse`` (fit the
+bundled reference model on held-out phantoms and shared real cases, see :mod:`medsam2kit.demo`), ``propagate``
+(label prompts drawn on a few slices, propagated through the volume), ``coarse`` (fit the
 coarse network ``segment`` needs), ``segment``, ``fewshot``, ``finetune``, ``study`` (the ultrasound
 fine-tuning study, see :mod:`medsam2kit.study`) and ``evaluate``. Exit
 codes: 0 success, 1 a medsam2kit error (the message says what was wrong), 2 bad command-line
@@ -44,6 +45,12 @@ _FEWSHOT_EXAMPLE = """example:
       --query c_img.nii.gz --out c_mask.nii.gz --model medsam2_latest --device cuda
   torchrun --nproc_per_node 4 -m medsam2kit.cli fewshot --bank bank.pt --query cohort/ --out masks/ \\
       --model medsam2_latest      # cases split across the 4 processes
+"""
+
+_PROPAGATE_EXAMPLE = """example:
+  medsam2kit propagate --input case_img.nii.gz --prompts case_drawn.nii.gz --out case_labels.nii.gz
+  medsam2kit propagate --input ct_series/ --prompts drawn.nii.gz --out seg.dcm --prompt box \\
+      --model medsam2_latest --device cuda
 """
 
 _SEGMENT_EXAMPLE = """example:
@@ -232,6 +239,47 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--keep-models", action="store_true", help="keep every cell's model_final.pt")
     study.add_argument("--overwrite", action="store_true", help="redo the cells already in --out instead of reusing them")
 
+    propagate = sub.add_parser(
+        "propagate",
+        parents=[verbosity],
+        help="propagate label prompts drawn on a few slices through the whole volume",
+        description=(
+            "The volume as a SAM2 video: each label of --prompts, drawn on one or a few slices (a mask "
+            "per slice, e.g. painted in napari or 3D Slicer on the image's grid), is one object prompted "
+            "on each of its slices by that mask (or the box around it, --prompt box) and propagated both "
+            "ways; each slice is encoded once. By default SAM2 sees the slices cropped to 2 times the "
+            "prompts' box, each label keeps the parts of its mask connected to its prompts, and with a "
+            "bundled model a copy of it is first adapted to the prompts (200 steps). Writes a label map "
+            "with the input's geometry (NIfTI, or DICOM SEG for a DICOM input)."
+        ),
+        epilog=_PROPAGATE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    propagate.add_argument("--input", type=Path, required=True,
+                           help="the image (NIfTI, NRRD, npz, a DICOM series folder or multi-frame DICOM)")
+    propagate.add_argument("--prompts", type=Path, required=True,
+                           help="a label map on the image's grid with each label drawn on the slices to prompt "
+                                "(every slice holding a label is a prompt of it)")
+    propagate.add_argument("--out", type=Path, required=True, help="output label map (.nii/.nii.gz, or .dcm)")
+    propagate.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused without it)")
+    propagate.add_argument("--prompt", choices=("mask", "box"), default="mask",
+                           help="prompt each drawn slice by its mask or by the box around it (default mask)")
+    propagate.add_argument("--zoom", type=float, default=None, metavar="FACTOR",
+                           help="SAM2 sees the slices cropped to FACTOR (>= 1) times the prompts' in-plane box "
+                                "(default 2; 0: whole slices)")
+    propagate.add_argument("--adapt-steps", type=int, default=None, metavar="N",
+                           help="first adapt a copy of the model to the prompt masks for N steps "
+                                "(medsam2kit.adapt; default 200 for mask prompts with a bundled model, about 0.2 s each "
+                                "on a CPU; 0 with any other model, whose adaptation was not measured; 0: none)")
+    propagate.add_argument("--keep-disconnected", action="store_true",
+                           help="keep the parts of a label's mask that do not touch its prompts (default: dropped)")
+    propagate.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
+                           help="slicing axis of the array (default: the axis of largest spacing)")
+    propagate.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
+                           help="label map format: nifti (default) or dicom-seg (a DICOM input only; "
+                                "--out x.dcm implies it)")
+    _model_options(propagate)
+
     segment = sub.add_parser(
         "segment",
         parents=[verbosity],
@@ -394,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "fewshot":
             return _fewshot(args)
+        if args.command == "propagate":
+            return _propagate(args)
         if args.command == "segment":
             return _segment(args)
         if args.command == "evaluate":
@@ -653,6 +703,64 @@ def _fewshot(args: argparse.Namespace) -> int:
         counts = {lab: int((result.labels.array == lab).sum()) for lab in bank.labels}
         _say(args, f"wrote {out} (voxels per label {counts}; {len(bank)} support slices; "
                    f"{result.encoder_calls} query encoder calls; {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+#: Steps of the one-shot adaptation ``propagate`` runs by default with a bundled model (the
+#: tasks' :class:`~medsam2kit.adapt.AdaptConfig` default; held-out gains in docs/reference_model.md).
+PROPAGATE_ADAPT_STEPS = 200
+
+
+def _bundled_model(args: argparse.Namespace) -> bool:
+    """Whether the model options name a bundled model (none given: the bundled default)."""
+    from medsam2kit.models import REFERENCE, find_entry
+
+    if args.random_init or args.config is not None or args.checkpoint is not None:
+        return False
+    entry = find_entry(args.model if args.model is not None else REFERENCE)
+    return entry is not None and entry.bundled
+
+
+def _propagate(args: argparse.Namespace) -> int:
+    from medsam2kit.dicom_seg import algorithm_name, check_dicom_inputs, resolve_output_format, write_labels
+    from medsam2kit.io import load_label, load_volume
+    from medsam2kit.pipelines import PromptPropagationConfig, propagate_prompts
+    from medsam2kit.roi import check_zoom
+
+    zoom = 2.0 if args.zoom is None else (None if args.zoom == 0 else check_zoom(args.zoom, name="--zoom"))
+    adapting = args.prompt == "mask" and _bundled_model(args)  # box prompts leave nothing to adapt to
+    adapt = _adapt_config(args.adapt_steps, default=PROPAGATE_ADAPT_STEPS if adapting else 0)
+    if adapt is not None and args.prompt == "box":
+        raise InvalidInputError("--adapt-steps: adapting needs mask prompts; with --prompt box give --adapt-steps 0 "
+                                "or leave it out")
+    config = PromptPropagationConfig(prompt=args.prompt, zoom=zoom, adapt=adapt,
+                                     connected=not args.keep_disconnected, axis=args.axis)
+    if args.input.is_dir() and not _is_dicom_folder(args.input):
+        raise InvalidInputError(f"--input: expected one image (a file or a DICOM series folder), got the folder "
+                                f"{args.input}: propagate takes one case and its --prompts")
+    (_, out), = _cohort(args.input, args.out, "", name="--input")
+    if not args.prompts.is_file():
+        raise InvalidInputError(f"--prompts: expected a label map file, got {args.prompts} (no such file)")
+    fmt = resolve_output_format(args.format, out)
+    check_dicom_inputs([args.input], fmt, name="--input")
+    _check_out(args, out)
+    image = load_volume(args.input)
+    prompts = load_label(args.prompts, like=image)
+    predictor = _predictor(args)
+    start = time.perf_counter()
+    if adapt is not None:
+        _stage(args, f"adapting a copy of the model to the prompts ({adapt.steps} steps; --adapt-steps 0 for none)")
+
+    def report(done: int, steps: int) -> None:
+        if done % 50 == 0 or done == steps:
+            _stage(args, f"adaptation step {done} / {steps} ({time.perf_counter() - start:.0f} s)")
+
+    result = propagate_prompts(predictor, image, prompts, config, progress=report)
+    write_labels(result.labels, image, out, fmt=fmt, algorithm=algorithm_name(args))
+    counts = {lab: int((result.labels.array == lab).sum()) for lab in result.prompt_slices}
+    slices = {lab: list(s) for lab, s in result.prompt_slices.items()}
+    _say(args, f"wrote {out} (voxels per label {counts}; prompt slices {slices} along axis {result.axis}; "
+               f"{result.encoder_calls} encoder calls; {time.perf_counter() - start:.1f} s)")
     return 0
 
 

@@ -487,10 +487,8 @@ __all__ = [
     "DEMO_ADAPT_STEPS",
     "DEMO_TASKS",
     "DiceRow",
-    "Propagated",
     "adapted_method",
     "dice_table",
-
     "keep_labels",
     "mean_dice",
     "one_prompt_propagation",

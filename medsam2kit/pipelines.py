@@ -1,5 +1,8 @@
 """End-to-end pipelines, each one composable object.
 
+* :func:`propagate_prompts`: label prompts drawn on one or a few slices of a volume (a mask,
+  or the box around it, per label and slice) -> zoom around them -> optional one-shot
+  adaptation -> SAM2 propagation both ways -> label map (``medsam2kit propagate``).
 * :class:`SAM2Med3DPipeline`: coarse network -> spatial slice filter -> SAM2 propagation from the
   chosen slices (each slice encoded once) -> confidence fusion -> label map (SAM2Med3D).
 * :class:`~medsam2kit.fewshot.FewShotPipeline`: FATE-SAM (supports -> bank -> label maps).
@@ -21,15 +24,17 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from medsam2kit._validate import check_label_map
+from medsam2kit.adapt import AdaptConfig, adapt_predictor
 from medsam2kit.coarse import CoarseModel
 from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
-from medsam2kit.fewshot import FewShotPipeline
+from medsam2kit.fewshot import FewShotPipeline, label_map_from_logits
 from medsam2kit.fusion import (
     ConsistencyParams,
     FusionParams,
@@ -39,13 +44,150 @@ from medsam2kit.fusion import (
     sam_inputs_from_propagation,
 )
 from medsam2kit.predictor import PropagationResult, SAM2Predictor, Session
-from medsam2kit.prompts import (PromptKind, SliceFilterConfig, SliceSelection, crop_selection, select_slices,
-                                to_predictor_prompts)
-from medsam2kit.roi import Roi, check_zoom, roi_around
+from medsam2kit.prompts import (PromptKind, SliceFilterConfig, SliceSelection, components_meeting, crop_selection,
+                                select_slices, to_predictor_prompts)
+from medsam2kit.roi import DEFAULT_ZOOM, Roi, check_zoom, mask_box, roi_around, roi_around_masks
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, WindowSpec, default_axis, sequence_volume
-from medsam2kit.volume import Volume
+from medsam2kit.volume import Volume, check_same_grid
 
 Propagation = Literal["joint", "separate"]
+LabelPromptKind = Literal["mask", "box"]
+
+
+@dataclass(frozen=True)
+class PromptPropagationConfig:
+    """Settings of :func:`propagate_prompts` (the defaults are those of the scored tasks,
+    :func:`medsam2kit.tasks.one_prompt_propagation`, chosen on the validation cases).
+
+    Attributes:
+        prompt: ``"mask"``: each drawn slice's mask is the prompt; ``"box"``: the box around it.
+        zoom: SAM2 sees every slice cropped to a square of ``zoom`` times the box around all the
+            prompts (:func:`medsam2kit.roi.roi_around_masks`; default
+            :data:`medsam2kit.roi.DEFAULT_ZOOM`); nothing is labelled outside the crop. ``None``:
+            whole slices.
+        adapt: first fine-tune a copy of the model on the prompt masks
+            (:func:`medsam2kit.adapt.adapt_predictor`; mask prompts only); ``None``: no adaptation.
+        connected: keep, per label, only the parts of its mask connected in 3D (26-neighbourhood)
+            to its prompt masks (mask prompts only; a box only bounds the object).
+        axis: the slicing axis (default: :func:`~medsam2kit.sequencer.default_axis` of the image).
+    """
+
+    prompt: LabelPromptKind = "mask"
+    zoom: float | None = DEFAULT_ZOOM
+    adapt: AdaptConfig | None = None
+    connected: bool = True
+    axis: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt not in ("mask", "box"):
+            raise InvalidInputError(f"prompt: expected 'mask' or 'box', got {self.prompt!r}")
+        check_zoom(self.zoom)
+        if self.adapt is not None and self.prompt != "mask":
+            raise InvalidInputError("adapt: one-shot adaptation needs mask prompts (prompt='mask'), got prompt='box'")
+        if self.axis is not None and self.axis not in (0, 1, 2):
+            raise InvalidInputError(f"axis: expected 0, 1, 2 or None, got {self.axis!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class PromptPropagationResult:
+    """What :func:`propagate_prompts` made.
+
+    Attributes:
+        labels: the label map on the image's grid and geometry.
+        prompt_slices: per label, the slices (along ``axis``) it was prompted on.
+        axis: the slicing axis.
+        roi: the in-plane crop SAM2 saw (the whole grid without zoom).
+        encoder_calls: image-encoder passes (once per slice of the crop at most).
+        seconds: wall time per stage (``adapt`` when adapting, ``propagate``).
+    """
+
+    labels: Volume
+    prompt_slices: Mapping[int, tuple[int, ...]]
+    axis: int
+    roi: Roi
+    encoder_calls: int
+    seconds: Mapping[str, float]
+
+
+def propagate_prompts(predictor: SAM2Predictor, image: Volume, prompts: Volume,
+                      config: PromptPropagationConfig | None = None, *,
+                      progress: Callable[[int, int], None] | None = None) -> PromptPropagationResult:
+    """Propagate label prompts drawn on a few slices through the whole volume.
+
+    ``prompts`` is a label map on ``image``'s grid in which each label is drawn on one or more
+    slices along the slicing axis (a reader's outline on a key slice; every slice holding the
+    label is one prompt, so do not pass a finished 3D segmentation). Each label is one object
+    of one SAM2 session (each slice encoded once), prompted on each of its slices by the drawn
+    mask or the box around it, and propagated both ways; each voxel takes the label of the
+    largest positive logit. Drawn voxels of a prompt slice may come out unlabelled (SAM2's mask
+    of a mask prompt is its own reading of it).
+
+    Args:
+        predictor: the SAM2 predictor (left unchanged when adapting: a copy is fine-tuned).
+        image: the volume (or cine) to segment.
+        prompts: the drawn label map (non-negative integers, ``image``'s grid).
+        config: :class:`PromptPropagationConfig` (default: mask prompts, zoom 2, connected).
+        progress: called as ``progress(steps_done, steps)`` during the adaptation.
+
+    Raises:
+        ShapeMismatchError / GeometryError: ``prompts`` is not on ``image``'s grid.
+        InvalidInputError: ``prompts`` holds no label, or negative or non-integer values.
+        InvalidTypeError: ``image`` or ``prompts`` is not a :class:`~medsam2kit.volume.Volume`.
+
+    Example:
+        >>> import numpy as np
+        >>> from medsam2kit.phantoms import ellipsoid_phantom
+        >>> image, truth = ellipsoid_phantom((10, 48, 40), rng=0)
+        >>> drawn = np.zeros(truth.shape, np.uint8); drawn[5] = truth.array[5]
+        >>> pred = SAM2Predictor.from_config("sam2.1_hiera_micro", device="cpu")
+        >>> out = propagate_prompts(pred, image, truth.with_array(drawn))
+        >>> out.labels.shape == image.shape, dict(out.prompt_slices)
+        (True, {1: (5,), 2: (5,)})
+    """
+    cfg = config or PromptPropagationConfig()
+    if not isinstance(image, Volume) or not isinstance(prompts, Volume):
+        raise InvalidTypeError("image, prompts: expected medsam2kit Volumes "
+                               f"(got {type(image).__name__}, {type(prompts).__name__})")
+    check_same_grid(prompts, image, name="prompts")
+    drawn = check_label_map(prompts.array, "prompts")
+    labels = tuple(int(v) for v in np.unique(drawn) if v != 0)
+    if not labels:
+        raise InvalidInputError("prompts: expected a label map with at least one label drawn on a slice, got none")
+    axis = cfg.axis if cfg.axis is not None else default_axis(image)
+    others = tuple(a for a in range(3) if a != axis)
+    slices = {lab: tuple(int(i) for i in np.flatnonzero((drawn == lab).any(axis=others))) for lab in labels}
+    masks = {(lab, i): np.take(drawn, i, axis=axis) == lab for lab in labels for i in slices[lab]}
+    roi = roi_around_masks(list(masks.values()), image.shape, axis=axis, zoom=cfg.zoom)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    seq = sequence_volume(roi.crop_volume(image), axis=axis, image_size=predictor.image_size)
+    crops = {key: roi.crop_slice(m) for key, m in masks.items()}
+    frames = {key: (seq.frame_of_slice(key[1]), seq.mask_to_frame(crop)) for key, crop in crops.items()}
+    tracker = predictor
+    if cfg.adapt is not None:
+        tracker = adapt_predictor(predictor, seq, list(frames.values()), cfg.adapt, progress=progress)
+        seconds["adapt"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+    session = tracker.start(seq)
+    for (lab, i), (frame, mask) in frames.items():
+        if cfg.prompt == "mask":
+            session.add_mask(frame, mask, obj_id=lab)
+        else:
+            session.add_box(frame, seq.boxes_to_frame(mask_box(crops[lab, i])), obj_id=lab)
+    result = session.propagate("both")
+    logits = {lab: image.with_array(roi.paste(seq.to_volume_logits(result.logits()[:, k].numpy()).array, fill=-np.inf))
+              for k, lab in enumerate(result.obj_ids)}
+    label_map = label_map_from_logits(logits, image.shape)
+    if cfg.connected and cfg.prompt == "mask":
+        window = label_map[roi.index]  # a view: nothing is labelled outside the crop
+        for lab in labels:
+            seed = np.zeros(window.shape, dtype=bool)
+            for i in slices[lab]:
+                np.moveaxis(seed, axis, 0)[i] = crops[lab, i]
+            mine = window == lab
+            window[mine & ~components_meeting(mine, seed)] = 0
+    seconds["propagate"] = time.perf_counter() - t0
+    return PromptPropagationResult(image.with_array(label_map), slices, axis, roi, session.encoder_calls, seconds)
 
 
 @dataclass(frozen=True)
@@ -284,7 +426,10 @@ def _label_map(fusions: Mapping[int, FusionResult], shape: tuple[int, int, int])
 __all__ = [
     "FewShotPipeline",
     "LabelOutcome",
+    "PromptPropagationConfig",
+    "PromptPropagationResult",
     "SAM2Med3DConfig",
     "SAM2Med3DPipeline",
     "SAM2Med3DResult",
+    "propagate_prompts",
 ]

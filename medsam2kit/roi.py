@@ -188,6 +188,43 @@ def largest_slice(mask: np.ndarray, *, axis: int) -> int:
     return int(np.argmax(areas))
 
 
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """The box ``(x0, y0, x1, y1)`` (column, row of the extreme foreground pixels) of a 2D mask.
+
+    Raises:
+        InvalidInputError: the mask is empty.
+
+    Example:
+        >>> m = np.zeros((5, 6), bool); m[1:3, 2:5] = True
+        >>> mask_box(m).tolist()
+        [2.0, 1.0, 4.0, 2.0]
+    """
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        raise InvalidInputError("mask: expected some foreground to draw a box around, got an empty mask")
+    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float64)
+
+
+def roi_around_masks(masks: Sequence[np.ndarray], shape: Sequence[int], *, axis: int, zoom: float | None) -> Roi:
+    """The crop of :func:`roi_around` around the union of several 2D prompt masks' boxes (each
+    non-empty, on slices along ``axis`` of ``shape``); the whole grid when ``zoom`` is None.
+
+    Example:
+        >>> a = np.zeros((40, 60), bool); a[10:14, 20:24] = True
+        >>> b = np.zeros((40, 60), bool); b[10:14, 26:30] = True
+        >>> roi_around_masks([a, b], (5, 40, 60), axis=0, zoom=2.0) == roi_around(a | b, (5, 40, 60), axis=0, factor=2.0)
+        True
+        >>> roi_around_masks([a], (5, 40, 60), axis=0, zoom=None).crop_shape
+        (5, 40, 60)
+    """
+    factor = check_zoom(zoom)
+    if factor is None:
+        return Roi.whole(shape, axis)
+    boxes = np.array([mask_box(m) for m in masks])
+    union = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])
+    return roi_around(union, shape, axis=axis, factor=factor)
+
+
 def roi_around(mask: np.ndarray | Sequence[float], shape: Sequence[int], *, axis: int, factor: float,
                min_side: int = MIN_SIDE) -> Roi:
     """The square in-plane crop around a prompt: side ``factor`` times the prompt's longer side

@@ -30,17 +30,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medsam2kit.adapt import AdaptConfig, adapt_predictor
+from medsam2kit.adapt import AdaptConfig
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
-from medsam2kit.fewshot import label_map_from_logits
 from medsam2kit.metrics import dice, j_and_f
+from medsam2kit.pipelines import LabelPromptKind, PromptPropagationConfig, propagate_prompts
 from medsam2kit.predictor import PointPrompt, SAM2Predictor, Session
-from medsam2kit.prompts import components_meeting
-from medsam2kit.roi import DEFAULT_ZOOM, Roi, check_zoom, largest_slice, roi_around
-from medsam2kit.sequencer import FrameSequence, PercentileWindow, default_axis, sequence_frames, sequence_volume
+from medsam2kit.roi import DEFAULT_ZOOM, Roi, largest_slice, mask_box, roi_around_masks
+from medsam2kit.sequencer import FrameSequence, PercentileWindow, default_axis, sequence_frames
 from medsam2kit.volume import Volume, check_same_grid
 
-PromptKind = Literal["mask", "box"]
+PromptKind = LabelPromptKind
 RecordingPrompt = Literal["mask", "box", "point"]
 
 
@@ -77,23 +76,6 @@ class Propagated:
             keep = (self.labels == lab) & np.expand_dims(copied.any(axis=others), others)
             out[keep] = lab
         return out
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """The box ``(x0, y0, x1, y1)`` (column, row of the extreme foreground pixels) of a 2D mask.
-
-    Raises:
-        InvalidInputError: the mask is empty.
-
-    Example:
-        >>> m = np.zeros((5, 6), bool); m[1:3, 2:5] = True
-        >>> mask_box(m).tolist()
-        [2.0, 1.0, 4.0, 2.0]
-    """
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        raise InvalidInputError("mask: expected some foreground to draw a box around, got an empty mask")
-    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float64)
 
 
 def filled_box(mask: np.ndarray) -> np.ndarray:
@@ -167,59 +149,26 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
         InvalidInputError: a label is absent, ``prompt`` is unknown, ``zoom < 1``, or ``adapt``
             is given with box prompts (there is no mask to adapt to).
     """
-    if prompt not in ("mask", "box"):
-        raise InvalidInputError(f"prompt: expected 'mask' or 'box', got {prompt!r}")
-    if adapt is not None and prompt != "mask":
-        raise InvalidInputError("adapt: one-shot adaptation needs mask prompts (prompt='mask'), got prompt='box'")
+    config = PromptPropagationConfig(prompt=prompt, zoom=zoom, adapt=adapt, connected=connected)
     check_same_grid(label, image)
     present = tuple(int(v) for v in np.unique(label.array) if v != 0)
     wanted = present if labels is None else tuple(int(v) for v in labels)
     axis = default_axis(image)
     others = tuple(a for a in range(3) if a != axis)
     prompts: dict[int, int] = {}
-    slice_masks: dict[int, np.ndarray] = {}
     baseline: dict[int, np.ndarray] = {}
+    drawn = np.zeros(image.shape, dtype=np.int32)
     for lab in wanted:
         mask = np.asarray(label.array) == lab
         holds = mask.any(axis=others)
         if not holds.any():
             raise InvalidInputError(f"labels: label {lab} is absent from the label map")
         prompts[lab] = largest_slice(mask, axis=axis)
-        slice_masks[lab] = np.take(mask, prompts[lab], axis=axis)
-        baseline[lab] = np.expand_dims(slice_masks[lab], axis) & np.expand_dims(holds, others)
-    roi = _zoom_roi(list(slice_masks.values()), image.shape, axis, zoom)
-    seq = sequence_volume(roi.crop_volume(image), axis=axis, image_size=predictor.image_size)
-    crops = {lab: roi.crop_slice(slice_masks[lab]) for lab in wanted}
-    frame_masks = {lab: (seq.frame_of_slice(prompts[lab]), seq.mask_to_frame(crops[lab])) for lab in wanted}
-    tracker = predictor if adapt is None else adapt_predictor(predictor, seq, list(frame_masks.values()), adapt)
-    session = tracker.start(seq)
-    for lab, (frame, mask) in frame_masks.items():
-        if prompt == "mask":
-            session.add_mask(frame, mask, obj_id=lab)
-        else:
-            session.add_box(frame, seq.boxes_to_frame(mask_box(crops[lab])), obj_id=lab)
-    result = session.propagate("both")
-    logits = {lab: image.with_array(roi.paste(seq.to_volume_logits(result.logits()[:, k].numpy()).array, fill=-np.inf))
-              for k, lab in enumerate(result.obj_ids)}
-    label_map = label_map_from_logits(logits, image.shape)
-    if connected and prompt == "mask":
-        window = label_map[roi.index]  # a view: nothing is labelled outside the crop
-        for lab in wanted:
-            seed = np.zeros(window.shape, dtype=bool)
-            np.moveaxis(seed, axis, 0)[prompts[lab]] = crops[lab]
-            mine = window == lab
-            window[mine & ~components_meeting(mine, seed)] = 0
-    return Propagated(label_map, prompts, axis, baseline, roi)
-
-
-def _zoom_roi(masks: Sequence[np.ndarray], shape: tuple[int, int, int], axis: int, zoom: float | None) -> Roi:
-    """The crop around the union of the prompts' boxes (the whole grid when ``zoom`` is None)."""
-    factor = check_zoom(zoom)
-    if factor is None:
-        return Roi.whole(shape, axis)
-    boxes = np.array([mask_box(m) for m in masks])
-    union = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])
-    return roi_around(union, shape, axis=axis, factor=factor)
+        slice_mask = np.take(mask, prompts[lab], axis=axis)
+        np.moveaxis(drawn, axis, 0)[prompts[lab]][slice_mask] = lab
+        baseline[lab] = np.expand_dims(slice_mask, axis) & np.expand_dims(holds, others)
+    out = propagate_prompts(predictor, image, label.with_array(drawn), config)
+    return Propagated(np.asarray(out.labels.array), prompts, axis, baseline, out.roi)
 
 
 @dataclass(frozen=True)
@@ -315,7 +264,7 @@ def track_recording(predictor: SAM2Predictor, frames: np.ndarray, masks: np.ndar
     if labelled.size == 0 or labelled[0] >= len(truth) - 1:
         raise InvalidInputError("masks: expected foreground on a frame followed by at least one other frame")
     first = int(labelled[0])
-    roi = _zoom_roi([truth[first]], truth.shape, 0, zoom)
+    roi = roi_around_masks([truth[first]], truth.shape, axis=0, zoom=zoom)
     seq = sequence_frames(roi.crop(frames), image_size=predictor.image_size, window=_window(frames))
     session = predictor.start(seq)
     clicks = 0
@@ -373,7 +322,7 @@ def box_prompt_image(predictor: SAM2Predictor, image: np.ndarray, mask: np.ndarr
     if image.shape != mask.shape or image.ndim != 2:
         raise ShapeMismatchError(f"image, mask: expected the same (H, W) shape, got {image.shape}, {mask.shape}")
     truth = np.asarray(mask)[None] != 0
-    roi = _zoom_roi([truth[0]], truth.shape, 0, zoom)
+    roi = roi_around_masks([truth[0]], truth.shape, axis=0, zoom=zoom)
     seq = sequence_frames(roi.crop(np.asarray(image)[None]), image_size=predictor.image_size, window=_window(image))
     session = predictor.start(seq)
     session.add_box(0, seq.boxes_to_frame(mask_box(roi.crop_slice(truth[0]))))

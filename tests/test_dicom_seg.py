@@ -439,6 +439,24 @@ def test_cli_segment_writes_dicom_seg(axial: tuple[Path, list[Dataset]], tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["axial", "coarse.pt", "img.nii.gz", "pred.dcm"]
 
 
+def test_cli_propagate_dicom_in_dicom_seg_out(axial: tuple[Path, list[Dataset]], tmp_path: Path) -> None:
+    """A DICOM series and prompts painted on its grid (saved as NIfTI) -> a DICOM SEG on the series."""
+    pytest.importorskip("torch")
+    from medsam2kit.cli import main
+
+    folder, _ = axial
+    image = load_volume(folder)
+    drawn = np.zeros(image.shape, np.uint8)
+    drawn[1] = _labels(image.shape)[1].clip(0, 1)
+    prompts = save_mask(drawn, image, tmp_path / "drawn.nii.gz")
+    out = tmp_path / "seg.dcm"
+    assert main(["propagate", "--input", str(folder), "--prompts", str(prompts), "--out", str(out), "-q",
+                 "--random-init", "--device", "cpu", "--image-size", "64"]) == 0
+    seg = pydicom.dcmread(out)
+    assert seg.Modality == "SEG" and seg.ManufacturerModelName == "sam2.1_hiera_micro (random init)"
+    assert load_label(out, like=image).shape == image.shape
+
+
 def test_cli_fewshot_format_errors(axial: tuple[Path, list[Dataset]], tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Refused before any model is loaded: a NIfTI query with dicom-seg, a format contradicting --out."""

@@ -1,0 +1,232 @@
+"""``propagate_prompts`` and ``medsam2kit propagate``: label prompts drawn on a few slices,
+propagated through the volume, with the real sam2 code (random-init micro model, or the bundled
+phantom model for the semantic test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from medsam2kit.adapt import AdaptConfig
+from medsam2kit.cli import _bundled_model, _parser, main
+from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
+from medsam2kit.fewshot import label_map_from_logits, model_fingerprint
+from medsam2kit.io import load_label, load_volume, save_mask, save_volume
+from medsam2kit.metrics import dice
+from medsam2kit.phantoms import ellipsoid_phantom
+from medsam2kit.pipelines import PromptPropagationConfig, propagate_prompts
+from medsam2kit.predictor import SAM2Predictor, build_model
+from medsam2kit.roi import largest_slice, roi_around
+from medsam2kit.sequencer import sequence_volume
+from medsam2kit.volume import Volume
+
+
+@pytest.fixture(scope="module")
+def pred() -> SAM2Predictor:
+    """Random-init micro model whose object score is pushed up, so that its masks are not empty."""
+    torch.manual_seed(0)
+    model = build_model("sam2.1_hiera_micro", device="cpu")
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(10.0)
+    return SAM2Predictor(model)
+
+
+def drawn_on(label: Volume, slices: dict[int, list[int]], axis: int) -> Volume:
+    """The label map kept on the given slices of each label (what a reader draws)."""
+    out = np.zeros(label.shape, np.uint8)
+    for lab, idx in slices.items():
+        for i in idx:
+            keep = np.take(label.array, i, axis=axis) == lab
+            np.moveaxis(out, axis, 0)[i][keep] = lab
+    return label.with_array(out)
+
+
+def test_matches_a_session_built_by_hand(pred: SAM2Predictor) -> None:
+    """Whole slices, whole masks, along axis 1 of a permuted phantom, a label drawn on two slices:
+    exactly the label map of one session prompted on those slices and propagated both ways."""
+    image, label = ellipsoid_phantom((20, 14, 36), (0.9, 3.0, 0.9), rng=3)
+    slices = {1: [4, 9], 2: [largest_slice(label.array == 2, axis=1)]}
+    prompts = drawn_on(label, slices, axis=1)
+    out = propagate_prompts(pred, image, prompts, PromptPropagationConfig(zoom=None, connected=False, axis=1))
+    assert dict(out.prompt_slices) == {1: (4, 9), 2: tuple(slices[2])} and out.axis == 1
+    assert out.encoder_calls == image.shape[1]
+    assert np.array_equal(out.labels.affine, image.affine) and out.labels.shape == image.shape
+
+    seq = sequence_volume(image, axis=1, image_size=pred.image_size)
+    session = pred.start(seq)
+    for lab, idx in slices.items():
+        for i in idx:
+            session.add_mask(seq.frame_of_slice(i), seq.mask_to_frame(label.array[:, i] == lab), obj_id=lab)
+    result = session.propagate("both")
+    logits = {lab: seq.to_volume_logits(result.logits()[:, k].numpy()) for k, lab in enumerate(result.obj_ids)}
+    assert np.array_equal(out.labels.array, label_map_from_logits(logits, image.shape))
+
+
+def test_connected_keeps_exactly_the_components_touching_the_prompts(pred: SAM2Predictor) -> None:
+    image, label = ellipsoid_phantom((12, 48, 40), rng=5)
+    prompts = drawn_on(label, {1: [6], 2: [5]}, axis=0)
+    cfg = PromptPropagationConfig(zoom=None, connected=False)
+    whole = propagate_prompts(pred, image, prompts, cfg).labels.array
+    kept = propagate_prompts(pred, image, prompts, PromptPropagationConfig(zoom=None)).labels.array
+    expected = np.zeros_like(whole)
+    for lab in (1, 2):
+        parts, _ = ndimage.label(whole == lab, structure=np.ones((3, 3, 3)))
+        touching = np.setdiff1d(np.unique(parts[(prompts.array == lab) & (parts > 0)]), [0])
+        expected[np.isin(parts, touching)] = lab
+    assert np.array_equal(kept, expected)
+
+
+def test_zoom_crops_around_all_prompts_and_labels_nothing_outside(pred: SAM2Predictor) -> None:
+    image, label = ellipsoid_phantom((10, 96, 80), rng=2)
+    drawn = np.zeros(image.shape, np.uint8)
+    drawn[4, 20:30, 20:30], drawn[6, 40:46, 30:36] = 1, 2  # small marks: the crop is not the whole slice
+    prompts = label.with_array(drawn)
+    out = propagate_prompts(pred, image, prompts, PromptPropagationConfig(zoom=2.0, connected=False))
+    footprint = (prompts.array > 0).any(axis=0)
+    assert out.roi == roi_around(footprint, image.shape, axis=0, factor=2.0)
+    assert out.roi.crop_shape == (10, 52, 52)
+    outside = np.ones(image.shape, bool)
+    outside[out.roi.index] = False
+    assert out.labels.array[outside].max() == 0 and out.labels.array[out.roi.index].any()
+
+
+def test_box_prompts_and_adaptation(pred: SAM2Predictor) -> None:
+    image, label = ellipsoid_phantom((8, 48, 40), rng=1)
+    prompts = drawn_on(label, {1: [4]}, axis=0)
+    boxed = propagate_prompts(pred, image, prompts, PromptPropagationConfig(prompt="box"))
+    assert boxed.labels.shape == image.shape and "adapt" not in boxed.seconds
+    before = model_fingerprint(pred.model)
+    steps: list[tuple[int, int]] = []
+    adapted = propagate_prompts(pred, image, prompts, PromptPropagationConfig(adapt=AdaptConfig(steps=2)),
+                                progress=lambda done, total: steps.append((done, total)))
+    assert steps == [(1, 2), (2, 2)] and set(adapted.seconds) == {"adapt", "propagate"}
+    assert model_fingerprint(pred.model) == before  # a copy was adapted
+
+
+def test_two_prompt_slices_segment_a_heldout_phantom() -> None:
+    """Semantic: the bundled phantom model, each label drawn on two slices of a held-out phantom."""
+    from medsam2kit.reference import heldout_phantoms
+
+    predictor = SAM2Predictor.from_pretrained("reference-phantoms", device="cpu")
+    (image, label), = heldout_phantoms(1, 1)
+    axis = 0
+    slices = {}
+    for lab in (int(v) for v in np.unique(label.array) if v):
+        holds = np.flatnonzero((label.array == lab).any(axis=(1, 2)))
+        slices[lab] = [int(holds[len(holds) // 3]), int(holds[2 * len(holds) // 3])]
+    out = propagate_prompts(predictor, image, drawn_on(label, slices, axis), PromptPropagationConfig(axis=axis))
+    scores = {lab: dice(out.labels.array == lab, label.array == lab) for lab in slices}
+    assert min(scores.values()) >= 0.8 and np.mean(list(scores.values())) >= 0.9, scores
+
+
+def test_bad_prompts(pred: SAM2Predictor) -> None:
+    image, label = ellipsoid_phantom((6, 32, 32), rng=0)
+    with pytest.raises(ShapeMismatchError, match="prompts"):
+        propagate_prompts(pred, image, Volume(np.zeros((6, 32, 31), np.uint8), image.affine))
+    with pytest.raises(InvalidInputError, match="prompts: expected a label map with at least one label"):
+        propagate_prompts(pred, image, label.with_array(np.zeros(image.shape, np.uint8)))
+    with pytest.raises(InvalidInputError, match="prompts: expected an integer label map"):
+        propagate_prompts(pred, image, label.with_array(label.array * 0.5))
+    with pytest.raises(InvalidTypeError, match="image, prompts"):
+        propagate_prompts(pred, image.array, label)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="adapt: one-shot adaptation needs mask prompts"):
+        PromptPropagationConfig(prompt="box", adapt=AdaptConfig(steps=1))
+    with pytest.raises(InvalidInputError, match="zoom: expected a crop factor >= 1"):
+        PromptPropagationConfig(zoom=0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# the command line
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> tuple[Path, Path, Volume, Volume]:
+    """A phantom on an oblique grid saved as NIfTI, and its labels drawn on one slice each."""
+    image, label = ellipsoid_phantom((10, 56, 48), (2.5, 0.8, 0.8), rng=7)
+    rot = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]]) @ np.diag([2.5, 0.8, 0.8])
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = rot, [10.0, -20.0, 35.0]
+    image = Volume(image.array, affine)
+    img_path = save_volume(image, tmp_path / "case_img.nii.gz")
+    image = load_volume(img_path)
+    drawn = drawn_on(image.with_array(label.array), {1: [5], 2: [4]}, axis=0)
+    prompts_path = save_mask(drawn.array, image, tmp_path / "case_drawn.nii.gz")
+    return img_path, prompts_path, image, drawn
+
+
+def test_cli_writes_the_label_map_of_propagate_prompts(case: tuple[Path, Path, Volume, Volume], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    img_path, prompts_path, image, drawn = case
+    out = tmp_path / "case_labels.nii.gz"
+    assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(out),
+                 "--adapt-steps", "0"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith("model: bundled model reference")
+    assert f"wrote {out} (voxels per label" in captured.out and "prompt slices {1: [5], 2: [4]} along axis 0" in captured.out
+    written = load_label(out, like=image)
+    assert np.allclose(nib.load(out).affine, nib.load(img_path).affine)
+    expected = propagate_prompts(SAM2Predictor.from_pretrained("reference", device="cpu"), image, drawn)
+    assert np.array_equal(written.array, expected.labels.array) and written.array.any()
+    # --zoom 0: whole slices; --prompt box; --keep-disconnected
+    other = tmp_path / "whole.nii.gz"
+    assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other), "-q",
+                 "--zoom", "0", "--prompt", "box", "--keep-disconnected", "--random-init"]) == 0
+    assert load_label(other, like=image).shape == image.shape
+    # box prompts with the bundled model: nothing to adapt to, so no adaptation by default
+    assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
+                 "--overwrite", "--prompt", "box"]) == 0
+    assert "adapting" not in capsys.readouterr().err
+    # with a bundled model the adaptation runs by default (here 2 steps are asked for, and reported)
+    assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
+                 "--overwrite", "--adapt-steps", "2"]) == 0
+    assert "adapting a copy of the model to the prompts (2 steps" in capsys.readouterr().err
+
+
+def test_default_adaptation_follows_the_model() -> None:
+    parse = _parser().parse_args
+    base = ["propagate", "--input", "i.nii.gz", "--prompts", "p.nii.gz", "--out", "o.nii.gz"]
+    assert _bundled_model(parse(base))
+    assert _bundled_model(parse([*base, "--model", "reference-phantoms"]))
+    assert not _bundled_model(parse([*base, "--model", "sam2.1_hiera_tiny"]))
+    assert not _bundled_model(parse([*base, "--model", "my_checkpoint.pt"]))
+    assert not _bundled_model(parse([*base, "--random-init"]))
+    assert not _bundled_model(parse([*base, "--config", "sam2.1_hiera_micro", "--checkpoint", "x.pt"]))
+
+
+def test_cli_errors_write_nothing(case: tuple[Path, Path, Volume, Volume], tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    img_path, prompts_path, image, _ = case
+    out = tmp_path / "o.nii.gz"
+    base = ["propagate", "--input", str(img_path), "--out", str(out), "-q"]
+    moved = image.affine.copy()
+    moved[0, 3] += 5.0
+    shifted = save_mask(np.ones(image.shape, np.uint8), Volume(image.array, moved), tmp_path / "shifted.nii.gz")
+    smaller = save_mask(np.ones((10, 56, 47), np.uint8), Volume(np.zeros((10, 56, 47)), image.affine),
+                        tmp_path / "smaller.nii.gz")
+    empty = save_mask(np.zeros(image.shape, np.uint8), image, tmp_path / "empty.nii.gz")
+    cases = [
+        (["--prompts", str(shifted)], "shifted.nii.gz"),
+        (["--prompts", str(smaller)], "smaller.nii.gz"),
+        (["--prompts", str(empty)], "prompts: expected a label map with at least one label"),
+        (["--prompts", str(tmp_path / "nope.nii.gz")], "--prompts: expected a label map file"),
+        (["--prompts", str(prompts_path), "--zoom", "0.5"], "--zoom: expected a crop factor >= 1"),
+        (["--prompts", str(prompts_path), "--prompt", "box", "--adapt-steps", "5"], "--adapt-steps: adapting needs mask"),
+        (["--prompts", str(prompts_path), "--adapt-steps", "-1"], "--adapt-steps: expected a number of steps >= 0"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 1, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("medsam2kit propagate: error: ") and message in err, err
+        assert len(err.splitlines()) == 1 and not out.exists()
+    # a folder of images is not one case; an existing output is kept
+    assert main(["propagate", "--input", str(tmp_path), "--prompts", str(prompts_path), "--out", str(out)]) == 1
+    assert "propagate takes one case" in capsys.readouterr().err
+    out.write_bytes(b"keep me")
+    assert main([*base, "--prompts", str(prompts_path), "--adapt-steps", "0"]) == 1
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == b"keep me"
