@@ -245,12 +245,14 @@ def _parser() -> argparse.ArgumentParser:
         help="propagate label prompts drawn on a few slices through the whole volume",
         description=(
             "The volume as a SAM2 video: each label of --prompts, drawn on one or a few slices (a mask "
-            "per slice, e.g. painted in napari or 3D Slicer on the image's grid), is one object prompted "
+            "per slice, e.g. painted in ITK-SNAP or 3D Slicer on the image's grid), is one object prompted "
             "on each of its slices by that mask (or the box around it, --prompt box) and propagated both "
-            "ways; each slice is encoded once. By default SAM2 sees the slices cropped to 2 times the "
-            "prompts' box, each label keeps the parts of its mask connected to its prompts, and with a "
-            "bundled model a copy of it is first adapted to the prompts (200 steps). Writes a label map "
-            "with the input's geometry (NIfTI, or DICOM SEG for a DICOM input)."
+            "ways; each slice is encoded once. By default, for a volume, SAM2 sees the slices cropped to "
+            "2 times the prompts' box, each label keeps the parts of its mask connected to its prompts, and "
+            "with a bundled model a copy of it is first adapted to the prompts (200 steps); a recording "
+            "(cine: an ultrasound clip, a multi-frame DICOM cine) is tracked on whole frames with the whole "
+            "masks and no adaptation (measured on the carotid recordings). Writes a label map with the "
+            "input's geometry (NIfTI, or DICOM SEG for a DICOM input)."
         ),
         epilog=_PROPAGATE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -266,15 +268,17 @@ def _parser() -> argparse.ArgumentParser:
                            help="prompt each drawn slice by its mask or by the box around it (default mask)")
     propagate.add_argument("--zoom", type=float, default=None, metavar="FACTOR",
                            help="SAM2 sees the slices cropped to FACTOR (>= 1) times the prompts' in-plane box "
-                                "(default 2; 0: whole slices)")
+                                "(0: whole slices; default 2 for a volume, whole frames for a recording)")
     propagate.add_argument("--adapt-steps", type=int, default=None, metavar="N",
                            help="first adapt a copy of the model to the prompt masks for N steps "
-                                "(medsam2kit.adapt; default 200 for mask prompts with a bundled model, about 0.2 s each "
-                                "on a CPU; 0 with any other model, whose adaptation was not measured; 0: none)")
-    propagate.add_argument("--keep-disconnected", action="store_true",
-                           help="keep the parts of a label's mask that do not touch its prompts (default: dropped)")
+                                "(medsam2kit.adapt; default 200 for mask prompts on a volume with a bundled model, "
+                                "about 0.2 s each on a CPU; 0 for a recording, where it lowered tracking, and with "
+                                "any other model, whose adaptation was not measured; 0: none)")
+    propagate.add_argument("--connected", action=argparse.BooleanOptionalAction, default=None,
+                           help="keep only the parts of each label's mask connected in 3D to its prompts (default: "
+                                "yes for a volume with mask prompts, no for a recording)")
     propagate.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
-                           help="slicing axis of the array (default: the axis of largest spacing)")
+                           help="slicing axis of the array (default: the axis of largest spacing; time for a recording)")
     propagate.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
                            help="label map format: nifti (default) or dicom-seg (a DICOM input only; "
                                 "--out x.dcm implies it)")
@@ -722,19 +726,20 @@ def _bundled_model(args: argparse.Namespace) -> bool:
 
 
 def _propagate(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from medsam2kit.dicom_seg import algorithm_name, check_dicom_inputs, resolve_output_format, write_labels
     from medsam2kit.io import load_label, load_volume
-    from medsam2kit.pipelines import PromptPropagationConfig, propagate_prompts
+    from medsam2kit.pipelines import default_propagation_config, propagate_prompts
     from medsam2kit.roi import check_zoom
 
-    zoom = 2.0 if args.zoom is None else (None if args.zoom == 0 else check_zoom(args.zoom, name="--zoom"))
-    adapting = args.prompt == "mask" and _bundled_model(args)  # box prompts leave nothing to adapt to
-    adapt = _adapt_config(args.adapt_steps, default=PROPAGATE_ADAPT_STEPS if adapting else 0)
-    if adapt is not None and args.prompt == "box":
+    if args.zoom is not None and args.zoom != 0:
+        check_zoom(args.zoom, name="--zoom")
+    if args.adapt_steps is not None and args.adapt_steps < 0:
+        _adapt_config(args.adapt_steps)  # the named error
+    if args.adapt_steps and args.prompt == "box":
         raise InvalidInputError("--adapt-steps: adapting needs mask prompts; with --prompt box give --adapt-steps 0 "
                                 "or leave it out")
-    config = PromptPropagationConfig(prompt=args.prompt, zoom=zoom, adapt=adapt,
-                                     connected=not args.keep_disconnected, axis=args.axis)
     if args.input.is_dir() and not _is_dicom_folder(args.input):
         raise InvalidInputError(f"--input: expected one image (a file or a DICOM series folder), got the folder "
                                 f"{args.input}: propagate takes one case and its --prompts")
@@ -746,10 +751,22 @@ def _propagate(args: argparse.Namespace) -> int:
     _check_out(args, out)
     image = load_volume(args.input)
     prompts = load_label(args.prompts, like=image)
+    recording = image.kind == "cine"
+    adapting = args.prompt == "mask" and not recording and _bundled_model(args)
+    adapt = _adapt_config(args.adapt_steps, default=PROPAGATE_ADAPT_STEPS if adapting else 0)
+    changes: dict[str, Any] = {"prompt": args.prompt, "adapt": adapt, "axis": args.axis}
+    if args.zoom is not None:
+        changes["zoom"] = None if args.zoom == 0 else args.zoom
+    if args.connected is not None:
+        changes["connected"] = args.connected
+    config = dataclasses.replace(default_propagation_config(image), **changes)
     predictor = _predictor(args)
     start = time.perf_counter()
-    if adapt is not None:
-        _stage(args, f"adapting a copy of the model to the prompts ({adapt.steps} steps; --adapt-steps 0 for none)")
+    _stage(args, f"{'recording' if recording else 'volume'} {image.shape}: "
+                 + (f"zoom {config.zoom:g}" if config.zoom else f"whole {'frames' if recording else 'slices'}") + ", "
+                 + ("kept connected to the prompts" if config.connected and config.prompt == "mask" else "whole masks")
+                 + (f", adapting a copy of the model to the prompts ({adapt.steps} steps; --adapt-steps 0 for none)"
+                    if adapt is not None else ", no adaptation"))
 
     def report(done: int, steps: int) -> None:
         if done % 50 == 0 or done == steps:

@@ -18,11 +18,11 @@ from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatch
 from medsam2kit.fewshot import label_map_from_logits, model_fingerprint
 from medsam2kit.io import load_label, load_volume, save_mask, save_volume
 from medsam2kit.metrics import dice
-from medsam2kit.phantoms import ellipsoid_phantom
-from medsam2kit.pipelines import PromptPropagationConfig, propagate_prompts
+from medsam2kit.phantoms import ellipsoid_phantom, ultrasound_clip
+from medsam2kit.pipelines import PromptPropagationConfig, default_propagation_config, propagate_prompts
 from medsam2kit.predictor import SAM2Predictor, build_model
 from medsam2kit.roi import largest_slice, roi_around
-from medsam2kit.sequencer import sequence_volume
+from medsam2kit.sequencer import sequence_frames, sequence_volume
 from medsam2kit.volume import Volume
 
 
@@ -173,10 +173,10 @@ def test_cli_writes_the_label_map_of_propagate_prompts(case: tuple[Path, Path, V
     assert np.allclose(nib.load(out).affine, nib.load(img_path).affine)
     expected = propagate_prompts(SAM2Predictor.from_pretrained("reference", device="cpu"), image, drawn)
     assert np.array_equal(written.array, expected.labels.array) and written.array.any()
-    # --zoom 0: whole slices; --prompt box; --keep-disconnected
+    # --zoom 0: whole slices; --prompt box; --no-connected
     other = tmp_path / "whole.nii.gz"
     assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other), "-q",
-                 "--zoom", "0", "--prompt", "box", "--keep-disconnected", "--random-init"]) == 0
+                 "--zoom", "0", "--prompt", "box", "--no-connected", "--random-init"]) == 0
     assert load_label(other, like=image).shape == image.shape
     # box prompts with the bundled model: nothing to adapt to, so no adaptation by default
     assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
@@ -230,3 +230,31 @@ def test_cli_errors_write_nothing(case: tuple[Path, Path, Volume, Volume], tmp_p
     out.write_bytes(b"keep me")
     assert main([*base, "--prompts", str(prompts_path), "--adapt-steps", "0"]) == 1
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+
+
+def test_a_recording_is_tracked_on_whole_frames_whole_masks_without_adaptation(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A cine (an ultrasound clip in an npz): the recording defaults, as a session built by hand
+    on the uint8 frames as they are, prompted on the drawn frame and propagated both ways."""
+    clip, labels = ultrasound_clip(6, (64, 56), rng=2)
+    np.savez(tmp_path / "clip.npz", frames=clip)
+    drawn = np.zeros_like(labels)
+    drawn[2] = labels[2]
+    np.savez(tmp_path / "drawn.npz", masks=drawn)
+    out = tmp_path / "clip_labels.nii.gz"
+    assert main(["propagate", "--input", str(tmp_path / "clip.npz"), "--prompts", str(tmp_path / "drawn.npz"),
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "recording (6, 64, 56): whole frames, whole masks, no adaptation" in err and "adaptation step" not in err
+    cine = load_volume(tmp_path / "clip.npz")
+    assert cine.kind == "cine" and default_propagation_config(cine) == PromptPropagationConfig(zoom=None, connected=False,
+                                                                                              window=None)
+    predictor = SAM2Predictor.from_pretrained("reference", device="cpu")
+    seq = sequence_frames(clip, image_size=predictor.image_size, window=None)
+    session = predictor.start(seq)
+    for lab in (1, 2):
+        session.add_mask(2, seq.mask_to_frame(drawn[2] == lab), obj_id=lab)
+    result = session.propagate("both")
+    logits = {lab: seq.to_volume_logits(result.logits()[:, k].numpy()) for k, lab in enumerate(result.obj_ids)}
+    expected = label_map_from_logits(logits, clip.shape)
+    assert np.array_equal(load_label(out, like=cine).array, expected) and expected[0].any() and expected[5].any()
