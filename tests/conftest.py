@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import os
@@ -10,6 +11,9 @@ import torch
 from hypothesis import settings
 
 from medsam2kit._data import shared_data_dir
+
+if TYPE_CHECKING:
+    from medsam2kit.predictor import SAM2Predictor
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -39,3 +43,16 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pred() -> SAM2Predictor:
+    """A random-init micro SAM 2.1 predictor (seed 0) whose object score is raised, so that its
+    masks are not empty (random weights often say "no object")."""
+    from medsam2kit.predictor import SAM2Predictor, build_model
+
+    torch.manual_seed(0)
+    model = build_model("sam2.1_hiera_micro", device="cpu")
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(10.0)
+    return SAM2Predictor(model)

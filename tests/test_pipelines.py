@@ -15,18 +15,9 @@ from medsam2kit.io import load_label, load_volume, save_mask
 from medsam2kit.metrics import dice, inter_slice_consistency
 from medsam2kit.phantoms import ellipsoid_phantom
 from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline, _nearest_prompt_merge
-from medsam2kit.predictor import PropagationResult, SAM2Predictor, build_model
+from medsam2kit.predictor import PropagationResult, SAM2Predictor
 from medsam2kit.prompts import SliceFilterConfig
 from medsam2kit.volume import Volume
-
-
-@pytest.fixture(scope="module")
-def pred() -> SAM2Predictor:
-    torch.manual_seed(0)
-    model = build_model("sam2.1_hiera_micro", device="cpu")
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(10.0)
-    return SAM2Predictor(model)
 
 
 def one_hot_coarse(label: Volume, noise: float = 0.0, seed: int = 0):  # type: ignore[no-untyped-def]

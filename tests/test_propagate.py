@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
 from medsam2kit.adapt import AdaptConfig
@@ -20,20 +19,10 @@ from medsam2kit.io import load_label, load_volume, save_mask, save_volume
 from medsam2kit.metrics import dice
 from medsam2kit.phantoms import ellipsoid_phantom, ultrasound_clip
 from medsam2kit.pipelines import PromptPropagationConfig, default_propagation_config, propagate_prompts
-from medsam2kit.predictor import SAM2Predictor, build_model
+from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.roi import largest_slice, roi_around
 from medsam2kit.sequencer import sequence_frames, sequence_volume
 from medsam2kit.volume import Volume
-
-
-@pytest.fixture(scope="module")
-def pred() -> SAM2Predictor:
-    """Random-init micro model whose object score is pushed up, so that its masks are not empty."""
-    torch.manual_seed(0)
-    model = build_model("sam2.1_hiera_micro", device="cpu")
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.add_(10.0)
-    return SAM2Predictor(model)
 
 
 def drawn_on(label: Volume, slices: dict[int, list[int]], axis: int) -> Volume:
