@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None,
                         help="real recipe: the model's input size (default: the configuration's, 128 px)")
     parser.add_argument("--augment", choices=("none", "generic", "ultrasound", "combined"), default="none",
-                        help="real recipe: clip augmentation preset")
+                        help="real and task recipes: clip augmentation preset")
     parser.add_argument("--exclude-validation", action="store_true",
                         help="real and task recipes: a recipe-selection run: leave the validation cases "
                              "(medsam2kit.reference.VALIDATION) out of training and draw the curves on them")
@@ -91,7 +91,8 @@ def main() -> None:
                      "beside the project, or $MEDSAM2KIT_DATA); use --recipe phantoms without it")
         if args.recipe in TASK_SOURCES:
             config = task_train_config(data, args.recipe, seed=args.seed, steps=args.steps or 600, output_dir=out,
-                                       init=args.init, exclude_validation=args.exclude_validation, progress=True)
+                                       init=args.init, augment=args.augment,
+                                       exclude_validation=args.exclude_validation, progress=True)
             task_files = {"fetal-head": FETAL_HEAD_WEIGHTS, "carotid": CAROTID_WEIGHTS}
             export = Path(args.export or weights / task_files[args.recipe])
             dtype = torch.float16

@@ -418,7 +418,7 @@ TASK_SOURCES: dict[str, tuple[str, ...]] = {"fetal-head": ("fetal_zoom",), "caro
 
 
 def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 600,
-                      output_dir: str | None = None, init: str | Path | None = None,
+                      output_dir: str | None = None, init: str | Path | None = None, augment: str = "none",
                       exclude_validation: bool = False, progress: bool = False) -> TrainConfig:
     """The recipe of a task model: the real-image model (or ``init``) fine-tuned on one task's
     shared data alone (:data:`TASK_SOURCES`; held-out cases excluded), with
@@ -441,6 +441,7 @@ def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 
         steps: optimiser steps.
         output_dir: the run folder (default ``runs/reference_<task>``).
         init: the weights to start from (default: the packaged real-image model).
+        augment: the clip augmentation preset (``data.augment``).
         exclude_validation: a recipe-selection run: leave the :data:`VALIDATION` cases out.
         progress: show a progress bar.
 
@@ -458,7 +459,7 @@ def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 
         raise InvalidInputError(f"task: expected one of {', '.join(TASK_SOURCES)}, got {task!r}")
     config = real_train_config(data_dir, seed=seed, steps=steps,
                                output_dir=output_dir or f"runs/reference_{task.replace('-', '_')}",
-                               sources=TASK_SOURCES[task], init=init or _packaged(REAL_WEIGHTS),
+                               sources=TASK_SOURCES[task], init=init or _packaged(REAL_WEIGHTS), augment=augment,
                                exclude_validation=exclude_validation, progress=progress)
     return config.replace(**{"data.val": (), "schedule.val_every_epochs": 0})
 

@@ -316,6 +316,8 @@ def test_a_task_recipe_trains_on_its_task_of_its_split_only(shared_data: Path, t
         assert sum(s.weight for s in cfg.data.train) == pytest.approx(1.0)
         assert cfg.data.val == () and Path(cfg.model.checkpoint) == reference_checkpoint()
         assert cfg.schedule.steps == 600 and cfg.output_dir == f"runs/reference_{task.replace('-', '_')}"
+        assert cfg.data.augment == "none"
+    assert task_train_config(shared_data, task, augment="generic").data.augment == "generic"
 
 
 def test_an_unknown_task_recipe_is_refused_by_name(tmp_path: Path) -> None:
