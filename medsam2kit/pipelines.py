@@ -211,13 +211,13 @@ def propagate_prompts(predictor: SAM2Predictor, image: Volume, prompts: Volume,
               for k, lab in enumerate(result.obj_ids)}
     label_map = label_map_from_logits(logits, image.shape)
     if cfg.connected and cfg.prompt == "mask":
-        window = label_map[roi.index]  # a view: nothing is labelled outside the crop
+        inside = label_map[roi.index]  # a view: nothing is labelled outside the crop
         for lab in labels:
-            seed = np.zeros(window.shape, dtype=bool)
+            seed = np.zeros(inside.shape, dtype=bool)
             for i in slices[lab]:
                 np.moveaxis(seed, axis, 0)[i] = crops[lab, i]
-            mine = window == lab
-            window[mine & ~components_meeting(mine, seed)] = 0
+            mine = inside == lab
+            inside[mine & ~components_meeting(mine, seed)] = 0
     seconds["propagate"] = time.perf_counter() - t0
     return PromptPropagationResult(image.with_array(label_map), slices, axis, roi, session.encoder_calls, seconds)
 
