@@ -60,7 +60,6 @@ from medsam2kit.errors import (
     InvalidTypeError,
     MissingDependencyError,
     MissingFileError,
-    ShapeMismatchError,
 )
 from medsam2kit.volume import Volume, array_on_grid
 

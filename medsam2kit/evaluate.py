@@ -52,7 +52,6 @@ from medsam2kit.errors import GeometryError, InvalidInputError, MissingFileError
 from medsam2kit.io import load_label, load_volume
 from medsam2kit.metrics import SegmentationScores, per_label
 from medsam2kit.viz import overlay_montage, save_png
-from medsam2kit.volume import Volume
 
 METRICS = ("dice", "iou", "hd95", "hd", "assd", "nsd")
 

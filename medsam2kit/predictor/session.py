@@ -23,7 +23,7 @@ from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatch
 from medsam2kit._validate import check_int
 from medsam2kit.predictor.cache import DEFAULT_CACHE_BUDGET_MB, FeatureCache, FrameSource
 from medsam2kit.predictor.checkpoints import build_model
-from medsam2kit.predictor.device import PrecisionPolicy, precision_policy
+from medsam2kit.predictor.device import precision_policy
 from medsam2kit.predictor.types import Direction, MaskPrompt, PointPrompt, Prompt, PropagationResult
 from medsam2kit.store import FeatureStore, model_signature
 
