@@ -88,7 +88,7 @@ def main() -> None:
             print(f"{case.name}: {n} slice(s) done", file=sys.stderr, flush=True)
     args.out.write_text(json.dumps(rows, indent=1))
     datasets = sorted({r["dataset"] for r in rows})
-    print("| drawn slices per label, method | " + " | ".join(datasets) + f" | labels ahead of the copy |")
+    print("| drawn slices per label, method | " + " | ".join(datasets) + " | labels ahead of the copy |")
     print("|---" * (len(datasets) + 2) + "|")
     for n in (1, 2, 3):
         copy = {(r["case"], r["label"]): r["dice"] for r in rows if r["slices"] == n and r["method"] == COPY}
