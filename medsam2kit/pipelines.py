@@ -47,7 +47,8 @@ from medsam2kit.predictor import PropagationResult, SAM2Predictor, Session
 from medsam2kit.prompts import (PromptKind, SliceFilterConfig, SliceSelection, components_meeting, crop_selection,
                                 select_slices, to_predictor_prompts)
 from medsam2kit.roi import DEFAULT_ZOOM, Roi, check_zoom, mask_box, roi_around, roi_around_masks
-from medsam2kit.sequencer import FrameSequence, PercentileWindow, WindowSpec, default_axis, sequence_volume
+from medsam2kit.sequencer import (FrameSequence, PercentileWindow, Window, WindowSpec, default_axis, display_ready,
+                                  sequence_volume)
 from medsam2kit.volume import Volume, check_same_grid
 
 Propagation = Literal["joint", "separate"]
@@ -111,11 +112,16 @@ def default_propagation_config(image: Volume) -> PromptPropagationConfig:
         >>> cfg.zoom, cfg.connected, cfg.window
         (None, False, None)
         >>> default_propagation_config(cine.with_array(np.zeros((4, 8, 8)))).window
+        Window(low=0.0, high=255.0)
+        >>> default_propagation_config(cine.with_array(np.full((4, 8, 8), 0.5))).window
         PercentileWindow(lower=0.5, upper=99.5)
     """
     if image.kind != "cine":
         return PromptPropagationConfig()
-    window = None if np.asarray(image.array).dtype == np.uint8 else PercentileWindow()
+    frames = np.asarray(image.array)
+    window: WindowSpec | None = PercentileWindow()
+    if display_ready(frames):  # 8-bit frames as they are (float32 from DICOM: the identity window)
+        window = None if frames.dtype == np.uint8 else Window(0.0, 255.0)
     return PromptPropagationConfig(zoom=None, connected=False, window=window)
 
 

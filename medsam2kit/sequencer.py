@@ -230,6 +230,26 @@ class PercentileWindow:
 WindowSpec = Union[Window, PercentileWindow, str, tuple[float, float], None]
 
 
+def display_ready(array: ArrayLike) -> bool:
+    """Whether ``array`` holds display-ready 8-bit values: uint8, or floats that are whole numbers
+    in ``0..255`` (an 8-bit ultrasound cine read as float32, as DICOM pixel data is here). Such
+    frames are shown as they are (window ``None`` for uint8, ``Window(0, 255)`` for the floats,
+    which maps every value to itself), as the bundled models were trained on ultrasound.
+
+    Example:
+        >>> display_ready(np.array([0, 255], np.uint8)), display_ready(np.array([0.0, 17.0, 255.0]))
+        (True, True)
+        >>> display_ready(np.array([0.5, 3.0])), display_ready(np.array([-1.0, 3.0])), display_ready(np.array([0, 300]))
+        (False, False, False)
+    """
+    arr = np.asarray(array)
+    if arr.dtype == np.uint8:
+        return True
+    if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+        return False
+    return bool(np.all((arr >= 0) & (arr <= 255) & (arr == np.round(arr))))
+
+
 def default_window(modality: str | None, *, ct_preset: str | None = None) -> Window | PercentileWindow:
     """The documented default window for a modality.
 
@@ -1496,6 +1516,7 @@ __all__ = [
     "nearest_indices",
     "normalize_frames",
     "resize_slices",
+    "display_ready",
     "resolve_window",
     "sequence_frames",
     "sequence_volume",

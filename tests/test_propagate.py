@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from medsam2kit.adapt import AdaptConfig
@@ -247,3 +248,22 @@ def test_a_recording_is_tracked_on_whole_frames_whole_masks_without_adaptation(t
     logits = {lab: seq.to_volume_logits(result.logits()[:, k].numpy()) for k, lab in enumerate(result.obj_ids)}
     expected = label_map_from_logits(logits, clip.shape)
     assert np.array_equal(load_label(out, like=cine).array, expected) and expected[0].any() and expected[5].any()
+
+
+def test_an_8bit_cine_read_as_float_is_tracked_as_its_uint8_frames() -> None:
+    """A DICOM cine is read as float32: 8-bit values are shown as they are, exactly as uint8
+    (a dim clip, values 0-127, that a percentile window would stretch)."""
+    clip, labels = ultrasound_clip(5, (48, 40), rng=4)
+    clip = clip // 2
+    drawn = np.zeros_like(labels)
+    drawn[1] = labels[1]
+    as_uint8 = Volume(clip, np.eye(4), kind="cine")
+    as_float = Volume(clip.astype(np.float32), np.eye(4), kind="cine")
+    window = default_propagation_config(as_float).window
+    seen = sequence_volume(as_float, image_size=128, window=window).frames
+    assert torch.equal(seen, sequence_volume(as_uint8, image_size=128, window=None).frames)
+    assert not torch.equal(seen, sequence_volume(as_float, image_size=128).frames)  # the percentile stretch
+    predictor = SAM2Predictor.from_pretrained("reference", device="cpu")
+    a = propagate_prompts(predictor, as_uint8, as_uint8.with_array(drawn))
+    b = propagate_prompts(predictor, as_float, as_float.with_array(drawn))
+    assert np.array_equal(a.labels.array, b.labels.array) and a.labels.array.any()

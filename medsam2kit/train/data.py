@@ -611,6 +611,7 @@ def _read_label_array(path: Path, key: str, shape: tuple[int, ...]) -> np.ndarra
 
 def _read_cine(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
     from medsam2kit.io import load_volume
+    from medsam2kit.sequencer import display_ready
 
     vol = load_volume(path)
     frames = np.asarray(vol.array)
@@ -620,9 +621,8 @@ def _read_cine(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
         labels = _read_label_array(path, spec.mask_key, frames.shape)
     else:
         raise InvalidInputError(f"mask_path: required for the cine {path} (its masks are in another file)")
-    if frames.dtype != np.uint8 and np.issubdtype(frames.dtype, np.floating) and frames.min() >= 0 and frames.max() <= 255:
-        if np.all(frames == np.round(frames)):
-            frames = frames.astype(np.uint8)
+    if frames.dtype != np.uint8 and display_ready(frames):  # 8-bit pixels read as float (DICOM)
+        frames = frames.astype(np.uint8)
     return frames, labels
 
 
