@@ -735,9 +735,8 @@ def _propagate(args: argparse.Namespace) -> int:
 
     if args.zoom is not None and args.zoom != 0:
         check_zoom(args.zoom, name="--zoom")
-    if args.adapt_steps is not None and args.adapt_steps < 0:
-        _adapt_config(args.adapt_steps)  # the named error
-    if args.adapt_steps and args.prompt == "box":
+    adapt = _adapt_config(args.adapt_steps)  # as asked (None when not given: the default comes below)
+    if adapt is not None and args.prompt == "box":
         raise InvalidInputError("--adapt-steps: adapting needs mask prompts; with --prompt box give --adapt-steps 0 "
                                 "or leave it out")
     if args.input.is_dir() and not _is_dicom_folder(args.input):
@@ -752,8 +751,8 @@ def _propagate(args: argparse.Namespace) -> int:
     image = load_volume(args.input)
     prompts = load_label(args.prompts, like=image)
     recording = image.kind == "cine"
-    adapting = args.prompt == "mask" and not recording and _bundled_model(args)
-    adapt = _adapt_config(args.adapt_steps, default=PROPAGATE_ADAPT_STEPS if adapting else 0)
+    if args.adapt_steps is None and args.prompt == "mask" and not recording and _bundled_model(args):
+        adapt = _adapt_config(PROPAGATE_ADAPT_STEPS)
     changes: dict[str, Any] = {"prompt": args.prompt, "adapt": adapt, "axis": args.axis}
     if args.zoom is not None:
         changes["zoom"] = None if args.zoom == 0 else args.zoom
