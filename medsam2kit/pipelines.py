@@ -99,7 +99,9 @@ def default_propagation_config(image: Volume) -> PromptPropagationConfig:
 
     A volume: :class:`PromptPropagationConfig` as it is (zoom 2, kept connected, percentile
     window). A recording (``image.kind == "cine"``, frames in time): whole frames, the whole
-    mask, uint8 frames as they are (as the bundled models were trained on recordings). Measured
+    mask, 8-bit frames as they are (:func:`~medsam2kit.sequencer.display_ready`: uint8, or
+    float32 holding whole numbers 0..255, as a DICOM cine is read; as the bundled models were
+    trained on recordings), other frames windowed by percentiles. Measured
     on the carotid recordings (docs/reference_model.md): a structure that moves leaves the crop
     around its first mask (validation tracking 0.61 on whole frames, 0.03-0.13 zoomed), and the
     masks of frames 10-30 frames apart need not touch, so keeping the parts connected to the
