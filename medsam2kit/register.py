@@ -1,0 +1,369 @@
+"""Affine registration of one volume onto another, and labelled supports resampled onto a query.
+
+Few-shot segmentation (:mod:`medsam2kit.fewshot`) shows SAM2 labelled support slices as the
+memory of a query slice. Supports from other patients differ from the query in position, size
+and pose, so the structure sits elsewhere in the support frame than in the query frame, and a
+small SAM2 that tracks by position follows it to the wrong place. :func:`align_supports` first
+registers every support image onto the query (a similarity transform by default: rotation, one
+scale and translation in world mm, found by maximising the normalised cross-correlation of the
+two images, coarse to fine; a scale per axis with ``RegistrationConfig(scale="anisotropic")``)
+and resamples image and label onto the query's grid, as atlas-based segmentation does; the
+supports' slices then show the structure where the query holds it.
+
+The transform maps the fixed volume's world coordinates to the moving volume's:
+``x_moving = R S (x_fixed - c_fixed) + c_moving + t``, with ``c`` the world centres of the two
+arrays (so a crop of the same anatomy starts aligned), ``R`` a rotation, ``S`` a diagonal scale
+(one value on its diagonal by default) and ``t`` a translation in mm. :func:`register_affine` finds it; :func:`resample` applies it.
+
+Example:
+    >>> import numpy as np
+    >>> from medsam2kit.phantoms import ellipsoid_phantom
+    >>> image, label = ellipsoid_phantom((16, 40, 40), (1.0, 1.0, 1.0), rng=1)
+    >>> moved = image.with_array(np.roll(image.array, 3, axis=2))
+    >>> found = register_affine(image, moved)
+    >>> bool(abs(found.matrix[2, 3] - 3.0) < 0.5), found.ncc > 0.9
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage, optimize
+from scipy.spatial.transform import Rotation
+
+from medsam2kit._validate import check_label_map
+from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
+from medsam2kit.volume import Volume, check_same_grid
+
+Pair = tuple[Volume, Volume]
+Scale = Literal["anisotropic", "isotropic"]
+
+# Parameter units seen by the optimiser: 1 = this many mm, radians, log-scale units (Powell's
+# first steps are about 1 in each coordinate).
+_RESTARTS = 4
+_UNITS = np.array([4.0, 4.0, 4.0, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05])
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """How :func:`register_affine` searches.
+
+    Attributes:
+        levels: the coarse-to-fine pyramid, as Gaussian smoothing in mm of both images at
+            each level (0: none); each level starts from the previous one's transform.
+        max_voxels: the fixed image is sampled on a regular subgrid of at most this many
+            voxels at each level (the cost of one evaluation).
+        max_rotation_deg: bound of each rotation-vector component, degrees.
+        scale: ``"anisotropic"`` (one scale per world axis: 9 parameters) or ``"isotropic"``
+            (one scale: 7 parameters, a similarity transform).
+        max_scale: scales are kept in ``[1 / max_scale, max_scale]``.
+        percentiles: both images are normalised to [0, 1] between these intensity percentiles.
+        max_evaluations: cost evaluations per level (Powell's ``maxfev``).
+    """
+
+    levels: tuple[float, ...] = (4.0, 2.0, 0.0)
+    max_voxels: int = 64_000
+    max_rotation_deg: float = 30.0
+    scale: Scale = "isotropic"
+    max_scale: float = 1.5
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    max_evaluations: int = 1500
+
+    def __post_init__(self) -> None:
+        if not self.levels or any(not np.isfinite(s) or s < 0 for s in self.levels):
+            raise InvalidInputError(f"levels: expected one or more smoothing widths >= 0 mm, got {self.levels}")
+        if self.max_voxels < 64:
+            raise InvalidInputError(f"max_voxels: expected >= 64, got {self.max_voxels}")
+        if not 0 <= self.max_rotation_deg <= 180:
+            raise InvalidInputError(f"max_rotation_deg: expected in [0, 180], got {self.max_rotation_deg}")
+        if self.scale not in ("anisotropic", "isotropic"):
+            raise InvalidInputError(f"scale: expected 'anisotropic' or 'isotropic', got {self.scale!r}")
+        if not self.max_scale >= 1:
+            raise InvalidInputError(f"max_scale: expected >= 1, got {self.max_scale}")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise InvalidInputError(f"percentiles: expected 0 <= low < high <= 100, got {self.percentiles}")
+        if self.max_evaluations < 1:
+            raise InvalidInputError(f"max_evaluations: expected >= 1, got {self.max_evaluations}")
+
+
+@dataclass(frozen=True, eq=False)
+class AffineAlignment:
+    """A found transform from the fixed volume's world coordinates to the moving volume's.
+
+    Attributes:
+        matrix: ``(4, 4)`` world (mm) -> world (mm) of the moving volume.
+        parameters: translation (mm), rotation vector (rad), log scales; see the module text.
+        ncc: the normalised cross-correlation of the two images at the finest level (1: equal
+            up to brightness and contrast).
+    """
+
+    matrix: np.ndarray
+    parameters: np.ndarray
+    ncc: float
+
+
+def register_affine(fixed: Volume, moving: Volume, config: RegistrationConfig = RegistrationConfig()) -> AffineAlignment:
+    """Find the affine that best maps ``fixed``'s world coordinates onto ``moving``'s.
+
+    Args:
+        fixed: the volume whose grid the moving one is brought onto (the query).
+        moving: the volume to align (a support image).
+        config: the search (:class:`RegistrationConfig`).
+
+    Returns:
+        The :class:`AffineAlignment`; :func:`resample` applies it.
+
+    Raises:
+        InvalidTypeError: not :class:`~medsam2kit.volume.Volume` values.
+        InvalidInputError: an image without contrast (constant), which nothing can align.
+    """
+    for name, vol in (("fixed", fixed), ("moving", moving)):
+        if not isinstance(vol, Volume):
+            raise InvalidTypeError(f"{name}: expected a medsam2kit Volume, got {type(vol).__name__}")
+    f = _normalised(fixed, config.percentiles, "fixed")
+    m = _normalised(moving, config.percentiles, "moving")
+    base = _stride(fixed.shape, config.max_voxels)
+    lower, upper = _bounds(config, fixed)
+    free = _free_parameters(config.scale)
+    q = np.zeros(len(free))
+    ncc = 0.0
+    for sigma_mm in config.levels:
+        # a smoothed level is sampled more sparsely: about two samples per smoothing width
+        stride = tuple(max(b, int(sigma_mm / (2 * sp))) for b, sp in zip(base, fixed.spacing))
+        fs = _smoothed(f, fixed, sigma_mm)[::stride[0], ::stride[1], ::stride[2]]
+        ms = _smoothed(m, moving, sigma_mm)
+        grid = fixed.affine @ np.diag([*stride, 1.0])
+
+        def cost(x: np.ndarray, fs: np.ndarray = fs, ms: np.ndarray = ms, grid: np.ndarray = grid) -> float:
+            return -_ncc(fs, _sample(ms, moving.affine, _matrix(x[free] * _UNITS, fixed, moving) @ grid, fs.shape))
+
+        bounds = [(lower[i], upper[i]) for i in range(len(q))]
+        best = np.inf
+        for _ in range(_RESTARTS):  # Powell again from its end, with fresh directions, while it gains
+            found = optimize.minimize(cost, q, method="Powell", bounds=bounds,
+                                      options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": config.max_evaluations})
+            q = np.asarray(found.x, dtype=np.float64)
+            gained = best - float(found.fun)
+            best = min(best, float(found.fun))
+            if gained < 1e-4:
+                break
+        ncc = -best
+    params = q[free] * _UNITS
+    return AffineAlignment(matrix=_matrix(params, fixed, moving), parameters=params, ncc=ncc)
+
+
+def _free_parameters(scale: Scale) -> np.ndarray:
+    """For each of the 9 parameters, the index of the free parameter it takes its value from
+    (an isotropic scale is one free parameter for the three axes)."""
+    return np.arange(9) if scale == "anisotropic" else np.array([0, 1, 2, 3, 4, 5, 6, 6, 6])
+
+
+def resample(moving: Volume, onto: Volume, alignment: AffineAlignment | None = None, *,
+             labels: bool = False) -> Volume:
+    """``moving`` resampled onto ``onto``'s grid through ``alignment`` (identity world map if None).
+
+    Images are interpolated linearly and filled outside ``moving`` with its lowest value; label
+    maps (``labels=True``) keep, per voxel, the label whose linearly interpolated indicator is
+    largest (smoother than nearest-neighbour), 0 outside.
+
+    Returns:
+        A :class:`~medsam2kit.volume.Volume` with ``onto``'s shape and affine.
+    """
+    if not labels:
+        world = np.eye(4) if alignment is None else alignment.matrix
+        src = np.asarray(moving.array, dtype=np.float32)
+        out = _sample(src, moving.affine, world @ onto.affine, onto.shape, cval=float(src.min()))
+        return Volume(out.astype(np.float32), onto.affine, kind=onto.kind)
+    indicators = label_indicators(moving, onto, alignment)
+    best = np.full(onto.shape, 0.5, np.float32)  # an indicator must pass one half to win a voxel
+    out = np.zeros(onto.shape, np.asarray(moving.array).dtype)
+    for i, p in indicators.items():
+        win = p > best
+        out[win] = i
+        best = np.where(win, p, best)
+    return Volume(out, onto.affine, kind=onto.kind)
+
+
+def label_indicators(label: Volume, onto: Volume, alignment: AffineAlignment | None = None) -> dict[int, np.ndarray]:
+    """Per label > 0 of ``label``, its indicator resampled linearly onto ``onto``'s grid through
+    ``alignment``: float32 in [0, 1], 0 outside ``label``'s grid."""
+    world = np.eye(4) if alignment is None else alignment.matrix
+    lab = np.asarray(label.array)
+    return {int(i): np.clip(_sample((lab == i).astype(np.float32), label.affine, world @ onto.affine, onto.shape), 0, 1)
+            for i in np.unique(lab) if i > 0}
+
+
+class RegisteredAtlas:
+    """A coarse model (:class:`~medsam2kit.coarse.CoarseModel`) that needs no training: the
+    supports registered onto each volume (:func:`register_affine`), their labels' indicators
+    resampled linearly and averaged (multi-atlas label fusion by the mean).
+
+    Calling it gives ``(L + 1, D, H, W)`` float32 probabilities on the volume's grid (channel
+    ``l``: label ``l``, ``L`` the supports' largest label; channel 0 the rest), so it serves as
+    the coarse network of :class:`~medsam2kit.pipelines.SAM2Med3DPipeline` from a few labelled
+    cases, and as the baseline few-shot methods are compared with.
+
+    Args:
+        supports: ``(image, label)`` pairs.
+        config: the registration (:class:`RegistrationConfig`).
+
+    Raises:
+        InvalidInputError: no support, or no labelled voxel in any of them.
+    """
+
+    def __init__(self, supports: Sequence[Pair], config: RegistrationConfig = RegistrationConfig()) -> None:
+        if not supports:
+            raise InvalidInputError("supports: expected at least one (image, label) pair, got none")
+        self.supports = tuple(check_support_pair(pair, i) for i, pair in enumerate(supports))
+        self.num_labels = max(int(np.asarray(label.array).max()) for _, label in self.supports)
+        if self.num_labels < 1:
+            raise InvalidInputError("supports: no support holds a label > 0; expected labelled supports")
+        self.config = config
+
+    def __call__(self, volume: Volume) -> np.ndarray:
+        if not isinstance(volume, Volume):
+            raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
+        prob = np.zeros((self.num_labels + 1, *volume.shape), np.float32)
+        for image, label in self.supports:
+            alignment = register_affine(volume, image, self.config)
+            for i, p in label_indicators(label, volume, alignment).items():
+                prob[i] += p / len(self.supports)
+        prob[0] = np.clip(1.0 - prob[1:].sum(axis=0), 0.0, 1.0)
+        return prob
+
+
+def align_supports(query: Volume, supports: Sequence[Pair],
+                   config: RegistrationConfig = RegistrationConfig()) -> tuple[Pair, ...]:
+    """Every ``(image, label)`` support registered onto ``query`` and resampled onto its grid.
+
+    Raises:
+        InvalidTypeError / ShapeMismatchError / GeometryError: a support is not an (image, label)
+            pair of Volumes on one grid (named by its index).
+    """
+    if not isinstance(query, Volume):
+        raise InvalidTypeError(f"query: expected a medsam2kit Volume, got {type(query).__name__}")
+    aligned = []
+    for index, pair in enumerate(supports):
+        image, label = check_support_pair(pair, index)
+        alignment = register_affine(query, image, config)
+        aligned.append((resample(image, query, alignment), resample(label, query, alignment, labels=True)))
+    return tuple(aligned)
+
+
+def vote_labels(supports: Sequence[Pair]) -> Volume:
+    """The majority vote of supports on one grid (:func:`align_supports`' output): per voxel the
+    label most supports give it, where more than half of them do (0 elsewhere); the baseline
+    few-shot methods are compared with (multi-atlas segmentation by majority vote).
+
+    Raises:
+        InvalidInputError: no support.
+        InvalidTypeError / ShapeMismatchError / GeometryError: not pairs of Volumes on the
+            first support's grid.
+    """
+    if not supports:
+        raise InvalidInputError("supports: expected at least one (image, label) pair, got none")
+    labels = [check_support_pair(pair, i)[1] for i, pair in enumerate(supports)]
+    for i, label in enumerate(labels[1:], start=1):
+        check_same_grid(label, labels[0], name=f"supports[{i}] label")
+    stack = np.stack([np.asarray(label.array) for label in labels])
+    ids = [int(x) for x in np.unique(stack) if x > 0]
+    out = np.zeros(labels[0].shape, stack.dtype)
+    for i in ids:
+        out[(stack == i).sum(axis=0) * 2 > len(labels)] = i
+    return labels[0].with_array(out)
+
+
+def check_support_pair(pair: object, index: int) -> Pair:
+    """A support's ``(image, label)`` pair checked: Volumes on one grid, the label a label map.
+
+    Raises:
+        InvalidTypeError: not a pair of Volumes (``supports[index]`` named).
+        ShapeMismatchError / GeometryError: the label is not on the image's grid.
+        InvalidInputError: the label is not a label map of non-negative integers.
+    """
+    if not (isinstance(pair, tuple) and len(pair) == 2):
+        raise InvalidTypeError(f"supports[{index}]: expected an (image, label) pair of Volumes, got {type(pair).__name__}")
+    image, label = pair
+    if not isinstance(image, Volume) or not isinstance(label, Volume):
+        raise InvalidTypeError(f"supports[{index}]: expected (Volume, Volume), got ({type(image).__name__}, {type(label).__name__})")
+    if image.shape != label.shape:
+        raise ShapeMismatchError(f"supports[{index}]: label shape {label.shape} differs from image shape {image.shape}")
+    check_same_grid(label, image, name=f"supports[{index}] label")
+    check_label_map(label.array, f"supports[{index}] label")
+    return image, label
+
+
+def _normalised(vol: Volume, percentiles: tuple[float, float], name: str) -> np.ndarray:
+    arr = np.asarray(vol.array, dtype=np.float32)
+    lo, hi = np.percentile(arr, percentiles)
+    if not hi > lo:
+        raise InvalidInputError(f"{name}: the image has no contrast between its {percentiles} percentiles; nothing to align")
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _smoothed(arr: np.ndarray, vol: Volume, sigma_mm: float) -> np.ndarray:
+    if sigma_mm == 0:
+        return arr
+    return ndimage.gaussian_filter(arr, [sigma_mm / s for s in vol.spacing])
+
+
+def _stride(shape: tuple[int, int, int], max_voxels: int) -> tuple[int, ...]:
+    """The smallest common stride whose subgrid holds at most ``max_voxels`` voxels."""
+    s = 1
+    while np.prod([-(-n // s) for n in shape]) > max_voxels:
+        s += 1
+    return (s, s, s)
+
+
+def _bounds(config: RegistrationConfig, fixed: Volume) -> tuple[np.ndarray, np.ndarray]:
+    extent = np.abs(fixed.affine[:3, :3]) @ np.asarray(fixed.shape, dtype=np.float64)
+    half = np.concatenate([extent / 2, np.full(3, np.radians(config.max_rotation_deg)),
+                           np.full(3, np.log(config.max_scale))])
+    return -half / _UNITS, half / _UNITS
+
+
+def _centre(vol: Volume) -> np.ndarray:
+    return (vol.affine @ np.append((np.asarray(vol.shape, dtype=np.float64) - 1) / 2, 1.0))[:3]
+
+
+def _matrix(params: np.ndarray, fixed: Volume, moving: Volume) -> np.ndarray:
+    """World (fixed) -> world (moving): ``R S (x - c_f) + c_m + t``."""
+    t, rotvec, log_scale = params[:3], params[3:6], params[6:9]
+    linear = Rotation.from_rotvec(rotvec).as_matrix() @ np.diag(np.exp(log_scale))
+    out = np.eye(4)
+    out[:3, :3] = linear
+    out[:3, 3] = _centre(moving) + t - linear @ _centre(fixed)
+    return out
+
+
+def _sample(src: np.ndarray, src_affine: np.ndarray, grid_to_world: np.ndarray, shape: tuple[int, ...],
+            cval: float = 0.0) -> np.ndarray:
+    """``src`` (voxels of ``src_affine``) sampled linearly at the world points of a grid."""
+    to_src = np.linalg.solve(src_affine, grid_to_world)
+    return ndimage.affine_transform(src, to_src[:3, :3], to_src[:3, 3], output_shape=tuple(shape),
+                                    order=1, mode="constant", cval=cval)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum()) / denom if denom > 0 else 0.0
+
+
+__all__ = [
+    "AffineAlignment",
+    "RegisteredAtlas",
+    "RegistrationConfig",
+    "align_supports",
+    "check_support_pair",
+    "label_indicators",
+    "register_affine",
+    "resample",
+    "vote_labels",
+]
