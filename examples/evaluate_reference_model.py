@@ -47,13 +47,14 @@ import torch
 
 from medsam2kit._data import shared_data_dir
 from medsam2kit._files import atomic_write
-from medsam2kit.adapt import AdaptConfig
+from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.demo import Pair, adapted_method, keep_labels, training_supports
-from medsam2kit.fewshot import FewShotPipeline
+from medsam2kit.fewshot import ALIGNED_RETRIEVAL, FewShotPipeline
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
+from medsam2kit.register import align_supports, vote_labels
 from medsam2kit.reference import (REFERENCE_CONFIG, SharedArrays, SharedVolume, Split, shared_images,
                                   shared_recordings, shared_volumes)
 from medsam2kit.tasks import BOX_BASELINES, PromptKind, box_prompt_image, one_prompt_propagation, track_recording
@@ -111,13 +112,17 @@ def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bo
 def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedVolume, supports: Sequence[Pair], *,
                      adapt: bool = True) -> list[Row]:
     truth = np.asarray(keep_labels(case.label, (1, 2)).array)
-    rows = []
+    aligned = align_supports(case.image, supports)  # once: the baseline's and the aligned runs' supports
+    maps = {"registered supports (vote)": vote_labels(aligned).array}
     config = AdaptConfig()
-    runs = [("fate-sam", None)] + ([(adapted_method(config, "fate-sam"), config)] if adapt else [])
-    for method, adapting in runs:
-        fewshot = FewShotPipeline(pred, supports, adapt=adapting)(case.image).array
-        rows += [Row(model, case.dataset, case.name, lab, "fewshot", method, dice(fewshot == lab, truth == lab))
-                 for lab in (1, 2)]
+    runs = [("fate-sam", pred)] + ([(adapted_method(config, "fate-sam"), adapt_to_supports(pred, supports, config))]
+                                   if adapt else [])
+    for method, run_pred in runs:  # as FewShotPipeline(adapt=..., align=...), adapting and registering once
+        maps[method] = FewShotPipeline(run_pred, supports)(case.image).array
+        maps[method.replace("fate-sam", "fate-sam aligned")] = FewShotPipeline(
+            run_pred, aligned, **ALIGNED_RETRIEVAL)(case.image).array
+    rows = [Row(model, case.dataset, case.name, lab, "fewshot", method, dice(m == lab, truth == lab))
+            for method, m in maps.items() for lab in (1, 2)]
     coarse = CoarseSegmenter(CoarseConfig(num_labels=2, image_size=48, base_channels=8, depth=2, axis=0))
     coarse.fit([s[0] for s in supports], [keep_labels(s[1], (1, 2)) for s in supports], steps=COARSE_STEPS,
                batch_size=16, generator=torch.Generator().manual_seed(0))

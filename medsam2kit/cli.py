@@ -174,7 +174,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="replace existing output files (--out, --save-bank); refused without it")
     fewshot.add_argument("--out", type=Path, required=True,
                          help="output label map (.nii or .nii.gz), or a folder for a cohort")
-    fewshot.add_argument("--top-k", type=int, default=3, help="supports per query slice and label (default 3)")
+    fewshot.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
+                         help="register every support onto each query first (affine, medsam2kit.register) and "
+                              "retrieve support slices by position on the query's grid (default with --support; "
+                              "a saved --bank cannot be aligned)")
+    fewshot.add_argument("--top-k", type=int, default=None,
+                         help="supports per query slice and label (default 3; aligned: 1, the one at the slice's position)")
     fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
     fewshot.add_argument("--adapt-steps", type=int, default=0, metavar="N",
                          help="first fine-tune a copy of the model on the supports for N steps "
@@ -654,8 +659,9 @@ def _label_map_jobs(args: argparse.Namespace, inp: Path, *, name: str) -> tuple[
 
 
 def _fewshot(args: argparse.Namespace) -> int:
-    from medsam2kit.fewshot import SupportBank, SupportMemoryAssembler
     from medsam2kit.dicom_seg import algorithm_name, write_labels
+    from medsam2kit.fewshot import FewShotPipeline, SupportBank, SupportMemoryAssembler
+    from medsam2kit.register import RegistrationConfig
     from medsam2kit.io import load_label, load_volume
 
     if bool(args.support) == (args.bank is not None):
@@ -666,6 +672,16 @@ def _fewshot(args: argparse.Namespace) -> int:
     if adapt is not None and args.save_bank is not None:
         raise InvalidInputError("--save-bank: the bank of an adapted model holds its memories, and the adapted "
                                 "model is not saved: drop --adapt-steps or --save-bank")
+    if args.top_k is not None and args.top_k < 1:
+        raise InvalidInputError(f"--top-k: expected >= 1 support per query slice, got {args.top_k}")
+    if args.align and args.bank is not None:
+        raise InvalidInputError("--align: aligning registers the support volumes onto each query; a saved --bank "
+                                "holds encoded slices only: give --support IMG LABEL, or drop --align")
+    if args.align and args.save_bank is not None:
+        raise InvalidInputError("--save-bank: aligned supports give each query its own bank; drop --align to "
+                                "build one bank for every query and save it")
+    # by default aligned, unless a bank is given or asked for (a bank serves every query as it is)
+    align = (args.bank is None and args.save_bank is None) if args.align is None else args.align
     fmt, jobs = _label_map_jobs(args, args.query, name="--query")
     if args.save_bank is not None:
         _check_out(args, args.save_bank, name="--save-bank")
@@ -690,22 +706,29 @@ def _fewshot(args: argparse.Namespace) -> int:
                     _stage(args, f"adaptation step {done} / {steps} ({time.perf_counter() - start:.0f} s)")
 
             predictor = adapt_to_supports(predictor, pairs, adapt, progress=report)
-        _stage(args, f"building the support bank: encoding every labelled slice of {len(pairs)} support(s)")
-        bank = SupportBank.build(predictor, pairs)
-        _stage(args, f"support bank: {len(bank)} slices, labels {list(bank.labels)} "
-                     f"({time.perf_counter() - start:.1f} s)")
-        if args.save_bank is not None and _rank()[0] == 0:
-            bank.save(args.save_bank)
-    assembler = SupportMemoryAssembler(predictor, bank, top_k=args.top_k, distance=args.distance)
+        if not align:
+            _stage(args, f"building the support bank: encoding every labelled slice of {len(pairs)} support(s)")
+            bank = SupportBank.build(predictor, pairs)
+            _stage(args, f"support bank: {len(bank)} slices, labels {list(bank.labels)} "
+                         f"({time.perf_counter() - start:.1f} s)")
+            if args.save_bank is not None and _rank()[0] == 0:
+                bank.save(args.save_bank)
+    options: dict[str, Any] = {"distance": args.distance, **({} if args.top_k is None else {"top_k": args.top_k})}
+    if align:
+        pipeline = FewShotPipeline(predictor, pairs, align=RegistrationConfig(), **options)
+        segment = pipeline.run
+        how = f"registering {len(pairs)} support(s) onto it, encoding them and its slices, propagating each label"
+    else:
+        segment = SupportMemoryAssembler(predictor, bank, **options).segment
+        how = "encoding its slices, retrieving supports, propagating each label"
     for query_path, out in _progress(args, jobs, "fewshot"):
         query = load_volume(query_path)
         if len(jobs) == 1:
-            _stage(args, f"segmenting {query_path} ({query.shape}): encoding its slices, retrieving supports, "
-                         "propagating each label")
-        result = assembler.segment(query)
+            _stage(args, f"segmenting {query_path} ({query.shape}): {how}")
+        result = segment(query)
         write_labels(result.labels, query, out, fmt=fmt, algorithm=algorithm_name(args))
-        counts = {lab: int((result.labels.array == lab).sum()) for lab in bank.labels}
-        _say(args, f"wrote {out} (voxels per label {counts}; {len(bank)} support slices; "
+        counts = {lab: int((result.labels.array == lab).sum()) for lab in sorted(result.logits)}
+        _say(args, f"wrote {out} (voxels per label {counts}; {'aligned supports; ' if align else ''}"
                    f"{result.encoder_calls} query encoder calls; {time.perf_counter() - start:.1f} s)")
     return 0
 

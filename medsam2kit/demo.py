@@ -13,8 +13,10 @@ reference model trained on):
   ``copy to labelled slices`` baseline (that mask on every slice holding the label) and the
   mask propagations ``on labelled slices`` (kept on the slices the label spans: the extent the
   baseline is given, :meth:`medsam2kit.tasks.Propagated.on_labelled_slices`);
-* ``fewshot``: FATE-SAM from labelled supports, no prompt at all (phantom, hippocampus), also
-  after adapting a copy of the model to the supports (``fate-sam adapted (N steps)``);
+* ``fewshot``: FATE-SAM from labelled supports registered onto the query
+  (:mod:`medsam2kit.register`), no prompt at all (phantom, hippocampus), also after adapting a
+  copy of the model to the supports (``fate-sam adapted (N steps)``); beside it the
+  ``registered supports (vote)`` baseline (their labels' majority vote on the query's grid);
 * ``sam2med3d``: a deliberately weak coarse network (a small U-Net fitted for a few steps on the
   supports), its reliable slices as prompts, SAM2 propagation and confidence fusion; beside it
   the coarse network alone (phantom, hippocampus);
@@ -54,13 +56,14 @@ import numpy as np
 import torch
 
 from medsam2kit._files import atomic_write
-from medsam2kit.adapt import AdaptConfig
+from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.errors import InvalidInputError
-from medsam2kit.fewshot import FewShotPipeline
+from medsam2kit.fewshot import ALIGNED_RETRIEVAL, FewShotPipeline
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
+from medsam2kit.register import align_supports, vote_labels
 from medsam2kit.reference import Split, heldout_phantoms, label_file, shared_files, shared_images, shared_recordings, shared_volumes
 from medsam2kit.tasks import BOX_BASELINES, box_prompt_image, one_prompt_propagation, track_recording
 from medsam2kit.volume import Volume
@@ -224,18 +227,20 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
     if case.supports:
         supports = tuple((img, keep_labels(lab, case.labels)) for img, lab in case.supports)
         truth_map = keep_labels(label, case.labels).array
-        stage(f"{case.name}: FATE-SAM from {len(supports)} support(s)")
-        fewshot = FewShotPipeline(predictor, supports)(image).array
-        maps["fewshot"] = fewshot
-        rows += [DiceRow("fewshot", case.name, lab, "fate-sam", dice(fewshot == lab, truth_map == lab))
-                 for lab in case.labels]
+        stage(f"{case.name}: registering {len(supports)} support(s) onto it, then FATE-SAM from them")
+        aligned = align_supports(image, supports)  # once for every aligned run below
+        maps["fewshot_vote"] = vote_labels(aligned).array
+        # FewShotPipeline(predictor, supports, align=RegistrationConfig()) with the registration done once
+        maps["fewshot"] = FewShotPipeline(predictor, aligned, **ALIGNED_RETRIEVAL)(image).array
         if adapt is not None and case.adapt_fewshot:
             stage(f"{case.name}: FATE-SAM after adapting a copy of the model to the supports ({adapt.steps} steps)")
-            name = adapted_method(adapt, "fate-sam")
-            maps["fewshot_adapted"] = FewShotPipeline(predictor, supports, adapt=adapt)(image).array
-            map_rows["fewshot_adapted"] = ("fewshot", name)
-            rows += [DiceRow("fewshot", case.name, lab, name, dice(maps["fewshot_adapted"] == lab, truth_map == lab))
-                     for lab in case.labels]
+            adapted = adapt_to_supports(predictor, supports, adapt)
+            maps["fewshot_adapted"] = FewShotPipeline(adapted, aligned, **ALIGNED_RETRIEVAL)(image).array
+            map_rows["fewshot_adapted"] = ("fewshot", adapted_method(adapt, "fate-sam"))
+        for name in ("fewshot", "fewshot_adapted", "fewshot_vote"):
+            if name in maps:
+                rows += [DiceRow("fewshot", case.name, lab, map_rows[name][1], dice(maps[name] == lab, truth_map == lab))
+                         for lab in case.labels]
 
         stage(f"{case.name}: SAM2Med3D (fitting a weak coarse network, {coarse_steps} steps, then SAM2)")
         coarse = weak_coarse(supports, num_labels=max(case.labels), steps=coarse_steps, generator=generator)
@@ -443,7 +448,7 @@ def _csv(rows: Sequence[DiceRow]) -> str:
 #: The Dice rows (task, method) of each map that :func:`run_case` writes, for the montages' headings.
 _MAP_ROWS: Mapping[str, tuple[str, str]] = {
     "propagation": ("propagation (mask)", "sam2"), "propagation_box": ("propagation (box)", "sam2"),
-    "fewshot": ("fewshot", "fate-sam"),
+    "fewshot": ("fewshot", "fate-sam"), "fewshot_vote": ("fewshot", "registered supports (vote)"),
     "coarse": ("sam2med3d", "coarse"), "sam2med3d": ("sam2med3d", "fused"),
 }
 

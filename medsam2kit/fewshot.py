@@ -45,24 +45,30 @@ import torch
 import torch.nn.functional as F
 
 from medsam2kit._files import atomic_write, load_torch
-from medsam2kit._validate import check_label_map
 from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit.errors import (
     CheckpointError,
     FileFormatError,
     InvalidInputError,
     InvalidTypeError,
-    ShapeMismatchError,
 )
 from medsam2kit import backend
 from medsam2kit.predictor import Direction, FeatureCache, SAM2Predictor
+from medsam2kit.register import RegistrationConfig, align_supports, check_support_pair
 from medsam2kit.sequencer import PercentileWindow, WindowSpec, sequence_volume
-from medsam2kit.volume import Volume, check_same_grid
+from medsam2kit.volume import Volume
 
 Distance = Literal["l1", "cosine"]
 Start = Literal["middle", "best"]
 
 _FORMAT_VERSION = 1
+
+#: The assembler options :class:`FewShotPipeline` uses with ``align`` unless given: once the
+#: supports lie on the query's grid, support slice ``z`` shows what query slice ``z`` holds, so
+#: each query slice takes the support slice at its own position (the most similar one when
+#: several supports hold the label there) and no previously predicted query slice as memory.
+#: Chosen on the validation hippocampus (docs/fewshot.md, "Registering the supports").
+ALIGNED_RETRIEVAL: Mapping[str, Any] = {"top_k": 1, "position_weight": 100.0, "max_volumetric": 0}
 
 
 class MissingLabelWarning(UserWarning):
@@ -172,7 +178,7 @@ class SupportBank:
         per_label: dict[int, dict[str, list[torch.Tensor]]] = {}
         pos_enc: list[torch.Tensor] | None = None
         for v, pair in enumerate(supports):
-            image, label = _check_pair(pair, v)
+            image, label = check_support_pair(pair, v)
             if direction is None:
                 ax = axis if axis is not None else _default_axis(image)
                 direction = _unit(image.affine[:3, ax])
@@ -668,21 +674,8 @@ def _default_axis(image: Volume) -> int:
     return default_axis(image)
 
 
-def _check_pair(pair: Any, index: int) -> tuple[Volume, Volume]:
-    if not (isinstance(pair, tuple) and len(pair) == 2):
-        raise InvalidTypeError(f"supports[{index}]: expected an (image, label) pair of Volumes, got {type(pair).__name__}")
-    image, label = pair
-    if not isinstance(image, Volume) or not isinstance(label, Volume):
-        raise InvalidTypeError(f"supports[{index}]: expected (Volume, Volume), got ({type(image).__name__}, {type(label).__name__})")
-    if image.shape != label.shape:
-        raise ShapeMismatchError(f"supports[{index}]: label shape {label.shape} differs from image shape {image.shape}")
-    check_same_grid(label, image, name=f"supports[{index}] label")
-    check_label_map(label.array, f"supports[{index}] label")
-    return image, label
-
-
 class FewShotPipeline:
-    """FATE-SAM end to end: supports -> bank (once) -> label maps for query volumes.
+    """FATE-SAM end to end: supports -> bank -> label maps for query volumes.
 
     Like :class:`~medsam2kit.pipelines.SAM2Med3DPipeline`: :meth:`run` gives the whole result,
     calling the pipeline gives the label map only.
@@ -693,11 +686,17 @@ class FewShotPipeline:
         adapt: first fine-tune a copy of the model on the supports
             (:func:`medsam2kit.adapt.adapt_to_supports`; the bank is then built with the copy,
             available as :attr:`predictor`); needs the supports, not a bank.
+        align: register every support onto each query first and build that query's bank from
+            the supports resampled onto its grid (:func:`medsam2kit.register.align_supports`);
+            the support slices then show the structure where the query holds it, and retrieval
+            is by position (:data:`ALIGNED_RETRIEVAL`, unless ``assembler_options`` say
+            otherwise). Costs one registration per support and query and a bank per query;
+            needs the supports.
         **assembler_options: keyword options of :class:`SupportMemoryAssembler`.
 
     Raises:
-        InvalidInputError: ``adapt`` with a :class:`SupportBank` (its memories are the original
-            model's).
+        InvalidInputError: ``adapt`` or ``align`` with a :class:`SupportBank` (its memories
+            are the original model's, on the supports' own grids).
 
     Example:
         >>> from medsam2kit.phantoms import ellipsoid_phantom
@@ -716,16 +715,29 @@ class FewShotPipeline:
         supports: Sequence[tuple[Volume, Volume]] | SupportBank,
         *,
         adapt: AdaptConfig | None = None,
+        align: RegistrationConfig | None = None,
         **assembler_options: Any,
     ) -> None:
+        for name, option in (("adapt", adapt), ("align", align)):
+            if option is not None and isinstance(supports, SupportBank):
+                raise InvalidInputError(f"{name}: needs the support volumes, got a SupportBank (built by the "
+                                        "original model from the supports as they are); pass the (image, label) pairs")
+        if align is not None and not isinstance(align, RegistrationConfig):
+            raise InvalidTypeError(f"align: expected a RegistrationConfig or None, got {type(align).__name__}")
+        pairs = () if isinstance(supports, SupportBank) else tuple(
+            check_support_pair(pair, i) for i, pair in enumerate(supports))
+        if not isinstance(supports, SupportBank) and not pairs:
+            raise InvalidInputError("supports: expected at least one (image, label) pair, got none")
         if adapt is not None:
-            if isinstance(supports, SupportBank):
-                raise InvalidInputError("adapt: adapting needs the support volumes, got a SupportBank (built by the "
-                                        "original model); pass the (image, label) pairs")
-            predictor = adapt_to_supports(predictor, supports, adapt)
+            predictor = adapt_to_supports(predictor, pairs, adapt)
         self.predictor = predictor
-        self.bank = supports if isinstance(supports, SupportBank) else SupportBank.build(predictor, supports)
-        self.assembler = SupportMemoryAssembler(predictor, self.bank, **assembler_options)
+        self.supports: tuple[tuple[Volume, Volume], ...] = pairs
+        self.align = align
+        self.assembler_options = {**(ALIGNED_RETRIEVAL if align is not None else {}), **assembler_options}
+        self.bank: SupportBank | None = (supports if isinstance(supports, SupportBank)
+                                         else None if align is not None else SupportBank.build(predictor, pairs))
+        # the assembler of the fixed bank (checks the options once, up front)
+        self.assembler = SupportMemoryAssembler(predictor, self.bank, **assembler_options) if self.bank is not None else None
 
     def __call__(self, volume: Volume) -> Volume:
         """The label map of ``volume`` (see :meth:`run` for everything else)."""
@@ -737,10 +749,17 @@ class FewShotPipeline:
         Returns:
             The :class:`FewShotResult` on the query's grid and geometry.
         """
-        return self.assembler.segment(volume)
+        if self.assembler is not None:
+            return self.assembler.segment(volume)
+        if not isinstance(volume, Volume):
+            raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
+        assert self.align is not None
+        bank = SupportBank.build(self.predictor, align_supports(volume, self.supports, self.align))
+        return SupportMemoryAssembler(self.predictor, bank, **self.assembler_options).segment(volume)
 
 
 __all__ = [
+    "ALIGNED_RETRIEVAL",
     "FewShotPipeline",
     "FewShotResult",
     "MissingLabelWarning",

@@ -87,7 +87,7 @@ def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
     assert main(["demo", "--out", str(out), "--no-data", "--quiet", "--adapt-steps", "3"]) == 0
     case = out / "phantom_0"
     image = nib.load(case / "image.nii.gz")
-    methods = ("propagation", "propagation_adapted", "propagation_box", "fewshot", "coarse", "sam2med3d")
+    methods = ("propagation", "propagation_adapted", "propagation_box", "fewshot", "fewshot_vote", "coarse", "sam2med3d")
     for name in ("ground_truth", *methods):
         other = nib.load(case / f"{name}.nii.gz")
         assert other.shape == image.shape
@@ -98,20 +98,22 @@ def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
     assert summary["cases"] == ["phantom_0"] and summary["model"].startswith("bundled model reference")
     rows = (out / "dice_table.csv").read_text().splitlines()
     assert rows[0] == "task,case,label,method,dice"
-    assert len(rows) - 1 == len(summary["rows"]) == 2 * (3 + 6)  # labels 1, 2 x (fate-sam, coarse, fused) + propagation x 6
+    # labels 1, 2 x (fate-sam, vote, coarse, fused) + propagation x 6
+    assert len(rows) - 1 == len(summary["rows"]) == 2 * (4 + 6)
     assert all(0.0 <= float(r.rsplit(",", 1)[1]) <= 1.0 for r in rows[1:])
     table = (out / "dice_table.md").read_text()
     for column in ("propagation (mask): sam2", "propagation (mask): sam2 adapted (3 steps)",
                    "propagation (mask): copy to labelled slices", "propagation (mask): sam2 on labelled slices",
                    "propagation (mask): sam2 adapted (3 steps) on labelled slices",
-                   "propagation (box): sam2", "fewshot: fate-sam", "sam2med3d: coarse", "sam2med3d: fused"):
+                   "propagation (box): sam2", "fewshot: fate-sam", "fewshot: registered supports (vote)",
+                   "sam2med3d: coarse", "sam2med3d: fused"):
         assert column in table
     assert set(summary["mean_dice"]) == {"propagation (mask)/sam2", "propagation (mask)/sam2 adapted (3 steps)",
                                          "propagation (mask)/copy to labelled slices",
                                          "propagation (mask)/sam2 on labelled slices",
                                          "propagation (mask)/sam2 adapted (3 steps) on labelled slices",
-                                         "propagation (box)/sam2", "fewshot/fate-sam", "sam2med3d/coarse",
-                                         "sam2med3d/fused"}
+                                         "propagation (box)/sam2", "fewshot/fate-sam",
+                                         "fewshot/registered supports (vote)", "sam2med3d/coarse", "sam2med3d/fused"}
 
 
 def test_demo_errors_exit_1_and_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,6 +176,7 @@ def test_fewshot_command_writes_a_label_map_on_the_query_grid(tmp_path: Path) ->
     from medsam2kit.adapt import AdaptConfig
     from medsam2kit.fewshot import FewShotPipeline
     from medsam2kit.predictor import SAM2Predictor
+    from medsam2kit.register import RegistrationConfig
 
     out3 = tmp_path / "q_mask3.nii.gz"
     assert main(["fewshot", *paths, "--query", str(tmp_path / "q.nii.gz"), "--out", str(out3), *model,
@@ -182,8 +185,13 @@ def test_fewshot_command_writes_a_label_map_on_the_query_grid(tmp_path: Path) ->
                                                                      like=load_volume(tmp_path / f"s{seed}.nii.gz")))
              for seed in (1, 2)]
     pred = SAM2Predictor.from_config("sam2.1_hiera_micro", ckpt, device="cpu")
-    expected = FewShotPipeline(pred, pairs, adapt=AdaptConfig(steps=2))(q).array
-    np.testing.assert_array_equal(load_label(out3, like=q).array, expected)
+    expected = FewShotPipeline(pred, pairs, adapt=AdaptConfig(steps=2), align=RegistrationConfig())(q).array
+    np.testing.assert_array_equal(load_label(out3, like=q).array, expected)  # aligned by default
+    # --no-align: one bank for every query, as the pipeline without align
+    out4 = tmp_path / "q_mask4.nii.gz"
+    assert main(["fewshot", *paths, "--query", str(tmp_path / "q.nii.gz"), "--out", str(out4), *model,
+                 "--no-align", "--quiet"]) == 0
+    np.testing.assert_array_equal(load_label(out4, like=q).array, load_label(out, like=q).array)
 
 
 def test_fewshot_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -203,6 +211,12 @@ def test_fewshot_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "--save-bank: the bank of an adapted model" in capsys.readouterr().err
     assert main(["fewshot", *support, *query, "--adapt-steps", "-1"]) == 1
     assert "--adapt-steps: expected a number of steps >= 0" in capsys.readouterr().err
+    assert main(["fewshot", "--bank", "b.pt", *query, "--align"]) == 1
+    assert "--align: aligning registers the support volumes" in capsys.readouterr().err
+    assert main(["fewshot", *support, *query, "--align", "--save-bank", str(tmp_path / "b.pt")]) == 1
+    assert "--save-bank: aligned supports give each query its own bank" in capsys.readouterr().err
+    assert main(["fewshot", *support, *query, "--top-k", "0"]) == 1
+    assert "--top-k: expected >= 1" in capsys.readouterr().err
     assert not (tmp_path / "m.nii.gz").exists() and not (tmp_path / "b.pt").exists()
 
 
@@ -324,6 +338,11 @@ def test_single_case_commands_report_their_stages(tmp_path: Path, capsys: pytest
     args = ["fewshot", "--support", str(tmp_path / "s_img.nii.gz"), str(tmp_path / "s_label.nii.gz"),
             "--query", str(tmp_path / "q_img.nii.gz"), "--random-init"]
     assert main([*args, "--out", str(tmp_path / "q_labels.nii.gz")]) == 0
+    err = capsys.readouterr().err
+    for stage in ("reading the support", "segmenting "):
+        assert f"medsam2kit fewshot: {stage}" in err
+    assert "registering 1 support(s) onto it" in err
+    assert main([*args, "--out", str(tmp_path / "q3_labels.nii.gz"), "--no-align"]) == 0
     err = capsys.readouterr().err
     for stage in ("reading the support", "building the support bank", "support bank: ", "segmenting "):
         assert f"medsam2kit fewshot: {stage}" in err

@@ -95,18 +95,19 @@ def test_run_case_reports_each_stage(predictor: SAM2Predictor, one_torch_thread:
     lines: list[str] = []
     rows = run_case(predictor, DemoCase("tiny", (q, ql), ((s, sl),), (1, 2)), coarse_steps=1,
                     progress=lines.append)
-    assert rows and [line.split(":")[1].split()[0] for line in lines] == ["propagation", "FATE-SAM", "SAM2Med3D"]
+    assert rows and [line.split(":")[1].split()[0] for line in lines] == ["propagation", "registering", "SAM2Med3D"]
     assert lines[0].startswith("tiny (6, 32, 32): propagation")
     lines.clear()
     rows = run_case(predictor, DemoCase("tiny", (q, ql), ((s, sl),), (1, 2)), coarse_steps=1,
                     progress=lines.append, adapt=AdaptConfig(steps=1))
-    assert [line.split(":")[1].split()[0] for line in lines] == ["propagation", "one-shot", "FATE-SAM", "FATE-SAM",
+    assert [line.split(":")[1].split()[0] for line in lines] == ["propagation", "one-shot", "registering", "FATE-SAM",
                                                                    "SAM2Med3D"]
-    assert {r.method for r in rows if r.task == "fewshot"} == {"fate-sam", "fate-sam adapted (1 steps)"}
+    assert {r.method for r in rows if r.task == "fewshot"} == {"fate-sam", "fate-sam adapted (1 steps)",
+                                                              "registered supports (vote)"}
     lines.clear()
     run_case(predictor, DemoCase("tiny", (q, ql), ((s, sl),), (1, 2), adapt_fewshot=False), coarse_steps=1,
              progress=lines.append, adapt=AdaptConfig(steps=1))
-    assert sum(line.split(":")[1].split()[0] == "FATE-SAM" for line in lines) == 1
+    assert sum(line.split(":")[1].split()[0] == "FATE-SAM" for line in lines) == 0  # not adapted
 
 
 def test_real_cases_are_the_held_out_volumes_with_training_supports(shared_data: Path) -> None:

@@ -273,3 +273,38 @@ def test_labels_tracked_as_one_batch_equal_each_label_alone(pred: SAM2Predictor)
     for lab in (1, 2):
         alone = assembler.segment(query, labels=[lab])
         np.testing.assert_allclose(together.logits[lab].array, alone.logits[lab].array, atol=1e-4)
+
+
+def test_aligned_pipeline_is_the_bank_of_the_supports_registered_onto_each_query(pred: SAM2Predictor) -> None:
+    from medsam2kit.fewshot import ALIGNED_RETRIEVAL
+    from medsam2kit.register import RegistrationConfig, align_supports
+
+    supports = [ellipsoid_phantom((6, 40, 36), rng=seed) for seed in (1, 2)]
+    config = RegistrationConfig(max_evaluations=100)
+    pipe = FewShotPipeline(pred, supports, align=config)
+    assert pipe.bank is None and pipe.assembler_options == dict(ALIGNED_RETRIEVAL)
+    for seed, shape in ((3, (7, 44, 40)), (4, (6, 36, 36))):
+        query, _ = ellipsoid_phantom(shape, (2.0, 0.9, 0.9), rng=seed)
+        expected = SupportMemoryAssembler(pred, SupportBank.build(pred, align_supports(query, supports, config)),
+                                          **ALIGNED_RETRIEVAL).segment(query)
+        got = pipe.run(query)
+        np.testing.assert_array_equal(got.labels.array, expected.labels.array)
+        assert got.labels.shape == query.shape and np.allclose(got.labels.affine, query.affine)
+    # options given win over the aligned defaults
+    assert FewShotPipeline(pred, supports, align=config, top_k=2).assembler_options["top_k"] == 2
+
+
+def test_aligned_pipeline_errors(pred: SAM2Predictor) -> None:
+    from medsam2kit.errors import InvalidTypeError
+    from medsam2kit.register import RegistrationConfig
+
+    supports = [ellipsoid_phantom((6, 40, 36), rng=1)]
+    bank = SupportBank.build(pred, supports)
+    with pytest.raises(InvalidInputError, match="align: needs the support volumes"):
+        FewShotPipeline(pred, bank, align=RegistrationConfig())
+    with pytest.raises(InvalidTypeError, match="align: expected a RegistrationConfig"):
+        FewShotPipeline(pred, supports, align=True)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="supports: expected at least one"):
+        FewShotPipeline(pred, [], align=RegistrationConfig())
+    with pytest.raises(InvalidTypeError, match="volume"):
+        FewShotPipeline(pred, supports, align=RegistrationConfig()).run(np.zeros((4, 4, 4)))  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ import torch
 
 from medsam2kit.demo import keep_labels, one_prompt_propagation, phantom_case, weak_coarse
 from medsam2kit.fewshot import FewShotPipeline
+from medsam2kit.register import RegistrationConfig
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
@@ -188,6 +189,18 @@ def test_fewshot_from_two_support_phantoms_and_worse_with_shuffled_labels(predic
             scores += [dice(pred == lab, label.array == lab) for lab in (1, 2)]
     assert np.mean(right) >= 0.60, (right, shuffled)
     assert np.mean(shuffled) <= np.mean(right) - 0.2, (right, shuffled)
+
+
+def test_fewshot_with_supports_registered_onto_the_query(predictor: SAM2Predictor) -> None:
+    """The held-out query whose supports lie rotated and scaled against it (FATE-SAM 0.47 / 0.17
+    unaligned) is segmented once they are registered onto it (align=RegistrationConfig())."""
+    plain, aligned = [], []
+    for _, image, label, supports in _cases():
+        for pipe, scores in ((FewShotPipeline(predictor, supports), plain),
+                             (FewShotPipeline(predictor, supports, align=RegistrationConfig()), aligned)):
+            pred = pipe(image).array
+            scores += [dice(pred == lab, label.array == lab) for lab in (1, 2)]
+    assert min(aligned) >= 0.85 and np.mean(aligned) >= np.mean(plain) + 0.15, (plain, aligned)
 
 
 def test_sam2med3d_fusion_is_at_least_the_weak_coarse_network(predictor: SAM2Predictor) -> None:
