@@ -156,10 +156,11 @@ def _parser() -> argparse.ArgumentParser:
         parents=[verbosity],
         help="FATE-SAM: segment a query volume from labelled supports, no prompt",
         description=(
-            "Few-shot, training-free, prompt-free segmentation (FATE-SAM): every slice of the "
-            "support volumes is encoded once into a support bank; each query slice retrieves its "
-            "closest support slices per label as SAM2 memory. Writes a label map (NIfTI) with "
-            "the query's geometry."
+            "Few-shot, training-free, prompt-free segmentation (FATE-SAM): the supports are registered "
+            "onto each query and resampled onto its grid (--no-align: as they are), every labelled "
+            "support slice is encoded into a support bank, and each query slice takes its support "
+            "slices per label as SAM2 memory (aligned: the one at its position). Writes a label map "
+            "(NIfTI, or DICOM SEG) with the query's geometry."
         ),
         epilog=_FEWSHOT_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -175,15 +176,17 @@ def _parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--out", type=Path, required=True,
                          help="output label map (.nii or .nii.gz), or a folder for a cohort")
     fewshot.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
-                         help="register every support onto each query first (affine, medsam2kit.register) and "
+                         help="register every support onto each query first (a similarity transform, "
+                              "medsam2kit.register) and "
                               "retrieve support slices by position on the query's grid (default with --support; "
                               "a saved --bank cannot be aligned)")
     fewshot.add_argument("--top-k", type=int, default=None,
                          help="supports per query slice and label (default 3; aligned: 1, the one at the slice's position)")
     fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
-    fewshot.add_argument("--adapt-steps", type=int, default=0, metavar="N",
+    fewshot.add_argument("--adapt-steps", type=int, default=None, metavar="N",
                          help="first fine-tune a copy of the model on the supports for N steps "
-                              "(medsam2kit.adapt.adapt_to_supports; about 0.2-0.4 s each on a CPU; default 0: none)")
+                              "(medsam2kit.adapt.adapt_to_supports; about 0.2-0.4 s each on a CPU; default: 200 "
+                              "with a bundled model when no bank is given or saved, else 0: none)")
     fewshot.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
                          help="label map format: nifti (default) or dicom-seg (a DICOM query only; "
                               "--out x.dcm implies it)")
@@ -661,8 +664,8 @@ def _label_map_jobs(args: argparse.Namespace, inp: Path, *, name: str) -> tuple[
 def _fewshot(args: argparse.Namespace) -> int:
     from medsam2kit.dicom_seg import algorithm_name, write_labels
     from medsam2kit.fewshot import FewShotPipeline, SupportBank, SupportMemoryAssembler
-    from medsam2kit.register import RegistrationConfig
     from medsam2kit.io import load_label, load_volume
+    from medsam2kit.register import RegistrationConfig
 
     if bool(args.support) == (args.bank is not None):
         raise InvalidInputError("--support/--bank: expected either one or more --support IMG LABEL or one --bank")
@@ -682,6 +685,8 @@ def _fewshot(args: argparse.Namespace) -> int:
                                 "build one bank for every query and save it")
     # by default aligned, unless a bank is given or asked for (a bank serves every query as it is)
     align = (args.bank is None and args.save_bank is None) if args.align is None else args.align
+    if args.adapt_steps is None and args.bank is None and args.save_bank is None and _bundled_model(args):
+        adapt = _adapt_config(BUNDLED_ADAPT_STEPS)  # measured with the bundled models only
     fmt, jobs = _label_map_jobs(args, args.query, name="--query")
     if args.save_bank is not None:
         _check_out(args, args.save_bank, name="--save-bank")
@@ -699,7 +704,8 @@ def _fewshot(args: argparse.Namespace) -> int:
         if adapt is not None:
             from medsam2kit.adapt import adapt_to_supports
 
-            _stage(args, f"adapting a copy of the model to the supports ({adapt.steps} steps)")
+            _stage(args, f"adapting a copy of the model to the supports ({adapt.steps} steps"
+                         + ("; --adapt-steps 0 for none)" if args.adapt_steps is None else ")"))
 
             def report(done: int, steps: int) -> None:
                 if done % 50 == 0 or done == steps:
@@ -733,9 +739,10 @@ def _fewshot(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Steps of the one-shot adaptation ``propagate`` runs by default with a bundled model (the
-#: tasks' :class:`~medsam2kit.adapt.AdaptConfig` default; held-out gains in docs/reference_model.md).
-PROPAGATE_ADAPT_STEPS = 200
+#: Steps of the adaptation ``propagate`` (to the prompts) and ``fewshot`` (to the supports) run
+#: by default with a bundled model (the tasks' :class:`~medsam2kit.adapt.AdaptConfig` default;
+#: held-out gains in docs/reference_model.md and docs/fewshot.md).
+BUNDLED_ADAPT_STEPS = 200
 
 
 def _bundled_model(args: argparse.Namespace) -> bool:
@@ -775,7 +782,7 @@ def _propagate(args: argparse.Namespace) -> int:
     prompts = load_label(args.prompts, like=image)
     recording = image.kind == "cine"
     if args.adapt_steps is None and args.prompt == "mask" and not recording and _bundled_model(args):
-        adapt = _adapt_config(PROPAGATE_ADAPT_STEPS)
+        adapt = _adapt_config(BUNDLED_ADAPT_STEPS)
     changes: dict[str, Any] = {"prompt": args.prompt, "adapt": adapt, "axis": args.axis}
     if args.zoom is not None:
         changes["zoom"] = None if args.zoom == 0 else args.zoom
