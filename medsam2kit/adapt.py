@@ -209,9 +209,11 @@ def _fine_tune(predictor: SAM2Predictor, prompts: Sequence[tuple[torch.Tensor, t
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    # the copy keeps the on-disk feature store: its entries are keyed by the image encoder's
+    # weights (frozen here), so they stay valid, and a trained encoder would simply miss them
     return SAM2Predictor(model, cache_budget_mb=predictor.cache_budget_bytes / 2**20, cache_dtype=predictor.cache_dtype,
                          fill_hole_area=predictor.fill_hole_area, encode_batch_size=predictor.encode_batch_size,
-                         max_objects_per_batch=predictor.max_objects_per_batch)
+                         max_objects_per_batch=predictor.max_objects_per_batch, feature_store=predictor.feature_store)
 
 
 __all__ = ["AdaptConfig", "adapt_predictor", "adapt_to_supports"]
