@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -68,7 +69,7 @@ _FORMAT_VERSION = 1
 #: each query slice takes the support slice at its own position (the most similar one when
 #: several supports hold the label there) and no previously predicted query slice as memory.
 #: Chosen on the validation hippocampus (docs/fewshot.md, "Registering the supports").
-ALIGNED_RETRIEVAL: Mapping[str, Any] = {"top_k": 1, "position_weight": 100.0, "max_volumetric": 0}
+ALIGNED_RETRIEVAL: Mapping[str, Any] = MappingProxyType({"top_k": 1, "position_weight": 100.0, "max_volumetric": 0})
 
 
 class MissingLabelWarning(UserWarning):
@@ -736,8 +737,9 @@ class FewShotPipeline:
         self.assembler_options = {**(ALIGNED_RETRIEVAL if align is not None else {}), **assembler_options}
         self.bank: SupportBank | None = (supports if isinstance(supports, SupportBank)
                                          else None if align is not None else SupportBank.build(predictor, pairs))
-        # the assembler of the fixed bank (checks the options once, up front)
-        self.assembler = SupportMemoryAssembler(predictor, self.bank, **assembler_options) if self.bank is not None else None
+        # the assembler of the fixed bank (checks the options once, up front); aligned: one per query
+        self.assembler = (SupportMemoryAssembler(predictor, self.bank, **self.assembler_options)
+                          if self.bank is not None else None)
 
     def __call__(self, volume: Volume) -> Volume:
         """The label map of ``volume`` (see :meth:`run` for everything else)."""
