@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--out", type=Path, required=True,
                          help="output label map (.nii or .nii.gz), or a folder for a cohort")
     fewshot.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
-                         help="register every support onto each query first (a similarity transform, "
+                         help="register every support onto each query first (a similarity transform, then demons, "
                               "medsam2kit.register) and "
                               "retrieve support slices by position on the query's grid (default with --support; "
                               "a saved --bank cannot be aligned)")

@@ -1,19 +1,25 @@
-"""Affine registration of one volume onto another, and labelled supports resampled onto a query.
+"""Registration of one volume onto another, and labelled supports resampled onto a query.
 
 Few-shot segmentation (:mod:`medsam2kit.fewshot`) shows SAM2 labelled support slices as the
-memory of a query slice. Supports from other patients differ from the query in position, size
-and pose, so the structure sits elsewhere in the support frame than in the query frame, and a
-small SAM2 that tracks by position follows it to the wrong place. :func:`align_supports` first
-registers every support image onto the query (a similarity transform by default: rotation, one
-scale and translation in world mm, found by maximising the normalised cross-correlation of the
-two images, coarse to fine; a scale per axis with ``RegistrationConfig(scale="anisotropic")``)
-and resamples image and label onto the query's grid, as atlas-based segmentation does; the
-supports' slices then show the structure where the query holds it.
+memory of a query slice. Supports from other patients differ from the query in position, size,
+pose and shape, so the structure sits elsewhere in the support frame than in the query frame, and
+a small SAM2 that tracks by position follows it to the wrong place. :func:`align_supports` first
+registers every support image onto the query and resamples image and label onto the query's grid,
+as atlas-based segmentation does; the supports' slices then show the structure where the query
+holds it. :func:`register` does it in two steps:
 
-The transform maps the fixed volume's world coordinates to the moving volume's:
-``x_moving = R S (x_fixed - c_fixed) + c_moving + t``, with ``c`` the world centres of the two
-arrays (so a crop of the same anatomy starts aligned), ``R`` a rotation, ``S`` a diagonal scale
-(one value on its diagonal by default) and ``t`` a translation in mm. :func:`register_affine` finds it; :func:`resample` applies it.
+* an affine (:func:`register_affine`): a similarity transform by default (rotation, one scale and
+  translation in world mm), found by maximising the normalised cross-correlation of the two
+  images, coarse to fine; a scale per axis with ``RegistrationConfig(scale="anisotropic")``. It
+  maps the fixed volume's world coordinates to the moving volume's:
+  ``x_moving = R S (x_fixed - c_fixed) + c_moving + t``, with ``c`` the world centres of the two
+  arrays (so a crop of the same anatomy starts aligned), ``R`` a rotation, ``S`` a diagonal scale
+  and ``t`` a translation in mm;
+* then a dense displacement on the fixed grid (:func:`register_demons`, a :class:`Warp`): demons
+  with symmetric forces, smoothed, coarse to fine, acting only where the moving image holds data
+  (``RegistrationConfig(deformable=None)`` for the affine alone).
+
+:func:`resample` applies either transform.
 
 Example:
     >>> import numpy as np
@@ -49,8 +55,51 @@ _UNITS = np.array([4.0, 4.0, 4.0, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05])
 
 
 @dataclass(frozen=True)
+class DemonsConfig:
+    """How :func:`register_demons` refines an affine alignment with a dense displacement.
+
+    Diffeomorphic-style demons with symmetric forces (Thirion 1998; Vercauteren et al. 2009,
+    additive form): at each iteration every voxel moves along the mean gradient of the two
+    images by ``-(m - f) g / (|g|^2 + (m - f)^2 / alpha^2)`` (at most ``max_step_mm``), the
+    update is smoothed (fluid) and the field is smoothed (diffusion), coarse to fine.
+
+    Attributes:
+        levels: Gaussian smoothing in mm of both images at each level (0: none).
+        iterations: demons iterations per level.
+        fluid_mm: Gaussian width of the smoothing of each update (0: none).
+        diffusion_mm: Gaussian width of the smoothing of the whole field after each update;
+            the regulariser (larger: smoother and more rigid; 0: none).
+        max_step_mm: the largest move of a voxel in one iteration.
+        max_voxels: the field is computed on a regular subgrid of the fixed volume of at most
+            this many voxels and interpolated linearly onto the whole grid.
+    """
+
+    levels: tuple[float, ...] = (2.0, 1.0, 0.0)
+    iterations: int = 30
+    fluid_mm: float = 1.0
+    diffusion_mm: float = 1.0
+    max_step_mm: float = 0.5
+    max_voxels: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        if not self.levels or any(not np.isfinite(s) or s < 0 for s in self.levels):
+            raise InvalidInputError(f"levels: expected one or more smoothing widths >= 0 mm, got {self.levels}")
+        if self.iterations < 1:
+            raise InvalidInputError(f"iterations: expected >= 1, got {self.iterations}")
+        for name in ("fluid_mm", "diffusion_mm"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise InvalidInputError(f"{name}: expected a width >= 0 mm, got {value}")
+        if not (np.isfinite(self.max_step_mm) and self.max_step_mm > 0):
+            raise InvalidInputError(f"max_step_mm: expected > 0 mm, got {self.max_step_mm}")
+        if self.max_voxels < 64:
+            raise InvalidInputError(f"max_voxels: expected >= 64, got {self.max_voxels}")
+
+
+@dataclass(frozen=True)
 class RegistrationConfig:
-    """How :func:`register_affine` searches.
+    """How :func:`register` searches: an affine (:func:`register_affine`), then, unless
+    ``deformable`` is None, a dense displacement (:func:`register_demons`).
 
     Attributes:
         levels: the coarse-to-fine pyramid, as Gaussian smoothing in mm of both images at
@@ -63,6 +112,8 @@ class RegistrationConfig:
         max_scale: scales are kept in ``[1 / max_scale, max_scale]``.
         percentiles: both images are normalised to [0, 1] between these intensity percentiles.
         max_evaluations: cost evaluations per level (Powell's ``maxfev``).
+        deformable: the demons refinement after the affine (:class:`DemonsConfig`), or None
+            for the affine alone.
     """
 
     levels: tuple[float, ...] = (4.0, 2.0, 0.0)
@@ -72,6 +123,7 @@ class RegistrationConfig:
     max_scale: float = 1.5
     percentiles: tuple[float, float] = (0.5, 99.5)
     max_evaluations: int = 1500
+    deformable: DemonsConfig | None = DemonsConfig()
 
     def __post_init__(self) -> None:
         if not self.levels or any(not np.isfinite(s) or s < 0 for s in self.levels):
@@ -89,6 +141,8 @@ class RegistrationConfig:
             raise InvalidInputError(f"percentiles: expected 0 <= low < high <= 100, got {self.percentiles}")
         if self.max_evaluations < 1:
             raise InvalidInputError(f"max_evaluations: expected >= 1, got {self.max_evaluations}")
+        if self.deformable is not None and not isinstance(self.deformable, DemonsConfig):
+            raise InvalidTypeError(f"deformable: expected a DemonsConfig or None, got {type(self.deformable).__name__}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,6 +159,116 @@ class AffineAlignment:
     matrix: np.ndarray
     parameters: np.ndarray
     ncc: float
+
+
+@dataclass(frozen=True, eq=False)
+class Warp:
+    """An affine alignment refined by a dense displacement on the fixed volume's grid.
+
+    The fixed voxel ``i`` (a 3-vector of indices) maps to the world point
+    ``fixed.affine @ (i + displacement[:, i] / spacing)``, which ``affine.matrix`` carries into
+    the moving volume's world coordinates.
+
+    Attributes:
+        affine: the :class:`AffineAlignment` the displacement refines.
+        displacement: ``(3, D, H, W)`` float32, mm along the fixed grid's three axes.
+        spacing: the fixed grid's voxel size (mm) per axis.
+    """
+
+    affine: AffineAlignment
+    displacement: np.ndarray
+    spacing: tuple[float, float, float]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The fixed grid's shape, the only grid this warp samples."""
+        d, h, w = self.displacement.shape[1:]
+        return d, h, w
+
+
+Transform = AffineAlignment | Warp
+
+
+def register(fixed: Volume, moving: Volume, config: RegistrationConfig = RegistrationConfig()) -> Transform:
+    """:func:`register_affine`, then :func:`register_demons` unless ``config.deformable`` is None.
+
+    Returns:
+        A :class:`Warp` (or the :class:`AffineAlignment` alone); :func:`resample` applies either.
+    """
+    affine = register_affine(fixed, moving, config)
+    if config.deformable is None:
+        return affine
+    return register_demons(fixed, moving, affine, config.deformable, percentiles=config.percentiles)
+
+
+def register_demons(fixed: Volume, moving: Volume, affine: AffineAlignment,
+                    config: DemonsConfig = DemonsConfig(), *,
+                    percentiles: tuple[float, float] = (0.5, 99.5)) -> Warp:
+    """Refine ``affine`` by a smooth displacement that brings ``moving`` onto ``fixed`` voxel by voxel.
+
+    Both images are normalised to [0, 1] between ``percentiles`` (as :func:`register_affine`
+    does), ``moving`` is resampled onto the fixed grid through ``affine`` and the demons of
+    :class:`DemonsConfig` run there.
+
+    Raises:
+        InvalidTypeError: not Volumes, or ``affine`` not an :class:`AffineAlignment`.
+        InvalidInputError: an image without contrast.
+    """
+    for name, vol in (("fixed", fixed), ("moving", moving)):
+        if not isinstance(vol, Volume):
+            raise InvalidTypeError(f"{name}: expected a medsam2kit Volume, got {type(vol).__name__}")
+    if not isinstance(affine, AffineAlignment):
+        raise InvalidTypeError(f"affine: expected an AffineAlignment, got {type(affine).__name__}")
+    stride = _stride(fixed.shape, config.max_voxels)
+    both = [_sample(_normalised(moving, percentiles, "moving"), moving.affine, affine.matrix @ fixed.affine,
+                    fixed.shape), _normalised(fixed, percentiles, "fixed")]
+    if stride != (1, 1, 1):  # smoothed over about a stride before the subgrid is taken
+        both = [ndimage.gaussian_filter(a, stride[0] / 2) for a in both]
+    m, f = (a[::stride[0], ::stride[1], ::stride[2]] for a in both)
+    grid = fixed.affine @ np.diag([*stride, 1.0])
+    # where the moving image holds data (its field of view on the fixed grid): no force elsewhere,
+    # and the fixed image shown there, so that the view's edge is no edge to align
+    seen = _sample(np.ones(moving.shape, np.float32), moving.affine, affine.matrix @ grid, f.shape)
+    m = seen * m + (1 - seen) * f
+    spacing = np.asarray(fixed.spacing, dtype=np.float64) * np.asarray(stride)
+    field = _demons(f, m, seen, spacing, config)
+    if stride != (1, 1, 1):  # the subgrid's field interpolated linearly onto the whole grid
+        at = np.indices(fixed.shape, dtype=np.float32) / np.asarray(stride, np.float32)[:, None, None, None]
+        field = np.stack([ndimage.map_coordinates(c, at, order=1, mode="nearest") for c in field])
+    sp = tuple(float(x) for x in fixed.spacing)
+    return Warp(affine=affine, displacement=field.astype(np.float32), spacing=(sp[0], sp[1], sp[2]))
+
+
+def _demons(f: np.ndarray, m: np.ndarray, seen: np.ndarray, spacing: np.ndarray, config: DemonsConfig) -> np.ndarray:
+    """The displacement (mm along the grid's axes) that brings ``m`` onto ``f`` (same grid);
+    the force acts only where ``seen`` (in [0, 1]: where ``m`` holds data) is 1."""
+    u = np.zeros((3, *f.shape), np.float32)
+    index = np.indices(f.shape, dtype=np.float32)
+    per_voxel = spacing.astype(np.float32)[:, None, None, None]
+    alpha2 = (2.0 * config.max_step_mm) ** 2  # |step| <= alpha / 2
+    inside = (seen > 0.999).astype(np.uint8)
+
+    def smooth(field: np.ndarray, width_mm: float) -> np.ndarray:
+        if width_mm == 0:
+            return field
+        # at least half a voxel of this grid: on a coarse subgrid a field smoothed less folds
+        sigma = np.maximum(width_mm / spacing, 0.5)
+        return np.stack([ndimage.gaussian_filter(c, sigma) for c in field])
+
+    for sigma_mm in config.levels:
+        fs = ndimage.gaussian_filter(f, sigma_mm / spacing) if sigma_mm else f
+        ms = ndimage.gaussian_filter(m, sigma_mm / spacing) if sigma_mm else m
+        grad_f = np.stack(np.gradient(fs, *spacing))
+        for _ in range(config.iterations):
+            at = index + u / per_voxel
+            warped = ndimage.map_coordinates(ms, at, order=1, mode="nearest")
+            weight = ndimage.map_coordinates(inside, at, order=0, mode="constant").astype(bool)
+            g = (grad_f + np.stack(np.gradient(warped, *spacing))) / 2
+            diff = warped - fs
+            denom = (g * g).sum(axis=0) + diff * diff / alpha2
+            step = np.divide(-diff, denom, out=np.zeros_like(diff), where=(denom > 1e-9) & weight) * g
+            u = smooth(u + smooth(step, config.fluid_mm), config.diffusion_mm)
+    return u
 
 
 def register_affine(fixed: Volume, moving: Volume, config: RegistrationConfig = RegistrationConfig()) -> AffineAlignment:
@@ -130,7 +294,7 @@ def register_affine(fixed: Volume, moving: Volume, config: RegistrationConfig = 
     base = _stride(fixed.shape, config.max_voxels)
     lower, upper = _bounds(config, fixed)
     free = _free_parameters(config.scale)
-    q = np.zeros(len(free))
+    q = np.zeros(int(free.max()) + 1)  # the free parameters only (an isotropic scale is one)
     ncc = 0.0
     for sigma_mm in config.levels:
         # a smoothed level is sampled more sparsely: about two samples per smoothing width
@@ -163,7 +327,7 @@ def _free_parameters(scale: Scale) -> np.ndarray:
     return np.arange(9) if scale == "anisotropic" else np.array([0, 1, 2, 3, 4, 5, 6, 6, 6])
 
 
-def resample(moving: Volume, onto: Volume, alignment: AffineAlignment | None = None, *,
+def resample(moving: Volume, onto: Volume, alignment: Transform | None = None, *,
              labels: bool = False) -> Volume:
     """``moving`` resampled onto ``onto``'s grid through ``alignment`` (identity world map if None).
 
@@ -173,11 +337,13 @@ def resample(moving: Volume, onto: Volume, alignment: AffineAlignment | None = N
 
     Returns:
         A :class:`~medsam2kit.volume.Volume` with ``onto``'s shape and affine.
+
+    Raises:
+        ShapeMismatchError: a :class:`Warp` found on another grid than ``onto``'s.
     """
     if not labels:
-        world = np.eye(4) if alignment is None else alignment.matrix
         src = np.asarray(moving.array, dtype=np.float32)
-        out = _sample(src, moving.affine, world @ onto.affine, onto.shape, cval=float(src.min()))
+        out = _sample_through(src, moving.affine, alignment, onto, cval=float(src.min()))
         return Volume(out.astype(np.float32), onto.affine, kind=onto.kind)
     indicators = label_indicators(moving, onto, alignment)
     best = np.full(onto.shape, 0.5, np.float32)  # an indicator must pass one half to win a voxel
@@ -189,18 +355,34 @@ def resample(moving: Volume, onto: Volume, alignment: AffineAlignment | None = N
     return Volume(out, onto.affine, kind=onto.kind)
 
 
-def label_indicators(label: Volume, onto: Volume, alignment: AffineAlignment | None = None) -> dict[int, np.ndarray]:
+def label_indicators(label: Volume, onto: Volume, alignment: Transform | None = None) -> dict[int, np.ndarray]:
     """Per label > 0 of ``label``, its indicator resampled linearly onto ``onto``'s grid through
     ``alignment``: float32 in [0, 1], 0 outside ``label``'s grid."""
-    world = np.eye(4) if alignment is None else alignment.matrix
     lab = np.asarray(label.array)
-    return {int(i): np.clip(_sample((lab == i).astype(np.float32), label.affine, world @ onto.affine, onto.shape), 0, 1)
+    return {int(i): np.clip(_sample_through((lab == i).astype(np.float32), label.affine, alignment, onto), 0, 1)
             for i in np.unique(lab) if i > 0}
+
+
+def _sample_through(src: np.ndarray, src_affine: np.ndarray, alignment: Transform | None, onto: Volume,
+                    cval: float = 0.0) -> np.ndarray:
+    """``src`` sampled linearly at ``onto``'s voxels carried into its world by ``alignment``."""
+    if not isinstance(alignment, Warp):
+        world = np.eye(4) if alignment is None else alignment.matrix
+        return _sample(src, src_affine, world @ onto.affine, onto.shape, cval=cval)
+    if alignment.shape != tuple(onto.shape):
+        raise ShapeMismatchError(f"alignment: a Warp found on a grid of shape {alignment.shape}, "
+                                 f"not onto's {tuple(onto.shape)}; register onto this grid")
+    to_src = np.linalg.solve(src_affine, alignment.affine.matrix @ onto.affine)
+    per_voxel = np.asarray(alignment.spacing, np.float32)[:, None, None, None]
+    at = np.indices(onto.shape, dtype=np.float32) + alignment.displacement / per_voxel
+    points = np.einsum("ij,j...->i...", to_src[:3, :3].astype(np.float32), at) + \
+        to_src[:3, 3].astype(np.float32)[:, None, None, None]
+    return ndimage.map_coordinates(src, points, order=1, mode="grid-constant", cval=cval)
 
 
 class RegisteredAtlas:
     """A coarse model (:class:`~medsam2kit.coarse.CoarseModel`) that needs no training: the
-    supports registered onto each volume (:func:`register_affine`), their labels' indicators
+    supports registered onto each volume (:func:`register`), their labels' indicators
     resampled linearly and averaged (multi-atlas label fusion by the mean).
 
     Calling it gives ``(L + 1, D, H, W)`` float32 probabilities on the volume's grid (channel
@@ -230,7 +412,7 @@ class RegisteredAtlas:
             raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
         prob = np.zeros((self.num_labels + 1, *volume.shape), np.float32)
         for image, label in self.supports:
-            alignment = register_affine(volume, image, self.config)
+            alignment = register(volume, image, self.config)
             for i, p in label_indicators(label, volume, alignment).items():
                 prob[i] += p / len(self.supports)
         prob[0] = np.clip(1.0 - prob[1:].sum(axis=0), 0.0, 1.0)
@@ -250,7 +432,7 @@ def align_supports(query: Volume, supports: Sequence[Pair],
     aligned = []
     for index, pair in enumerate(supports):
         image, label = check_support_pair(pair, index)
-        alignment = register_affine(query, image, config)
+        alignment = register(query, image, config)
         aligned.append((resample(image, query, alignment), resample(label, query, alignment, labels=True)))
     return tuple(aligned)
 
@@ -346,7 +528,7 @@ def _sample(src: np.ndarray, src_affine: np.ndarray, grid_to_world: np.ndarray, 
     """``src`` (voxels of ``src_affine``) sampled linearly at the world points of a grid."""
     to_src = np.linalg.solve(src_affine, grid_to_world)
     return ndimage.affine_transform(src, to_src[:3, :3], to_src[:3, 3], output_shape=tuple(shape),
-                                    order=1, mode="constant", cval=cval)
+                                    order=1, mode="grid-constant", cval=cval)
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -358,12 +540,17 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 __all__ = [
     "AffineAlignment",
+    "DemonsConfig",
     "RegisteredAtlas",
     "RegistrationConfig",
+    "Transform",
+    "Warp",
     "align_supports",
     "check_support_pair",
     "label_indicators",
+    "register",
     "register_affine",
+    "register_demons",
     "resample",
     "vote_labels",
 ]

@@ -13,9 +13,12 @@ from scipy.spatial.transform import Rotation
 from medsam2kit.errors import GeometryError, InvalidInputError, InvalidTypeError
 from medsam2kit.metrics import dice
 from medsam2kit.phantoms import ellipsoid_phantom, rotation_affine
-from medsam2kit.register import (AffineAlignment, RegisteredAtlas, RegistrationConfig, align_supports, register_affine, resample,
-                                 vote_labels)
+from medsam2kit.errors import ShapeMismatchError
+from medsam2kit.register import (AffineAlignment, DemonsConfig, RegisteredAtlas, RegistrationConfig, Warp, align_supports,
+                                 register, register_affine, register_demons, resample, vote_labels)
 from medsam2kit.volume import Volume
+
+Pair = tuple[Volume, Volume]
 
 
 def _transform(shift_mm: tuple[float, float, float], rotvec_deg: tuple[float, float, float], scale: float,
@@ -113,16 +116,35 @@ def _translation(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_align_supports_puts_the_support_label_on_the_query(phantom: tuple[Volume, Volume]) -> None:
-    image, label = phantom
-    world = _transform((6.0, 5.0, -6.0), (0.0, 6.0, -6.0), 0.92, _centre(image))
-    support = _moved(image, label, world, image)
+def _padded(vol: Volume, margin: int) -> Volume:
+    """``vol`` grown by ``margin`` voxels on every side, mirrored, at its place in the world."""
+    return Volume(np.pad(np.asarray(vol.array), margin, mode="reflect"), vol.affine @ _translation(np.full(3, -margin)))
+
+
+@pytest.fixture(scope="module")
+def crops(phantom: tuple[Volume, Volume]) -> tuple[Pair, Pair]:
+    """The phantom as a query and, moved (shift, rotation, scale), as a support that holds data
+    everywhere on the query's grid (sampled from the phantom grown by mirroring), as two crops
+    of real anatomy do."""
+    query = phantom
+    image, label = (_padded(v, 16) for v in phantom)
+    world = _transform((6.0, 5.0, -6.0), (0.0, 6.0, -6.0), 0.92, _centre(query[0]))
+    back = AffineAlignment(matrix=np.linalg.inv(world), parameters=np.zeros(9), ncc=1.0)
+    support = (resample(image, query[0], back), resample(label, query[0], back, labels=True))
+    return query, support
+
+
+def test_align_supports_puts_the_support_label_on_the_query(crops: tuple[Pair, Pair]) -> None:
+    (image, label), support = crops
+    (_, affine), = align_supports(image, [support], RegistrationConfig(deformable=None))
     (aligned_image, aligned_label), = align_supports(image, [support])
     assert aligned_image.shape == image.shape and np.allclose(aligned_label.affine, image.affine)
-    for lab in (1, 2, 3):
+    for lab in np.unique(label.array)[1:]:
         before = dice(support[1].array == lab, label.array == lab)
-        after = dice(aligned_label.array == lab, label.array == lab)
+        after = dice(affine.array == lab, label.array == lab)
+        refined = dice(aligned_label.array == lab, label.array == lab)
         assert after > 0.85 and after > before + 0.1, (lab, before, after)
+        assert refined > after - 0.02, (lab, after, refined)
 
 
 def test_vote_labels_is_the_majority_per_voxel() -> None:
@@ -165,13 +187,16 @@ def test_hippocampus_supports_align_onto_a_new_case(shared_data: Path) -> None:
 
     query, truth = case(195)
     support = case(184)
-    (_, aligned), = align_supports(query, [support])
+    (_, affine), = align_supports(query, [support], RegistrationConfig(deformable=None))
+    (_, warped), = align_supports(query, [support])  # default: affine then demons
     centres = _translation(_centre(support[0]) - _centre(query))
     centred = resample(support[1], query, AffineAlignment(centres, np.zeros(9), 1.0), labels=True)
     for lab in (1, 2):
         before = dice(centred.array == lab, truth.array == lab)
-        after = dice(aligned.array == lab, truth.array == lab)
+        after = dice(affine.array == lab, truth.array == lab)
+        refined = dice(warped.array == lab, truth.array == lab)
         assert after > before + 0.05, (lab, before, after)
+        assert refined > after + 0.05, (lab, after, refined)  # measured 0.73 / 0.54 -> 0.80 / 0.76
 
 
 def test_registered_atlas_is_a_coarse_model_of_the_supports(phantom: tuple[Volume, Volume]) -> None:
@@ -202,7 +227,7 @@ def test_scale_modes(phantom: tuple[Volume, Volume]) -> None:
     world = np.eye(4)
     world[:3, :3] = np.diag([1.0, 1.15, 0.9])
     world[:3, 3] = _centre(image) - world[:3, :3] @ _centre(image)
-    moving, _ = _moved(image, label, world, image)
+    moving, _ = _moved(_padded(image, 16), _padded(label, 16), world, image)  # data everywhere on its grid
     iso = register_affine(image, moving)
     assert np.ptp(iso.parameters[6:]) == 0
     aniso = register_affine(image, moving, RegistrationConfig(scale="anisotropic"))
@@ -212,3 +237,94 @@ def test_scale_modes(phantom: tuple[Volume, Volume]) -> None:
     assert aniso.ncc > iso.ncc
     with pytest.raises(InvalidInputError, match="scale"):
         RegistrationConfig(scale="affine")  # type: ignore[arg-type]
+
+
+def _identity_alignment() -> AffineAlignment:
+    return AffineAlignment(matrix=np.eye(4), parameters=np.zeros(9), ncc=1.0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000))
+def test_a_constant_displacement_is_a_translation(seed: int) -> None:
+    """A Warp whose displacement is the same vector u (mm along the grid's axes) everywhere
+    samples as its affine composed with the world shift ``A (u / spacing)``: the dense path
+    against the affine path, on oblique grids."""
+    rng = np.random.default_rng(seed)
+    src = Volume(rng.normal(size=(6, 7, 8)).astype(np.float32),
+                 rotation_affine(tuple(rng.uniform(0.5, 2.0, 3)), tuple(rng.uniform(-40, 40, 3))))
+    onto = Volume(np.zeros((5, 4, 6), np.float32),
+                  rotation_affine(tuple(rng.uniform(0.5, 2.0, 3)), tuple(rng.uniform(-40, 40, 3))))
+    world = _transform(tuple(rng.uniform(-2, 2, 3)), tuple(rng.uniform(-20, 20, 3)), 1.0, _centre(onto))
+    affine = AffineAlignment(matrix=world, parameters=np.zeros(9), ncc=1.0)
+    u = rng.uniform(-2, 2, 3)
+    spacing = onto.spacing
+    warp = Warp(affine, np.broadcast_to(u[:, None, None, None], (3, *onto.shape)).astype(np.float32), spacing)
+    shifted = AffineAlignment(world @ _translation(onto.affine[:3, :3] @ (u / np.asarray(spacing))),
+                              np.zeros(9), 1.0)
+    np.testing.assert_allclose(resample(src, onto, warp).array, resample(src, onto, shifted).array, atol=1e-4)
+    labels = src.with_array((src.array > 0).astype(np.uint8))
+    np.testing.assert_array_equal(resample(labels, onto, warp, labels=True).array,
+                                  resample(labels, onto, shifted, labels=True).array)
+
+
+def test_demons_undo_a_known_smooth_deformation(phantom: tuple[Volume, Volume]) -> None:
+    """The moving image is the fixed one pushed by a smooth bump (up to 4 mm); the demons find
+    the bump where the image has edges, and the moved label lands back on the fixed one."""
+    image, label = phantom
+    spacing = np.asarray(image.spacing)
+    index = np.indices(image.shape, dtype=np.float64)
+    centre = (np.asarray(image.shape) - 1)[:, None, None, None] / 2
+    r2 = (((index - centre) * spacing[:, None, None, None]) ** 2).sum(axis=0)
+    bump = np.zeros((3, *image.shape), np.float32)
+    bump[1] = 4.0 * np.exp(-r2 / (2 * 12.0 ** 2))
+    bump[2] = -3.0 * np.exp(-r2 / (2 * 12.0 ** 2))
+    # moving(y) = fixed(y - t(y)): then moving(x + t(x)) is about fixed(x)
+    push = Warp(_identity_alignment(), -bump, image.spacing)
+    moving, moved_label = resample(image, image, push), resample(label, image, push, labels=True)
+    # the whole grid; a subgrid (stride 2) whose field is interpolated, coarser: about half the bump
+    for config, share, least in ((DemonsConfig(), 0.5, 0.95), (DemonsConfig(max_voxels=12_000), 0.85, 0.94)):
+        found = register_demons(image, moving, _identity_alignment(), config)
+        assert found.displacement.shape == (3, *image.shape) and found.displacement.dtype == np.float32
+        back = resample(moved_label, image, found, labels=True)
+        edges = np.abs(np.asarray(label.array, np.int16) - np.roll(label.array, 1, axis=2)) > 0
+        error = np.linalg.norm(found.displacement - bump, axis=0)[edges].mean()
+        moved = np.linalg.norm(bump, axis=0)[edges].mean()
+        assert error < share * moved, (config, error, moved)
+        for lab in (1, 2, 3):
+            before = dice(moved_label.array == lab, label.array == lab)
+            after = dice(back.array == lab, label.array == lab)
+            assert after > least and after >= before - 0.005, (config, lab, before, after)
+    # the field folds nowhere: the Jacobian determinant of x -> x + u(x) stays positive
+    grads = [np.gradient(found.displacement[i], *spacing) for i in range(3)]
+    jac = np.stack([np.stack([grads[i][j] + (i == j) for j in range(3)]) for i in range(3)])
+    assert np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1))).min() > 0
+
+
+def test_register_is_the_affine_then_the_demons(crops: tuple[Pair, Pair]) -> None:
+    (image, _), (moving, _) = crops
+    affine = register_affine(image, moving)
+    assert isinstance(register(image, moving, RegistrationConfig(deformable=None)), AffineAlignment)
+    warp = register(image, moving)
+    assert isinstance(warp, Warp)
+    np.testing.assert_array_equal(warp.affine.matrix, affine.matrix)
+    again = register_demons(image, moving, affine)
+    np.testing.assert_array_equal(warp.displacement, again.displacement)
+
+
+def test_demons_errors_name_the_argument(phantom: tuple[Volume, Volume]) -> None:
+    image, label = phantom
+    warp = register_demons(image, image, _identity_alignment(), DemonsConfig(iterations=1, levels=(0.0,)))
+    other = Volume(np.zeros((4, 5, 6), np.float32), np.eye(4))
+    with pytest.raises(ShapeMismatchError, match="alignment"):
+        resample(image, other, warp)
+    with pytest.raises(InvalidTypeError, match="affine"):
+        register_demons(image, image, np.eye(4))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="moving"):
+        register_demons(image, image.with_array(np.zeros(image.shape, np.float32)), _identity_alignment())
+    for bad, name in ((dict(iterations=0), "iterations"), (dict(diffusion_mm=-1.0), "diffusion_mm"),
+                      (dict(max_step_mm=0.0), "max_step_mm"), (dict(levels=()), "levels"),
+                      (dict(max_voxels=8), "max_voxels")):
+        with pytest.raises(InvalidInputError, match=name):
+            DemonsConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTypeError, match="deformable"):
+        RegistrationConfig(deformable=1.0)  # type: ignore[arg-type]
