@@ -357,7 +357,8 @@ def resample(moving: Volume, onto: Volume, alignment: Transform | None = None, *
 
 def label_indicators(label: Volume, onto: Volume, alignment: Transform | None = None) -> dict[int, np.ndarray]:
     """Per label > 0 of ``label``, its indicator resampled linearly onto ``onto``'s grid through
-    ``alignment``: float32 in [0, 1], 0 outside ``label``'s grid."""
+    ``alignment``: float32 in [0, 1]; a voxel's value reaches half a voxel past ``label``'s grid,
+    fading to 0 there (so a label on the grid's edge survives a sub-voxel shift), 0 beyond."""
     lab = np.asarray(label.array)
     return {int(i): np.clip(_sample_through((lab == i).astype(np.float32), label.affine, alignment, onto), 0, 1)
             for i in np.unique(lab) if i > 0}

@@ -325,6 +325,12 @@ class AnnotatorWidget(QWidget):
         row.addWidget(self.bank_edit, 1)
         row.addWidget(load)
         form.addLayout(row)
+        self.align_check = QCheckBox("register the support volumes onto the image (no bank)")
+        self.align_check.setChecked(True)
+        self.align_check.setToolTip("as the command line's default: every support volume is registered onto the image "
+                                    "(similarity, then demons) and a bank is built from them for this image; "
+                                    "unchecked, or with no support volume listed, the built or loaded bank is used")
+        form.addWidget(self.align_check)
         row = QHBoxLayout()
         build = QPushButton("Build bank")
         build.clicked.connect(lambda: self.build_bank())
@@ -989,9 +995,16 @@ class AnnotatorWidget(QWidget):
         self.message(f"support bank loaded from {path}: {len(self.bank)} slices, labels {self.bank.labels}")
 
     def run_fewshot(self) -> None:
-        """FATE-SAM on the image from the support bank (worker thread)."""
+        """FATE-SAM on the image (worker thread): from the support volumes registered onto it when
+        the box is checked and volumes are listed, else from the support bank."""
         ann = self._idle_session("FATE-SAM")
         if ann is None:
+            return
+        if self.align_check.isChecked() and self.support_pairs:
+            chosen = list(self.support_pairs)
+            self._start(f"FATE-SAM: registering {len(chosen)} support volume(s) onto the image, then segmenting…",
+                        lambda _p: automatic.run_fewshot(ann.predictor, automatic.load_pairs(chosen), ann.volume),
+                        self._auto_done)
             return
         if self.bank is None and self.bank_edit.text().strip():
             self.load_bank(self.bank_edit.text().strip())

@@ -32,6 +32,7 @@ from medsam2kit.fewshot import FewShotPipeline, SupportBank, axis_along
 from medsam2kit.io import load_label, load_volume
 from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
+from medsam2kit.register import RegistrationConfig
 from medsam2kit.sequencer import default_axis
 from medsam2kit.volume import Volume
 
@@ -143,13 +144,21 @@ def load_bank(path: str | os.PathLike[str]) -> SupportBank:
     return SupportBank.load(Path(path))
 
 
-def run_fewshot(predictor: SAM2Predictor, bank: SupportBank, volume: Volume) -> AutoResult:
-    """FATE-SAM on ``volume``: prompt-free segmentation from the support bank."""
-    if not isinstance(bank, SupportBank):
-        raise InvalidTypeError(f"bank: expected a SupportBank, got {type(bank).__name__}")
+def run_fewshot(predictor: SAM2Predictor, supports: SupportBank | Sequence[Pair], volume: Volume) -> AutoResult:
+    """FATE-SAM on ``volume``, prompt-free: from a support bank, or from labelled support volumes
+    registered onto ``volume`` first (``FewShotPipeline(..., align=RegistrationConfig())``, the
+    command line's default; a bank per run)."""
     t0 = time.perf_counter()
-    result = FewShotPipeline(predictor, bank).run(volume)
-    axis = axis_along(volume.affine, bank.slice_direction)  # the axis the assembler slices along
+    if isinstance(supports, SupportBank):
+        result = FewShotPipeline(predictor, supports).run(volume)
+        axis = axis_along(volume.affine, supports.slice_direction)  # the axis the assembler slices along
+    elif isinstance(supports, Sequence) and not isinstance(supports, str):
+        if not supports:
+            raise InvalidInputError("support volumes: expected at least one (image, labels) pair, got none")
+        result = FewShotPipeline(predictor, list(supports), align=RegistrationConfig()).run(volume)
+        axis = default_axis(volume)  # the supports lie on the volume's grid: its bank slices along this
+    else:
+        raise InvalidTypeError(f"supports: expected a SupportBank or (image, labels) pairs, got {type(supports).__name__}")
     return AutoResult(labels=np.asarray(result.labels.array), method="fewshot", prompt_slices={}, axis=axis,
                       encoder_calls=result.encoder_calls, seconds=time.perf_counter() - t0)
 
