@@ -145,7 +145,7 @@ class DemoCase:
         supports: labelled volumes (at least one).
         labels: the labels segmented by ``fewshot`` and ``sam2med3d`` (present in every support).
         adapt_fewshot: with the demo's adaptation, also run FATE-SAM adapted to the supports
-            (the phantom case does not: its FATE-SAM is at 0.96 unadapted, and leaving out the
+            (the phantom case does not: its FATE-SAM is at 0.81 / 0.97 unadapted, and leaving out the
             23 s it would take keeps the demo under three minutes).
     """
 
