@@ -50,7 +50,7 @@ from medsam2kit._files import atomic_write
 from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.demo import Pair, adapted_method, keep_labels, training_supports
-from medsam2kit.fewshot import ALIGNED_RETRIEVAL, FewShotPipeline
+from medsam2kit.fewshot import FewShotPipeline, segment_registered
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
@@ -119,8 +119,8 @@ def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedVolume, suppor
                                    if adapt else [])
     for method, run_pred in runs:  # as FewShotPipeline(adapt=..., align=...), adapting and registering once
         maps[method] = FewShotPipeline(run_pred, supports)(case.image).array
-        maps[method.replace("fate-sam", "fate-sam aligned")] = FewShotPipeline(
-            run_pred, aligned, **ALIGNED_RETRIEVAL)(case.image).array
+        maps[method.replace("fate-sam", "fate-sam aligned")] = segment_registered(
+            run_pred, aligned, case.image).labels.array
     rows = [Row(model, case.dataset, case.name, lab, "fewshot", method, dice(m == lab, truth == lab))
             for method, m in maps.items() for lab in (1, 2)]
     coarse = CoarseSegmenter(CoarseConfig(num_labels=2, image_size=48, base_channels=8, depth=2, axis=0))

@@ -150,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
                            "(medsam2kit.adapt; default 100, about 0.19 s each on a CPU; 0: none)")
     demo.add_argument("--coarse-steps", type=int, default=40,
                       help="training steps of the weak coarse network (default 40)")
+    demo.add_argument("--jobs", type=int, default=None, metavar="N",
+                      help="cases run at once, each in a process with its share of the cores (default: 2 on a CPU "
+                           "with two cores or more, else 1; the small model's steps use a second thread poorly)")
 
     fewshot = sub.add_parser(
         "fewshot",
@@ -177,9 +180,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="output label map (.nii or .nii.gz), or a folder for a cohort")
     fewshot.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
                          help="register every support onto each query first (a similarity transform, then demons, "
-                              "medsam2kit.register) and "
-                              "retrieve support slices by position on the query's grid (default with --support; "
-                              "a saved --bank cannot be aligned)")
+                              "medsam2kit.register), retrieve support slices by position on the query's grid and "
+                              "keep each label within 2 mm of where at least half of the registered supports hold it "
+                              "(default with --support; a saved --bank cannot be aligned)")
     fewshot.add_argument("--top-k", type=int, default=None,
                          help="supports per query slice and label (default 3; aligned: 1, the one at the slice's position)")
     fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
@@ -602,6 +605,7 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from medsam2kit._data import shared_data_dir
+    from medsam2kit._parallel import usable_cores
     from medsam2kit.demo import DEMO_ADAPT_STEPS, run_demo
 
     out: Path = args.out
@@ -609,13 +613,18 @@ def _demo(args: argparse.Namespace) -> int:
     if args.data is not None and not args.data.is_dir():
         raise InvalidInputError(f"--data: expected a folder, got {args.data}")
     adapt = _adapt_config(args.adapt_steps, default=DEMO_ADAPT_STEPS)
+    if args.jobs is not None and args.jobs < 1:
+        raise InvalidInputError(f"--jobs: expected a number of processes >= 1, got {args.jobs}")
     predictor, model, config = _load_predictor(args)
     data_dir = None if args.no_data else (args.data or shared_data_dir())
+    cpu = predictor.device.type == "cpu"
+    jobs = args.jobs if args.jobs is not None else (2 if cpu and usable_cores() >= 2 else 1)
+    threads = max(1, usable_cores() // jobs) if jobs > 1 else torch.get_num_threads()
     info = {"config": config, "model": model, "device": str(predictor.device),
-            "data_dir": None if data_dir is None else str(data_dir), "torch_threads": torch.get_num_threads()}
+            "data_dir": None if data_dir is None else str(data_dir), "jobs": jobs, "torch_threads": threads}
     summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,
                        info=info, say=lambda line: _say(args, line), progress=lambda line: _stage(args, line),
-                       adapt=adapt, task_models=_demo_task_models(args, predictor.device))
+                       adapt=adapt, task_models=_demo_task_models(args, predictor.device), jobs=jobs)
     _say(args, f"wrote {out}/ ({len(summary['cases'])} cases, {summary['seconds_total']} s)")
     return 0
 

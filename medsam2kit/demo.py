@@ -45,8 +45,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -56,10 +59,12 @@ import numpy as np
 import torch
 
 from medsam2kit._files import atomic_write
+from medsam2kit._parallel import run_calls
+from medsam2kit._validate import check_int
 from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.errors import InvalidInputError
-from medsam2kit.fewshot import ALIGNED_RETRIEVAL, FewShotPipeline
+from medsam2kit.fewshot import segment_registered
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
@@ -73,7 +78,8 @@ Pair = tuple[Volume, Volume]
 #: Fetal-head images the demo scores (of the 76 held out; the model card scores them all).
 DEMO_IMAGES = 12
 #: Steps of the demo's one-shot adaptation: half of :class:`~medsam2kit.adapt.AdaptConfig`'s
-#: default, so that the demo stays under three minutes on two CPU cores (200 steps: 4 minutes).
+#: default, so that the demo stays well under three minutes on two CPU cores (97-105 s with
+#: two processes; 200 steps took 4 minutes in one process of two threads).
 DEMO_ADAPT_STEPS = 100
 #: The demo's tasks that task models can join (:func:`run_demo`'s ``task_models``).
 DEMO_TASKS: tuple[str, ...] = ("box prompt", "tracking")
@@ -145,8 +151,8 @@ class DemoCase:
         supports: labelled volumes (at least one).
         labels: the labels segmented by ``fewshot`` and ``sam2med3d`` (present in every support).
         adapt_fewshot: with the demo's adaptation, also run FATE-SAM adapted to the supports
-            (the phantom case does not: its FATE-SAM is at 0.81 / 0.97 unadapted, and leaving out the
-            23 s it would take keeps the demo under three minutes).
+            (the phantom case does not: its FATE-SAM is at 0.96 / 0.97 unadapted, and adapting
+            would add 23 s).
     """
 
     name: str
@@ -231,11 +237,11 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
         aligned = align_supports(image, supports)  # once for every aligned run below
         maps["fewshot_vote"] = vote_labels(aligned).array
         # FewShotPipeline(predictor, supports, align=RegistrationConfig()) with the registration done once
-        maps["fewshot"] = FewShotPipeline(predictor, aligned, **ALIGNED_RETRIEVAL)(image).array
+        maps["fewshot"] = segment_registered(predictor, aligned, image).labels.array
         if adapt is not None and case.adapt_fewshot:
             stage(f"{case.name}: FATE-SAM after adapting a copy of the model to the supports ({adapt.steps} steps)")
             adapted = adapt_to_supports(predictor, supports, adapt)
-            maps["fewshot_adapted"] = FewShotPipeline(adapted, aligned, **ALIGNED_RETRIEVAL)(image).array
+            maps["fewshot_adapted"] = segment_registered(adapted, aligned, image).labels.array
             map_rows["fewshot_adapted"] = ("fewshot", adapted_method(adapt, "fate-sam"))
         for name in ("fewshot", "fewshot_adapted", "fewshot_vote"):
             if name in maps:
@@ -330,7 +336,7 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
              coarse_steps: int = 40, max_images: int = DEMO_IMAGES, info: Mapping[str, Any] | None = None,
              say: Callable[[str], None] = print, progress: Callable[[str], None] | None = None,
              adapt: AdaptConfig | None = AdaptConfig(steps=DEMO_ADAPT_STEPS),
-             task_models: Mapping[str, Mapping[str, SAM2Predictor]] | None = None) -> dict[str, Any]:
+             task_models: Mapping[str, Mapping[str, SAM2Predictor]] | None = None, jobs: int = 1) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
     ``say`` receives the results (a line per case, the table); ``progress`` one line as each
@@ -340,7 +346,11 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     ``predictor``, per task (``"box prompt"``: the fetal-head images, :func:`run_images`;
     ``"tracking"``: the recordings, :func:`run_recording`), each method name -> predictor;
     ``medsam2kit demo`` passes the ``reference-fetal-head`` and ``reference-carotid`` models
-    with the default model.
+    with the default model. ``jobs``: cases run at once, each in a process of its own with the
+    cores shared among them (:func:`medsam2kit._parallel.run_calls`; the predictors then travel
+    to the workers by pickling); the table and summary are the same whatever order they end in.
+    ``medsam2kit demo`` runs two at once on a CPU of two cores or more: the small model's steps
+    use a second thread poorly (the demo: 177 s with one process of two threads).
 
     The cases: a held-out phantom (:func:`phantom_case`) and, with ``data_dir``, the held-out
     shared cases (:data:`medsam2kit.reference.HELD_OUT`): the 3D ones (:func:`real_cases`), the
@@ -351,8 +361,10 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     is reproducible from the command line.
 
     Raises:
-        InvalidInputError: ``out`` is an existing file; ``task_models`` names another task.
+        InvalidInputError: ``out`` is an existing file; ``task_models`` names another task;
+            ``jobs < 1``.
     """
+    check_int(jobs, "jobs", minimum=1)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: expected a folder, got the file {out}")
     unknown = sorted(set(task_models or {}) - set(DEMO_TASKS))
@@ -363,29 +375,32 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     cases = [phantom_case(seed)] + (real_cases(data_dir) if data_dir is not None else [])
     recordings = shared_recordings(data_dir) if data_dir is not None else []
     images = shared_images(data_dir)[:max_images] if data_dir is not None else []
-    total = len(cases) + len(recordings) + (1 if images else 0)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[DiceRow] = []
-    seconds: dict[str, float] = {}
+    with ExitStack() as stack:
+        stage = progress
+        if progress is not None and jobs > 1:  # the workers' lines, passed on here as they come
+            stage = _Lines(stack.enter_context(multiprocessing.get_context("spawn").Manager()).Queue())
+            stack.enter_context(_passing_on(stage.queue, progress))
+        work: list[tuple[str, Callable[[], list[DiceRow]]]] = [
+            (case.name, partial(run_case, predictor, case, out, coarse_steps=coarse_steps,
+                                generator=torch.Generator().manual_seed(seed), progress=stage, adapt=adapt))
+            for case in cases]
+        work += [(rec.name, partial(run_recording, predictor, rec.name, rec.image, rec.label, out,
+                                    task_models=per_task["tracking"])) for rec in recordings]
+        if images:
+            pairs = [(c.name, c.image, c.label) for c in images]
+            work.append(("hc18_fetal_us", partial(run_images, predictor, pairs, out, name="hc18_fetal_us",
+                                                  task_models=per_task["box prompt"])))
+        done: dict[int, tuple[list[DiceRow], float]] = {}
 
-    def timed(name: str, work: Callable[[], list[DiceRow]]) -> None:
-        start = time.perf_counter()
-        if progress is not None:
-            progress(f"case {len(seconds) + 1}/{total}: {name}")
-        rows.extend(work())
-        seconds[name] = round(time.perf_counter() - start, 2)
-        say(f"{name}: done in {seconds[name]} s")
+        def report(i: int, result: tuple[list[DiceRow], float]) -> None:
+            done[i] = result
+            say(f"{work[i][0]}: done in {round(result[1], 2)} s")
 
-    for case in cases:
-        timed(case.name, partial(run_case, predictor, case, out, coarse_steps=coarse_steps,
-                                 generator=torch.Generator().manual_seed(seed), progress=progress, adapt=adapt))
-    for rec in recordings:
-        timed(rec.name, partial(run_recording, predictor, rec.name, rec.image, rec.label, out,
-                                task_models=per_task["tracking"]))
-    if images:
-        pairs = [(c.name, c.image, c.label) for c in images]
-        timed("hc18_fetal_us", partial(run_images, predictor, pairs, out, name="hc18_fetal_us",
-                                       task_models=per_task["box prompt"]))
+        run_calls([partial(_timed, call, f"case {i + 1}/{len(work)}: {name}", stage)
+                   for i, (name, call) in enumerate(work)], jobs, report)
+    rows = [row for i in range(len(work)) for row in done[i][0]]  # in the cases' order, however they finished
+    seconds = {name: round(done[i][1], 2) for i, (name, _) in enumerate(work)}
     table = dice_table(rows)
     _write_text(out / "dice_table.md", table)
     _write_text(out / "dice_table.csv", _csv(rows))
@@ -395,6 +410,43 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     _write_text(out / "summary.json", json.dumps(summary, indent=2))
     say(table)
     return summary
+
+
+def _timed(work: Callable[[], list[DiceRow]], line: str,
+           progress: Callable[[str], None] | None) -> tuple[list[DiceRow], float]:
+    """``work``'s rows and its seconds, ``line`` passed to ``progress`` first."""
+    start = time.perf_counter()
+    if progress is not None:
+        progress(line)
+    rows = work()
+    return rows, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class _Lines:
+    """A progress callback that puts its lines on a queue (it pickles into a worker)."""
+
+    queue: Any
+
+    def __call__(self, line: str) -> None:
+        self.queue.put(line)
+
+
+@contextmanager
+def _passing_on(queue: Any, progress: Callable[[str], None]) -> Iterator[None]:
+    """Pass every line put on ``queue`` to ``progress``, from a thread, until the block ends."""
+
+    def pass_on() -> None:
+        while (line := queue.get()) is not None:
+            progress(line)
+
+    thread = threading.Thread(target=pass_on, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        queue.put(None)
+        thread.join()
 
 
 def mean_dice(rows: Sequence[DiceRow]) -> dict[str, float]:

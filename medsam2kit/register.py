@@ -234,7 +234,7 @@ def register_demons(fixed: Volume, moving: Volume, affine: AffineAlignment,
     field = _demons(f, m, seen, spacing, config)
     if stride != (1, 1, 1):  # the subgrid's field interpolated linearly onto the whole grid
         at = np.indices(fixed.shape, dtype=np.float32) / np.asarray(stride, np.float32)[:, None, None, None]
-        field = np.stack([ndimage.map_coordinates(c, at, order=1, mode="nearest") for c in field])
+        field = np.stack([_linear_at(c, at, edge=True) for c in field])
     sp = tuple(float(x) for x in fixed.spacing)
     return Warp(affine=affine, displacement=field.astype(np.float32), spacing=(sp[0], sp[1], sp[2]))
 
@@ -261,7 +261,7 @@ def _demons(f: np.ndarray, m: np.ndarray, seen: np.ndarray, spacing: np.ndarray,
         grad_f = np.stack(np.gradient(fs, *spacing))
         for _ in range(config.iterations):
             at = index + u / per_voxel
-            warped = ndimage.map_coordinates(ms, at, order=1, mode="nearest")
+            warped = _linear_at(ms, at, edge=True)
             weight = ndimage.map_coordinates(inside, at, order=0, mode="constant").astype(bool)
             g = (grad_f + np.stack(np.gradient(warped, *spacing))) / 2
             diff = warped - fs
@@ -378,7 +378,7 @@ def _sample_through(src: np.ndarray, src_affine: np.ndarray, alignment: Transfor
     at = np.indices(onto.shape, dtype=np.float32) + alignment.displacement / per_voxel
     points = np.einsum("ij,j...->i...", to_src[:3, :3].astype(np.float32), at) + \
         to_src[:3, 3].astype(np.float32)[:, None, None, None]
-    return ndimage.map_coordinates(src, points, order=1, mode="grid-constant", cval=cval)
+    return _linear_at(src, points, cval=cval)
 
 
 class RegisteredAtlas:
@@ -448,17 +448,49 @@ def vote_labels(supports: Sequence[Pair]) -> Volume:
         InvalidTypeError / ShapeMismatchError / GeometryError: not pairs of Volumes on the
             first support's grid.
     """
-    if not supports:
-        raise InvalidInputError("supports: expected at least one (image, label) pair, got none")
-    labels = [check_support_pair(pair, i)[1] for i, pair in enumerate(supports)]
-    for i, label in enumerate(labels[1:], start=1):
-        check_same_grid(label, labels[0], name=f"supports[{i}] label")
+    labels = _labels_on_one_grid(supports)
     stack = np.stack([np.asarray(label.array) for label in labels])
     ids = [int(x) for x in np.unique(stack) if x > 0]
     out = np.zeros(labels[0].shape, stack.dtype)
     for i in ids:
         out[(stack == i).sum(axis=0) * 2 > len(labels)] = i
     return labels[0].with_array(out)
+
+
+def held_near(supports: Sequence[Pair], margin_mm: float) -> dict[int, np.ndarray]:
+    """Per label of supports on one grid (:func:`align_supports`' output), the voxels within
+    ``margin_mm`` of one where at least half of the supports hold it (bool arrays of the grid's
+    shape): where the registered supports place the structure, with a margin for their error.
+
+    Example:
+        >>> lab = Volume(np.zeros((1, 1, 7), np.uint8), np.diag([1.0, 1.0, 2.0, 1.0]))
+        >>> one = lab.with_array(np.array([[[0, 0, 0, 1, 0, 0, 0]]], np.uint8))
+        >>> held_near([(lab, one), (lab, lab)], 2.0)[1].astype(int).tolist()  # 2 mm: one voxel of 2 mm
+        [[[0, 0, 1, 1, 1, 0, 0]]]
+
+    Raises:
+        InvalidInputError: no support, or ``margin_mm`` negative or not finite.
+        InvalidTypeError / ShapeMismatchError / GeometryError: not pairs of Volumes on the
+            first support's grid.
+    """
+    if not (np.isfinite(margin_mm) and margin_mm >= 0):
+        raise InvalidInputError(f"margin_mm: expected a distance >= 0 mm, got {margin_mm}")
+    labels = _labels_on_one_grid(supports)
+    stack = np.stack([np.asarray(label.array) for label in labels])
+    out = {}
+    for i in (int(x) for x in np.unique(stack) if x > 0):
+        held = (stack == i).sum(axis=0) * 2 >= len(labels)
+        out[i] = ndimage.distance_transform_edt(~held, sampling=labels[0].spacing) <= margin_mm if held.any() else held
+    return out
+
+
+def _labels_on_one_grid(supports: Sequence[Pair]) -> list[Volume]:
+    if not supports:
+        raise InvalidInputError("supports: expected at least one (image, label) pair, got none")
+    labels = [check_support_pair(pair, i)[1] for i, pair in enumerate(supports)]
+    for i, label in enumerate(labels[1:], start=1):
+        check_same_grid(label, labels[0], name=f"supports[{i}] label")
+    return labels
 
 
 def check_support_pair(pair: object, index: int) -> Pair:
@@ -528,8 +560,29 @@ def _sample(src: np.ndarray, src_affine: np.ndarray, grid_to_world: np.ndarray, 
             cval: float = 0.0) -> np.ndarray:
     """``src`` (voxels of ``src_affine``) sampled linearly at the world points of a grid."""
     to_src = np.linalg.solve(src_affine, grid_to_world)
-    return ndimage.affine_transform(src, to_src[:3, :3], to_src[:3, 3], output_shape=tuple(shape),
-                                    order=1, mode="grid-constant", cval=cval)
+    axes = [np.arange(n, dtype=np.float32) for n in shape]
+    lin = to_src[:3, :3].astype(np.float32)
+    # the grid's points in src voxels, as a sum of one line per axis (no index array)
+    points = [to_src[k, 3].astype(np.float32) + lin[k, 0] * axes[0][:, None, None] + lin[k, 1] * axes[1][None, :, None]
+              + lin[k, 2] * axes[2][None, None, :] for k in range(3)]
+    return _linear_at(src, np.stack(points), cval=cval)
+
+
+def _linear_at(src: np.ndarray, points: np.ndarray, *, cval: float = 0.0, edge: bool = False) -> np.ndarray:
+    """Trilinear interpolation of the 3D ``src`` at ``points`` (``(3, ...)`` voxel coordinates):
+    as ``scipy.ndimage.map_coordinates(order=1)`` with ``mode="grid-constant"`` (``cval``
+    beyond the grid, fading over its outer half voxel), or ``mode="nearest"`` with ``edge``,
+    float32; torch's ``grid_sample``, 2-3 times as fast on the CPU."""
+    import torch
+
+    size = torch.tensor(src.shape[::-1], dtype=torch.float32)
+    at = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).reshape(3, -1).flip(0).T
+    grid = ((2 * at + 1) / size - 1).reshape(1, 1, 1, -1, 3)  # x, y, z in [-1, 1] at the grid's outer edges
+    image = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32) - np.float32(cval))[None, None]
+    with torch.inference_mode():
+        out = torch.nn.functional.grid_sample(image, grid, mode="bilinear", align_corners=False,
+                                              padding_mode="border" if edge else "zeros")
+    return out.reshape(points.shape[1:]).numpy() + np.float32(cval)
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -548,6 +601,7 @@ __all__ = [
     "Warp",
     "align_supports",
     "check_support_pair",
+    "held_near",
     "label_indicators",
     "register",
     "register_affine",

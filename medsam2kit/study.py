@@ -44,24 +44,23 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
 import io
 import json
 import math
-import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 
 from medsam2kit._files import atomic_write
+from medsam2kit._parallel import run_calls
 from medsam2kit.errors import ConfigError, InvalidInputError, MissingFileError
 from medsam2kit.models import REFERENCE, REFERENCE_PHANTOMS
 from medsam2kit.reference import CASE_PATTERNS, SharedArrays, Split, shared_files, shared_images, shared_recordings
@@ -431,12 +430,6 @@ def _job(kind: str, arg: Any, plan: StudyPlan, data_dir: Path, out: Path, keep_m
     return run_cell(arg, plan, data_dir, out, keep_models=keep_models, overwrite=overwrite)
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def run_study(plan: StudyPlan, data_dir: Path, out: Path, *, workers: int = 1, keep_models: bool = False,
               overwrite: bool = False, log: Callable[[str], None] | None = None) -> list[CellResult]:
     """Run every cell of ``plan`` (and score its start models untrained), then write the report.
@@ -445,7 +438,7 @@ def run_study(plan: StudyPlan, data_dir: Path, out: Path, *, workers: int = 1, k
         plan: the grid.
         data_dir: the shared data folder (see :func:`check_data`).
         out: the study folder; finished cells found there are reused (resumable).
-        workers: processes run at once, each with ``cpu_count // workers`` torch threads (two
+        workers: processes run at once, each with ``usable cores // workers`` torch threads (two
             processes with two threads each on two cores slow each other many times over).
         keep_models: keep every cell's ``model_final.pt`` and ``checkpoint_last.pt``.
         overwrite: redo the cells found in ``out`` instead of reusing them.
@@ -498,22 +491,8 @@ def run_study(plan: StudyPlan, data_dir: Path, out: Path, *, workers: int = 1, k
     for i, res in found.items():
         report(i, res)
     args = (plan, data_dir, out, keep_models, overwrite)
-    if workers == 1 or len(todo) <= 1:
-        for i in todo:
-            report(i, _job(jobs[i][0], jobs[i][1], *args))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                    initargs=(threads,)) as pool:
-            futures = {pool.submit(_job, jobs[i][0], jobs[i][1], *args): i for i in todo}
-            try:
-                for fut in concurrent.futures.as_completed(futures):
-                    report(futures[fut], fut.result())
-            except BaseException:  # a failed cell (or an interrupt): start nothing more
-                for fut in futures:
-                    fut.cancel()
-                raise
+    run_calls([partial(_job, jobs[i][0], jobs[i][1], *args) for i in todo], workers,
+              lambda k, res: report(todo[k], res))
     ordered = [results[i] for i in range(len(jobs))]
     files = write_report(out, ordered, plan)
     say(f"{len(ordered)} results; wrote {', '.join(str(f) for f in files)}")

@@ -276,20 +276,39 @@ def test_labels_tracked_as_one_batch_equal_each_label_alone(pred: SAM2Predictor)
 
 
 def test_aligned_pipeline_is_the_bank_of_the_supports_registered_onto_each_query(pred: SAM2Predictor) -> None:
-    from medsam2kit.fewshot import ALIGNED_RETRIEVAL
+    from scipy.spatial import cKDTree
+
+    from medsam2kit.fewshot import ALIGNED_RETRIEVAL, NEAR_SUPPORTS_MM
     from medsam2kit.register import RegistrationConfig, align_supports
 
     supports = [ellipsoid_phantom((6, 40, 36), rng=seed) for seed in (1, 2)]
-    config = RegistrationConfig(max_evaluations=100)
+    config = RegistrationConfig(max_evaluations=100, deformable=None)
     pipe = FewShotPipeline(pred, supports, align=config)
+    anywhere = FewShotPipeline(pred, supports, align=config, near_supports_mm=None)
     assert pipe.bank is None and pipe.assembler_options == dict(ALIGNED_RETRIEVAL)
     for seed, shape in ((3, (7, 44, 40)), (4, (6, 36, 36))):
         query, _ = ellipsoid_phantom(shape, (2.0, 0.9, 0.9), rng=seed)
-        expected = SupportMemoryAssembler(pred, SupportBank.build(pred, align_supports(query, supports, config)),
-                                          **ALIGNED_RETRIEVAL).segment(query)
+        registered = align_supports(query, supports, config)
+        expected = SupportMemoryAssembler(pred, SupportBank.build(pred, registered), **ALIGNED_RETRIEVAL).segment(query)
+        free = anywhere.run(query)
+        np.testing.assert_array_equal(free.labels.array, expected.labels.array)
         got = pipe.run(query)
-        np.testing.assert_array_equal(got.labels.array, expected.labels.array)
         assert got.labels.shape == query.shape and np.allclose(got.labels.affine, query.affine)
+        # each label only within 2 mm of where at least half of the registered supports hold it
+        # (distances by a k-d tree over the voxels' mm coordinates), and unchanged where every
+        # label may be
+        spacing = np.asarray(query.spacing)
+        points = np.argwhere(np.ones(query.shape, bool)) * spacing
+        near_all = np.ones(query.shape, bool)
+        for lab in (1, 2):
+            held = sum(np.asarray(label.array) == lab for _, label in registered) * 2 >= len(registered)
+            dist, _ = cKDTree(np.argwhere(held) * spacing).query(points)
+            near = (dist <= NEAR_SUPPORTS_MM + 1e-6).reshape(query.shape)
+            assert not (got.labels.array == lab)[~near].any()
+            assert np.isneginf(got.logits[lab].array[~near]).all()
+            near_all &= near
+        np.testing.assert_array_equal(got.labels.array[near_all], free.labels.array[near_all])
+        assert (got.labels.array > 0).sum() <= (free.labels.array > 0).sum()
     # options given win over the aligned defaults
     assert FewShotPipeline(pred, supports, align=config, top_k=2).assembler_options["top_k"] == 2
 

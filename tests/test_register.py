@@ -325,3 +325,60 @@ def test_demons_errors_name_the_argument(phantom: tuple[Volume, Volume]) -> None
             DemonsConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidTypeError, match="deformable"):
         RegistrationConfig(deformable=1.0)  # type: ignore[arg-type]
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 7), st.integers(1, 7), st.integers(1, 7)), cval=st.sampled_from([0.0, -0.3, 2.0]),
+       edge=st.booleans(), seed=st.integers(0, 2**16))
+def test_linear_sampling_is_scipys_order_one(shape: tuple[int, int, int], cval: float, edge: bool, seed: int) -> None:
+    """The resampler (torch's grid_sample) against scipy's linear map_coordinates, inside, on the
+    outer half voxel and beyond the grid, as grid-constant or nearest."""
+    from scipy import ndimage
+
+    from medsam2kit.register import _linear_at
+
+    rng = np.random.default_rng(seed)
+    src = rng.normal(size=shape).astype(np.float32)
+    points = rng.uniform(-2.0, np.asarray(shape)[:, None] + 1.0, size=(3, 50)).astype(np.float32)
+    expected = (ndimage.map_coordinates(src, points, order=1, mode="nearest") if edge else
+                ndimage.map_coordinates(src, points, order=1, mode="grid-constant", cval=cval))
+    found = _linear_at(src, points, edge=True) if edge else _linear_at(src, points, cval=cval)
+    np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5)), count=st.integers(1, 3),
+       spacing=st.tuples(*[st.sampled_from([0.5, 1.0, 2.5])] * 3), margin=st.sampled_from([0.0, 0.7, 1.0, 2.6]),
+       seed=st.integers(0, 2**16))
+def test_held_near_is_the_brute_force_distance_to_where_half_the_supports_hold_a_label(
+        shape: tuple[int, int, int], count: int, spacing: tuple[float, float, float], margin: float, seed: int) -> None:
+    from medsam2kit.register import held_near
+
+    rng = np.random.default_rng(seed)
+    affine = np.diag([*spacing, 1.0])
+    labels = [rng.choice(3, size=shape, p=[0.7, 0.2, 0.1]).astype(np.uint8) for _ in range(count)]
+    supports = [(Volume(np.zeros(shape, np.float32), affine), Volume(lab, affine)) for lab in labels]
+    found = held_near(supports, margin)
+    assert sorted(found) == sorted({int(v) for lab in labels for v in np.unique(lab) if v})
+    mm = np.indices(shape).reshape(3, -1).T * np.asarray(spacing)
+    for value, near in found.items():
+        held = (sum((lab == value).astype(int) for lab in labels) * 2 >= count).reshape(-1)
+        expected = np.zeros(len(mm), bool)
+        if held.any():
+            gaps = np.linalg.norm(mm[:, None, :] - mm[None, held, :], axis=-1)
+            expected = (gaps <= margin + 1e-9).any(axis=1)
+        np.testing.assert_array_equal(near.reshape(-1), expected)
+
+
+def test_held_near_errors() -> None:
+    from medsam2kit.register import held_near
+
+    image, label = ellipsoid_phantom((4, 12, 12), rng=1)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InvalidInputError, match="margin_mm: expected a distance >= 0 mm"):
+            held_near([(image, label)], bad)
+    with pytest.raises(InvalidInputError, match="supports: expected at least one"):
+        held_near([], 1.0)
+    other, other_label = ellipsoid_phantom((4, 12, 14), rng=2)
+    with pytest.raises(ShapeMismatchError, match=r"supports\[1\] label"):
+        held_near([(image, label), (other, other_label)], 1.0)

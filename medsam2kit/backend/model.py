@@ -83,6 +83,18 @@ class SAM2Model(SAM2VideoPredictor):
 
         make_maskable(self.memory_attention)  # a key-padding mask for batched tracking; no-op without one
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled (e.g. in a worker process): the cast hook is registered anew. Hook ids come
+        from a per-process counter, so the pickled hook's id could be handed again to a hook
+        registered here, and removing that one (as :mod:`medsam2kit.backend.tracking` does with
+        its own) would remove the cast, and the next fp32 run would crash on bf16 memory."""
+        super().__setstate__(state)
+        hooks, with_kwargs = self.memory_attention._forward_pre_hooks, self.memory_attention._forward_pre_hooks_with_kwargs
+        for key in [k for k, hook in hooks.items() if hook is _cast_memory_to_query_dtype]:
+            del hooks[key]
+            with_kwargs.pop(key, None)
+        self.memory_attention.register_forward_pre_hook(_cast_memory_to_query_dtype, with_kwargs=True)
+
     def _run_single_frame_inference(
         self,
         inference_state: dict[str, Any],
