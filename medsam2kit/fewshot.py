@@ -353,6 +353,8 @@ class FewShotResult:
         retrieved: per label, ``(D, k)`` bank rows used for each query slice (-1: none).
         start_slice: per label, the slice the passes started from.
         encoder_calls: image-encoder passes spent on the query (1 per slice).
+        axis: the query's axis it was sliced along (``retrieved`` and ``start_slice`` count
+            slices along it).
     """
 
     labels: Volume
@@ -360,6 +362,7 @@ class FewShotResult:
     retrieved: Mapping[int, np.ndarray]
     start_slice: Mapping[int, int]
     encoder_calls: int
+    axis: int
 
 
 class SupportMemoryAssembler:
@@ -512,6 +515,7 @@ class SupportMemoryAssembler:
             retrieved=retrieved,
             start_slice=starts,
             encoder_calls=cache.stats.encoder_calls,
+            axis=ax,
         )
 
     def _upsample(self, low_res: torch.Tensor) -> np.ndarray:
@@ -735,6 +739,7 @@ class FewShotPipeline:
                                         "original model from the supports as they are); pass the (image, label) pairs")
         if align is not None and not isinstance(align, RegistrationConfig):
             raise InvalidTypeError(f"align: expected a RegistrationConfig or None, got {type(align).__name__}")
+        _check_near_supports(near_supports_mm)
         pairs = () if isinstance(supports, SupportBank) else tuple(
             check_support_pair(pair, i) for i, pair in enumerate(supports))
         if not isinstance(supports, SupportBank) and not pairs:
@@ -785,8 +790,9 @@ def segment_registered(predictor: SAM2Predictor, supports: Sequence[tuple[Volume
 
     Raises:
         GeometryError / ShapeMismatchError: a support is not on ``query``'s grid.
-        InvalidInputError: ``near_supports_mm`` negative.
+        InvalidInputError: ``near_supports_mm`` negative or not finite.
     """
+    _check_near_supports(near_supports_mm)
     for i, (_, label) in enumerate(supports):
         check_same_grid(label, query, name=f"supports[{i}] label")
     bank = SupportBank.build(predictor, supports)
@@ -797,6 +803,11 @@ def segment_registered(predictor: SAM2Predictor, supports: Sequence[tuple[Volume
     logits = {lab: v if lab not in near else v.with_array(np.where(near[lab], v.array, -np.inf).astype(v.array.dtype))
               for lab, v in result.logits.items()}
     return replace(result, labels=query.with_array(label_map_from_logits(logits, query.shape)), logits=logits)
+
+
+def _check_near_supports(value: float | None) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+        raise InvalidInputError(f"near_supports_mm: expected a distance >= 0 mm or None, got {value!r}")
 
 
 __all__ = [

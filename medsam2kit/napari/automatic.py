@@ -28,7 +28,7 @@ import torch
 from medsam2kit._files import IMAGE_EXTENSIONS, split_case
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.errors import InvalidInputError, InvalidTypeError, MissingFileError
-from medsam2kit.fewshot import FewShotPipeline, SupportBank, axis_along
+from medsam2kit.fewshot import FewShotPipeline, SupportBank
 from medsam2kit.io import load_label, load_volume
 from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
@@ -151,15 +151,13 @@ def run_fewshot(predictor: SAM2Predictor, supports: SupportBank | Sequence[Pair]
     t0 = time.perf_counter()
     if isinstance(supports, SupportBank):
         result = FewShotPipeline(predictor, supports).run(volume)
-        axis = axis_along(volume.affine, supports.slice_direction)  # the axis the assembler slices along
     elif isinstance(supports, Sequence) and not isinstance(supports, str):
         if not supports:
             raise InvalidInputError("support volumes: expected at least one (image, labels) pair, got none")
         result = FewShotPipeline(predictor, list(supports), align=RegistrationConfig()).run(volume)
-        axis = default_axis(volume)  # the supports lie on the volume's grid: its bank slices along this
     else:
         raise InvalidTypeError(f"supports: expected a SupportBank or (image, labels) pairs, got {type(supports).__name__}")
-    return AutoResult(labels=np.asarray(result.labels.array), method="fewshot", prompt_slices={}, axis=axis,
+    return AutoResult(labels=np.asarray(result.labels.array), method="fewshot", prompt_slices={}, axis=result.axis,
                       encoder_calls=result.encoder_calls, seconds=time.perf_counter() - t0)
 
 
