@@ -473,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _study(args)
     except (MedSAM2KitError, OSError) as err:  # OSError: a file the system refused, not yet named
         return _fail(args.command, err, verbose=bool(getattr(args, "verbose", False)))
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written whole or not at all, so one line is enough
+        print(f"medsam2kit {args.command}: interrupted", file=sys.stderr)
+        return 130
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown ones
 
 

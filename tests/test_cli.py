@@ -127,7 +127,21 @@ def test_demo_errors_exit_1_and_write_nothing(tmp_path: Path, capsys: pytest.Cap
     assert "--out" in capsys.readouterr().err
     assert main(["demo", "--out", str(out), "--adapt-steps", "-1"]) == 1
     assert "--adapt-steps: expected a number of steps >= 0" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--jobs", "0"]) == 1
+    assert "--jobs: expected a number of processes >= 1, got 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_interrupt_exits_130_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import medsam2kit.cli as cli
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_info", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "medsam2kit info: interrupted\n"
 
 
 def test_help_and_usage_errors() -> None:
