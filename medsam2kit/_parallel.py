@@ -30,7 +30,9 @@ def run_calls(calls: Sequence[Callable[[], T]], workers: int, on_done: Callable[
     With ``workers == 1`` (or a single call) the calls run here, in order. Otherwise they run
     in ``workers`` spawned processes, started in order and reported as they finish; each call
     and its result must then pickle (a module-level function or a ``functools.partial`` of one).
-    A call that raises cancels the calls not yet started, and its error is raised here.
+    A call that raises cancels the calls not yet started, and its error is raised here. The
+    workers are spawned: a script that calls this with ``workers > 1`` needs the usual
+    ``if __name__ == "__main__":`` guard.
 
     Example:
         >>> done = {}

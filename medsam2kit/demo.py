@@ -336,7 +336,8 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
              coarse_steps: int = 40, max_images: int = DEMO_IMAGES, info: Mapping[str, Any] | None = None,
              say: Callable[[str], None] = print, progress: Callable[[str], None] | None = None,
              adapt: AdaptConfig | None = AdaptConfig(steps=DEMO_ADAPT_STEPS),
-             task_models: Mapping[str, Mapping[str, SAM2Predictor]] | None = None, jobs: int = 1) -> dict[str, Any]:
+             task_models: Mapping[str, Mapping[str, SAM2Predictor]] | None = None, jobs: int = 1,
+             cases: Sequence[DemoCase] | None = None) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
     ``say`` receives the results (a line per case, the table); ``progress`` one line as each
@@ -350,11 +351,14 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     cores shared among them (:func:`medsam2kit._parallel.run_calls`; the predictors then travel
     to the workers by pickling); the table and summary are the same whatever order they end in.
     ``medsam2kit demo`` runs two at once on a CPU of two cores or more: the small model's steps
-    use a second thread poorly (the demo: 177 s with one process of two threads).
+    use a second thread poorly (the demo: 177 s with one process of two threads). The workers
+    are spawned, so a script that calls this with ``jobs > 1`` needs the usual
+    ``if __name__ == "__main__":`` guard.
 
     The cases: a held-out phantom (:func:`phantom_case`) and, with ``data_dir``, the held-out
     shared cases (:data:`medsam2kit.reference.HELD_OUT`): the 3D ones (:func:`real_cases`), the
-    carotid recordings and the first ``max_images`` fetal-head images.
+    carotid recordings and the first ``max_images`` fetal-head images. ``cases``: other volume
+    cases (:class:`DemoCase`, e.g. your own) instead of the phantom and the shared 3D ones.
 
     ``seed`` is the demo's configuration, recorded in the case name: it picks the held-out
     phantom and seeds a fresh ``torch.Generator`` for each case's weak coarse network, so a run
@@ -372,7 +376,8 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
         raise InvalidInputError(f"task_models: expected tasks among {', '.join(DEMO_TASKS)}, got {unknown}")
     per_task = {task: dict((task_models or {}).get(task, {})) for task in DEMO_TASKS}
     begin = time.perf_counter()
-    cases = [phantom_case(seed)] + (real_cases(data_dir) if data_dir is not None else [])
+    if cases is None:
+        cases = [phantom_case(seed)] + (real_cases(data_dir) if data_dir is not None else [])
     recordings = shared_recordings(data_dir) if data_dir is not None else []
     images = shared_images(data_dir)[:max_images] if data_dir is not None else []
     out.mkdir(parents=True, exist_ok=True)
