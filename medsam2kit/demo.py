@@ -78,7 +78,7 @@ Pair = tuple[Volume, Volume]
 #: Fetal-head images the demo scores (of the 76 held out; the model card scores them all).
 DEMO_IMAGES = 12
 #: Steps of the demo's one-shot adaptation: half of :class:`~medsam2kit.adapt.AdaptConfig`'s
-#: default, so that the demo stays well under three minutes on two CPU cores (97-119 s with
+#: default, so that the demo stays well under three minutes on two CPU cores (97-127 s with
 #: two processes; 200 steps took 4 minutes in one process of two threads).
 DEMO_ADAPT_STEPS = 100
 #: The demo's tasks that task models can join (:func:`run_demo`'s ``task_models``).
