@@ -72,9 +72,9 @@ _FORMAT_VERSION = 1
 ALIGNED_RETRIEVAL: Mapping[str, Any] = MappingProxyType({"top_k": 1, "position_weight": 100.0, "max_volumetric": 0})
 #: With registered supports, how far (mm) from where at least half of them hold a label FATE-SAM
 #: may place it (:func:`segment_registered`). Chosen on the validation hippocampus pairs (one
-#: support registered onto the other case: labels' mean Dice 0.434 -> 0.551, adapted to the
-#: support 0.492 -> 0.560; 1, 3 and 5 mm did no better) and the validation phantoms (0.772 ->
-#: 0.787, no object lower).
+#: support registered onto the other case: labels' mean Dice 0.434 -> 0.781, adapted to the
+#: support 0.492 -> 0.688) and the validation phantoms (0.772 -> 0.965, no object lower); 1 mm
+#: gave 0.788 / 0.694 / 0.964, 3 and 5 mm less (``docs/fewshot.md``).
 NEAR_SUPPORTS_MM = 2.0
 
 

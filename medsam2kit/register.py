@@ -557,15 +557,22 @@ def _matrix(params: np.ndarray, fixed: Volume, moving: Volume) -> np.ndarray:
 
 
 def _sample(src: np.ndarray, src_affine: np.ndarray, grid_to_world: np.ndarray, shape: tuple[int, ...],
-            cval: float = 0.0) -> np.ndarray:
-    """``src`` (voxels of ``src_affine``) sampled linearly at the world points of a grid."""
+            cval: float = 0.0, *, chunk_points: int = 2**22) -> np.ndarray:
+    """``src`` (voxels of ``src_affine``) sampled linearly at the world points of a grid, in
+    slabs of at most about ``chunk_points`` points (a large query grid needs no coordinate
+    array of its own size)."""
     to_src = np.linalg.solve(src_affine, grid_to_world)
     axes = [np.arange(n, dtype=np.float32) for n in shape]
     lin = to_src[:3, :3].astype(np.float32)
-    # the grid's points in src voxels, as a sum of one line per axis (no index array)
-    points = [to_src[k, 3].astype(np.float32) + lin[k, 0] * axes[0][:, None, None] + lin[k, 1] * axes[1][None, :, None]
-              + lin[k, 2] * axes[2][None, None, :] for k in range(3)]
-    return _linear_at(src, np.stack(points), cval=cval)
+    out = np.empty(tuple(shape), np.float32)
+    step = max(1, chunk_points // max(1, shape[1] * shape[2]))
+    for z0 in range(0, shape[0], step):
+        z = axes[0][z0:z0 + step, None, None]
+        # the slab's points in src voxels, as a sum of one line per axis (no index array)
+        points = [to_src[k, 3].astype(np.float32) + lin[k, 0] * z + lin[k, 1] * axes[1][None, :, None]
+                  + lin[k, 2] * axes[2][None, None, :] for k in range(3)]
+        out[z0:z0 + step] = _linear_at(src, np.stack(points), cval=cval)
+    return out
 
 
 def _linear_at(src: np.ndarray, points: np.ndarray, *, cval: float = 0.0, edge: bool = False) -> np.ndarray:

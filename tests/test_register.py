@@ -382,3 +382,21 @@ def test_held_near_errors() -> None:
     other, other_label = ellipsoid_phantom((4, 12, 14), rng=2)
     with pytest.raises(ShapeMismatchError, match=r"supports\[1\] label"):
         held_near([(image, label), (other, other_label)], 1.0)
+
+
+def test_resampling_in_slabs_is_scipys_affine_transform() -> None:
+    """The affine resampling (in slabs of the output grid) against scipy's ``affine_transform``."""
+    from scipy import ndimage
+
+    from medsam2kit.register import _sample
+
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(9, 11, 7)).astype(np.float32)
+    src_affine = np.diag([1.5, 0.8, 2.0, 1.0])
+    grid = _transform((1.0, -2.0, 0.5), (10.0, -5.0, 20.0), 1.1, np.zeros(3)) @ np.diag([1.2, 0.9, 1.1, 1.0])
+    to_src = np.linalg.solve(src_affine, grid)
+    expected = ndimage.affine_transform(src, to_src[:3, :3], to_src[:3, 3], output_shape=(10, 12, 8), order=1,
+                                        mode="grid-constant", cval=-0.5)
+    for chunk in (1, 50, 2**22):  # a slab per plane, a few planes, the whole grid
+        found = _sample(src, src_affine, grid, (10, 12, 8), cval=-0.5, chunk_points=chunk)
+        np.testing.assert_allclose(found, expected, atol=1e-5)
