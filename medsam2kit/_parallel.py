@@ -24,6 +24,11 @@ def usable_cores() -> int:
     return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
+def worker_threads(workers: int) -> int:
+    """The torch threads each of ``workers`` processes gets: the usable cores shared among them."""
+    return max(1, usable_cores() // workers)
+
+
 def run_calls(calls: Sequence[Callable[[], T]], workers: int, on_done: Callable[[int, T], None]) -> None:
     """Run every call; ``on_done(index, result)`` in this process as each one finishes.
 
@@ -44,10 +49,9 @@ def run_calls(calls: Sequence[Callable[[], T]], workers: int, on_done: Callable[
         for i, call in enumerate(calls):
             on_done(i, call())
         return
-    threads = max(1, usable_cores() // workers)
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(threads,)) as pool:
+                                                initargs=(worker_threads(workers),)) as pool:
         futures = {pool.submit(call): i for i, call in enumerate(calls)}
         try:
             for fut in concurrent.futures.as_completed(futures):

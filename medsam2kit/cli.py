@@ -608,7 +608,7 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from medsam2kit._data import shared_data_dir
-    from medsam2kit._parallel import usable_cores
+    from medsam2kit._parallel import usable_cores, worker_threads
     from medsam2kit.demo import DEMO_ADAPT_STEPS, run_demo
 
     out: Path = args.out
@@ -622,7 +622,7 @@ def _demo(args: argparse.Namespace) -> int:
     data_dir = None if args.no_data else (args.data or shared_data_dir())
     cpu = predictor.device.type == "cpu"
     jobs = args.jobs if args.jobs is not None else (2 if cpu and usable_cores() >= 2 else 1)
-    threads = max(1, usable_cores() // jobs) if jobs > 1 else torch.get_num_threads()
+    threads = worker_threads(jobs) if jobs > 1 else torch.get_num_threads()
     info = {"config": config, "model": model, "device": str(predictor.device),
             "data_dir": None if data_dir is None else str(data_dir), "jobs": jobs, "torch_threads": threads}
     summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,

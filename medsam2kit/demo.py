@@ -381,9 +381,10 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     recordings = shared_recordings(data_dir) if data_dir is not None else []
     images = shared_images(data_dir)[:max_images] if data_dir is not None else []
     out.mkdir(parents=True, exist_ok=True)
+    parallel = jobs > 1 and len(cases) + len(recordings) + (1 if images else 0) > 1  # as run_calls decides
     with ExitStack() as stack:
         stage = progress
-        if progress is not None and jobs > 1:  # the workers' lines, passed on here as they come
+        if progress is not None and parallel:  # the workers' lines, passed on here as they come
             stage = _Lines(stack.enter_context(multiprocessing.get_context("spawn").Manager()).Queue())
             stack.enter_context(_passing_on(stage.queue, progress))
         work: list[tuple[str, Callable[[], list[DiceRow]]]] = [
