@@ -33,7 +33,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -233,8 +233,8 @@ def register_demons(fixed: Volume, moving: Volume, affine: AffineAlignment,
     spacing = np.asarray(fixed.spacing, dtype=np.float64) * np.asarray(stride)
     field = _demons(f, m, seen, spacing, config)
     if stride != (1, 1, 1):  # the subgrid's field interpolated linearly onto the whole grid
-        at = np.indices(fixed.shape, dtype=np.float32) / np.asarray(stride, np.float32)[:, None, None, None]
-        field = np.stack([_linear_at(c, at, edge=True) for c in field])
+        subgrid = np.diag([*(float(k) for k in stride), 1.0])  # subgrid voxel -> fixed voxel
+        field = np.stack([_sample(c, subgrid, np.eye(4), fixed.shape, edge=True) for c in field])
     sp = tuple(float(x) for x in fixed.spacing)
     return Warp(affine=affine, displacement=field.astype(np.float32), spacing=(sp[0], sp[1], sp[2]))
 
@@ -344,14 +344,13 @@ def resample(moving: Volume, onto: Volume, alignment: Transform | None = None, *
     if not labels:
         src = np.asarray(moving.array, dtype=np.float32)
         out = _sample_through(src, moving.affine, alignment, onto, cval=float(src.min()))
-        return Volume(out.astype(np.float32), onto.affine, kind=onto.kind)
-    indicators = label_indicators(moving, onto, alignment)
+        return Volume(out, onto.affine, kind=onto.kind)
     best = np.full(onto.shape, 0.5, np.float32)  # an indicator must pass one half to win a voxel
     out = np.zeros(onto.shape, np.asarray(moving.array).dtype)
-    for i, p in indicators.items():
+    for i, p in _indicators(moving, onto, alignment):  # one label's indicator on the grid at a time
         win = p > best
         out[win] = i
-        best = np.where(win, p, best)
+        np.copyto(best, p, where=win)
     return Volume(out, onto.affine, kind=onto.kind)
 
 
@@ -359,9 +358,16 @@ def label_indicators(label: Volume, onto: Volume, alignment: Transform | None = 
     """Per label > 0 of ``label``, its indicator resampled linearly onto ``onto``'s grid through
     ``alignment``: float32 in [0, 1]; a voxel's value reaches half a voxel past ``label``'s grid,
     fading to 0 there (so a label on the grid's edge survives a sub-voxel shift), 0 beyond."""
+    return dict(_indicators(label, onto, alignment))
+
+
+def _indicators(label: Volume, onto: Volume, alignment: Transform | None) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`label_indicators`, one label at a time."""
     lab = np.asarray(label.array)
-    return {int(i): np.clip(_sample_through((lab == i).astype(np.float32), label.affine, alignment, onto), 0, 1)
-            for i in np.unique(lab) if i > 0}
+    for i in np.unique(lab):
+        if i > 0:
+            p = _sample_through((lab == i).astype(np.float32), label.affine, alignment, onto)
+            yield int(i), np.clip(p, 0, 1, out=p)
 
 
 def _sample_through(src: np.ndarray, src_affine: np.ndarray, alignment: Transform | None, onto: Volume,
@@ -373,12 +379,7 @@ def _sample_through(src: np.ndarray, src_affine: np.ndarray, alignment: Transfor
     if alignment.shape != tuple(onto.shape):
         raise ShapeMismatchError(f"alignment: a Warp found on a grid of shape {alignment.shape}, "
                                  f"not onto's {tuple(onto.shape)}; register onto this grid")
-    to_src = np.linalg.solve(src_affine, alignment.affine.matrix @ onto.affine)
-    per_voxel = np.asarray(alignment.spacing, np.float32)[:, None, None, None]
-    at = np.indices(onto.shape, dtype=np.float32) + alignment.displacement / per_voxel
-    points = np.einsum("ij,j...->i...", to_src[:3, :3].astype(np.float32), at) + \
-        to_src[:3, 3].astype(np.float32)[:, None, None, None]
-    return _linear_at(src, points, cval=cval)
+    return _sample(src, src_affine, alignment.affine.matrix @ onto.affine, onto.shape, cval=cval, warp=alignment)
 
 
 class RegisteredAtlas:
@@ -557,21 +558,26 @@ def _matrix(params: np.ndarray, fixed: Volume, moving: Volume) -> np.ndarray:
 
 
 def _sample(src: np.ndarray, src_affine: np.ndarray, grid_to_world: np.ndarray, shape: tuple[int, ...],
-            cval: float = 0.0, *, chunk_points: int = 2**22) -> np.ndarray:
-    """``src`` (voxels of ``src_affine``) sampled linearly at the world points of a grid, in
-    slabs of at most about ``chunk_points`` points (a large query grid needs no coordinate
-    array of its own size)."""
+            cval: float = 0.0, *, edge: bool = False, warp: Warp | None = None,
+            chunk_points: int = 2**22) -> np.ndarray:
+    """``src`` (voxels of ``src_affine``) sampled linearly (:func:`_linear_at`'s modes) at the
+    world points of a grid, each grid voxel first moved by ``warp``'s displacement if given, in
+    slabs of at most about ``chunk_points`` points (a large grid needs no coordinate array of its
+    own size)."""
     to_src = np.linalg.solve(src_affine, grid_to_world)
     axes = [np.arange(n, dtype=np.float32) for n in shape]
     lin = to_src[:3, :3].astype(np.float32)
+    per_voxel = None if warp is None else np.asarray(warp.spacing, np.float32)[:, None, None, None]
     out = np.empty(tuple(shape), np.float32)
     step = max(1, chunk_points // max(1, shape[1] * shape[2]))
     for z0 in range(0, shape[0], step):
         z = axes[0][z0:z0 + step, None, None]
         # the slab's points in src voxels, as a sum of one line per axis (no index array)
-        points = [to_src[k, 3].astype(np.float32) + lin[k, 0] * z + lin[k, 1] * axes[1][None, :, None]
-                  + lin[k, 2] * axes[2][None, None, :] for k in range(3)]
-        out[z0:z0 + step] = _linear_at(src, np.stack(points), cval=cval)
+        points = np.stack([to_src[k, 3].astype(np.float32) + lin[k, 0] * z + lin[k, 1] * axes[1][None, :, None]
+                           + lin[k, 2] * axes[2][None, None, :] for k in range(3)])
+        if warp is not None and per_voxel is not None:  # the displacement, in grid voxels, carried into src
+            points += np.einsum("ij,j...->i...", lin, warp.displacement[:, z0:z0 + step] / per_voxel)
+        out[z0:z0 + step] = _linear_at(src, points, cval=cval, edge=edge)
     return out
 
 

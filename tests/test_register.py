@@ -400,3 +400,28 @@ def test_resampling_in_slabs_is_scipys_affine_transform() -> None:
     for chunk in (1, 50, 2**22):  # a slab per plane, a few planes, the whole grid
         found = _sample(src, src_affine, grid, (10, 12, 8), cval=-0.5, chunk_points=chunk)
         np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
+def test_warped_resampling_in_slabs_is_map_coordinates_at_the_displaced_points() -> None:
+    """A Warp applied in slabs against scipy's ``map_coordinates`` at the points its docstring
+    defines: fixed voxel ``i`` -> ``affine.matrix @ fixed.affine @ (i + displacement / spacing)``."""
+    from scipy import ndimage
+
+    from medsam2kit.register import _sample
+
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(9, 11, 7)).astype(np.float32)
+    src_affine = np.diag([1.5, 0.8, 2.0, 1.0])
+    onto_affine = _transform((0.5, -1.0, 2.0), (3.0, -2.0, 4.0), 1.0, np.zeros(3)) @ np.diag([1.2, 0.9, 1.1, 1.0])
+    shape, spacing = (10, 12, 8), (1.2, 0.9, 1.1)
+    alignment = AffineAlignment(_transform((2.0, 0.0, -1.0), (1.0, 0.5, -0.5), 1.05, np.zeros(3)), np.zeros(9), 1.0)
+    displacement = rng.normal(scale=1.5, size=(3, *shape)).astype(np.float32)
+    warp = Warp(alignment, displacement, spacing)
+    to_src = np.linalg.solve(src_affine, alignment.matrix @ onto_affine)
+    at = np.indices(shape).astype(np.float64) + displacement / np.asarray(spacing)[:, None, None, None]
+    points = np.einsum("ij,j...->i...", to_src[:3, :3], at) + to_src[:3, 3][:, None, None, None]
+    expected = ndimage.map_coordinates(src, points, order=1, mode="grid-constant", cval=0.25)
+    for chunk in (1, 50, 2**22):
+        found = _sample(src, src_affine, alignment.matrix @ onto_affine, shape, cval=0.25, warp=warp,
+                        chunk_points=chunk)
+        np.testing.assert_allclose(found, expected, atol=1e-4)
