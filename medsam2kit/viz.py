@@ -37,6 +37,7 @@ from scipy import ndimage
 from medsam2kit._files import atomic_write
 from medsam2kit._validate import resolve_axis
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
+from medsam2kit.roi import check_zoom, roi_around
 from medsam2kit.volume import Volume
 
 Colour = tuple[int, int, int]
@@ -69,6 +70,9 @@ class MontageStyle:
         fill_alpha: opacity of a prediction's fill, in ``[0, 1]``.
         line_width: outline width in pixels.
         font_size: text height in pixels of headings and the legend (title +4, captions -2).
+        zoom: :func:`overlay_montage` shows the slices cropped to a square of ``zoom`` times the
+            in-plane box around every label it draws (on any slice; :func:`medsam2kit.roi.roi_around`),
+            so that a lesion of 30 voxels on a 512-voxel CT slice is not a speck; ``None``: whole slices.
     """
 
     tile: int = 192
@@ -77,6 +81,7 @@ class MontageStyle:
     fill_alpha: float = 0.3
     line_width: int = 2
     font_size: int = 14
+    zoom: float | None = 3.0
 
     def __post_init__(self) -> None:
         ints = {"tile": (self.tile, 16), "columns": (self.columns, 1), "count": (self.count, 1),
@@ -86,6 +91,7 @@ class MontageStyle:
                 raise InvalidInputError(f"{name}: expected an integer >= {minimum}, got {value!r}")
         if not 0.0 <= float(self.fill_alpha) <= 1.0:
             raise InvalidInputError(f"fill_alpha: expected a value in [0, 1], got {self.fill_alpha!r}")
+        check_zoom(self.zoom)
 
 
 @dataclass(frozen=True)
@@ -585,6 +591,12 @@ def overlay_montage(
     for z in chosen:
         if not 0 <= z < image.shape[ax]:
             raise InvalidInputError(f"slices: expected indices in [0, {image.shape[ax]}), got {z}")
+    drawn = functools.reduce(np.logical_or, [np.any(a != 0, axis=ax) for a in every])  # labels' footprint, in-plane
+    if style.zoom is not None and drawn.any():
+        roi = roi_around(drawn, image.shape, axis=ax, factor=style.zoom)
+        image = roi.crop_volume(image)
+        maps = {name: roi.crop(np.asarray(arr)) for name, arr in maps.items()}
+        reference = None if reference is None else roi.crop(np.asarray(reference))
     window = (float(np.percentile(image.array, 1)), float(np.percentile(image.array, 99)))
     rows = [
         PanelRow(name, tuple(slice_panel(image, z, axis=ax, labels=arr, reference=reference, window=window,

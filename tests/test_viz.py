@@ -191,3 +191,33 @@ def test_montage_errors() -> None:
         MontageStyle(fill_alpha=1.5)
     with pytest.raises(InvalidInputError, match="rgb"):
         save_png(np.zeros((4, 4), np.uint8), "unused.png")
+
+
+@pytest.mark.parametrize("centre", [(100, 70), (12, 190)])  # inside the slice; near a corner (crop moved in)
+def test_montage_zooms_onto_the_labels_it_draws(centre: tuple[int, int]) -> None:
+    """Default style: the panels show a square of 3 times the labels' in-plane box, the same
+    picture as the whole-slice montage of that crop cut by hand (the label and the truth on
+    different slices both count; a crop that would overhang is moved inside the slice)."""
+    rng = np.random.default_rng(0)
+    image = Volume(rng.normal(size=(3, 200, 200)).astype(np.float32), np.diag([4.0, 0.5, 0.5, 1.0]))
+    r, c = centre
+    pred = np.zeros(image.shape, np.uint8)
+    pred[0, max(r - 5, 0):r + 5, max(c - 10, 0):c + 5] = 1   # 10 x 15 box
+    truth = np.zeros(image.shape, np.uint8)
+    truth[2, max(r - 5, 0):r + 5, c + 5:c + 10] = 2  # widens the footprint to 10 x 20 voxels
+    kwargs = dict(reference=truth, axis=0, slices=[0, 2], title="t")
+    found = overlay_montage(image, {"p": pred}, style=MontageStyle(tile=96, count=2), **kwargs)  # type: ignore[arg-type]
+    rows = np.flatnonzero((pred[0] | truth[2]).any(axis=1))
+    cols = np.flatnonzero((pred[0] | truth[2]).any(axis=0))
+    side = 3 * max(np.ptp(rows) + 1, np.ptp(cols) + 1)  # 60 voxels
+    start = [int(np.clip(round((lo + hi) / 2 - side / 2), 0, 200 - side)) for lo, hi in
+             ((rows.min(), rows.max() + 1), (cols.min(), cols.max() + 1))]
+    cut = (slice(None), slice(start[0], start[0] + side), slice(start[1], start[1] + side))
+    by_hand = overlay_montage(Volume(image.array[cut], image.affine), {"p": pred[cut]},
+                              style=MontageStyle(tile=96, count=2, zoom=None),
+                              **{**kwargs, "reference": truth[cut]})  # type: ignore[arg-type]
+    np.testing.assert_array_equal(found, by_hand)
+    whole = overlay_montage(image, {"p": pred}, style=MontageStyle(tile=96, count=2, zoom=None), **kwargs)  # type: ignore[arg-type]
+    assert whole.shape == found.shape and not np.array_equal(whole, found)
+    with pytest.raises(InvalidInputError, match="zoom: expected a crop factor >= 1"):
+        MontageStyle(zoom=0.5)
