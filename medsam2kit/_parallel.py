@@ -29,6 +29,11 @@ def worker_threads(workers: int) -> int:
     return max(1, usable_cores() // workers)
 
 
+def in_processes(calls: int, workers: int) -> bool:
+    """Whether :func:`run_calls` runs ``calls`` calls in worker processes (else here, in order)."""
+    return workers > 1 and calls > 1
+
+
 def run_calls(calls: Sequence[Callable[[], T]], workers: int, on_done: Callable[[int, T], None]) -> None:
     """Run every call; ``on_done(index, result)`` in this process as each one finishes.
 
@@ -45,7 +50,7 @@ def run_calls(calls: Sequence[Callable[[], T]], workers: int, on_done: Callable[
         >>> done
         {0: 1, 1: 2}
     """
-    if workers == 1 or len(calls) <= 1:
+    if not in_processes(len(calls), workers):
         for i, call in enumerate(calls):
             on_done(i, call())
         return

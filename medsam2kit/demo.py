@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from medsam2kit._files import atomic_write
-from medsam2kit._parallel import run_calls
+from medsam2kit._parallel import in_processes, run_calls
 from medsam2kit._validate import check_int
 from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
@@ -381,7 +381,7 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     recordings = shared_recordings(data_dir) if data_dir is not None else []
     images = shared_images(data_dir)[:max_images] if data_dir is not None else []
     out.mkdir(parents=True, exist_ok=True)
-    parallel = jobs > 1 and len(cases) + len(recordings) + (1 if images else 0) > 1  # as run_calls decides
+    parallel = in_processes(len(cases) + len(recordings) + (1 if images else 0), jobs)  # one call per case, one for the images
     with ExitStack() as stack:
         stage = progress
         if progress is not None and parallel:  # the workers' lines, passed on here as they come

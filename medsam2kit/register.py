@@ -567,7 +567,6 @@ def _sample(src: np.ndarray, src_affine: np.ndarray, grid_to_world: np.ndarray, 
     to_src = np.linalg.solve(src_affine, grid_to_world)
     axes = [np.arange(n, dtype=np.float32) for n in shape]
     lin = to_src[:3, :3].astype(np.float32)
-    per_voxel = None if warp is None else np.asarray(warp.spacing, np.float32)[:, None, None, None]
     out = np.empty(tuple(shape), np.float32)
     step = max(1, chunk_points // max(1, shape[1] * shape[2]))
     for z0 in range(0, shape[0], step):
@@ -575,7 +574,8 @@ def _sample(src: np.ndarray, src_affine: np.ndarray, grid_to_world: np.ndarray, 
         # the slab's points in src voxels, as a sum of one line per axis (no index array)
         points = np.stack([to_src[k, 3].astype(np.float32) + lin[k, 0] * z + lin[k, 1] * axes[1][None, :, None]
                            + lin[k, 2] * axes[2][None, None, :] for k in range(3)])
-        if warp is not None and per_voxel is not None:  # the displacement, in grid voxels, carried into src
+        if warp is not None:  # the displacement, in grid voxels, carried into src
+            per_voxel = np.asarray(warp.spacing, np.float32)[:, None, None, None]
             points += np.einsum("ij,j...->i...", lin, warp.displacement[:, z0:z0 + step] / per_voxel)
         out[z0:z0 + step] = _linear_at(src, points, cval=cval, edge=edge)
     return out

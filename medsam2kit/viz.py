@@ -591,12 +591,13 @@ def overlay_montage(
     for z in chosen:
         if not 0 <= z < image.shape[ax]:
             raise InvalidInputError(f"slices: expected indices in [0, {image.shape[ax]}), got {z}")
-    drawn = functools.reduce(np.logical_or, [np.any(a != 0, axis=ax) for a in every])  # labels' footprint, in-plane
-    if style.zoom is not None and drawn.any():
-        roi = roi_around(drawn, image.shape, axis=ax, factor=style.zoom)
-        image = roi.crop_volume(image)
-        maps = {name: roi.crop(np.asarray(arr)) for name, arr in maps.items()}
-        reference = None if reference is None else roi.crop(np.asarray(reference))
+    if style.zoom is not None:  # crop to the labels' in-plane footprint
+        drawn = functools.reduce(np.logical_or, [np.any(a != 0, axis=ax) for a in every])
+        if drawn.any():
+            roi = roi_around(drawn, image.shape, axis=ax, factor=style.zoom)
+            image = roi.crop_volume(image)
+            maps = {name: roi.crop(np.asarray(arr)) for name, arr in maps.items()}
+            reference = None if reference is None else roi.crop(np.asarray(reference))
     window = (float(np.percentile(image.array, 1)), float(np.percentile(image.array, 99)))
     rows = [
         PanelRow(name, tuple(slice_panel(image, z, axis=ax, labels=arr, reference=reference, window=window,
