@@ -327,6 +327,10 @@ def _free_parameters(scale: Scale) -> np.ndarray:
     return np.arange(9) if scale == "anisotropic" else np.array([0, 1, 2, 3, 4, 5, 6, 6, 6])
 
 
+#: Labels whose indicators one call samples together (a slab's float32 values of each are held at once).
+_LABELS_PER_CALL = 4
+
+
 def resample(moving: Volume, onto: Volume, alignment: Transform | None = None, *,
              labels: bool = False) -> Volume:
     """``moving`` resampled onto ``onto``'s grid through ``alignment`` (identity world map if None).
@@ -341,16 +345,26 @@ def resample(moving: Volume, onto: Volume, alignment: Transform | None = None, *
     Raises:
         ShapeMismatchError: a :class:`Warp` found on another grid than ``onto``'s.
     """
+    grid_to_world, warp = _mapping(alignment, onto)
     if not labels:
         src = np.asarray(moving.array, dtype=np.float32)
-        out = _sample_through(src, moving.affine, alignment, onto, cval=float(src.min()))
+        out = _sample(src, moving.affine, grid_to_world, onto.shape, cval=float(src.min()), warp=warp)
         return Volume(out, onto.affine, kind=onto.kind)
-    best = np.full(onto.shape, 0.5, np.float32)  # an indicator must pass one half to win a voxel
-    out = np.zeros(onto.shape, np.asarray(moving.array).dtype)
-    for i, p in _indicators(moving, onto, alignment):  # one label's indicator on the grid at a time
-        win = p > best
-        out[win] = i
-        np.copyto(best, p, where=win)
+    lab = np.asarray(moving.array)
+    out = np.zeros(onto.shape, lab.dtype)
+    for rows, box, points in _slab_points(moving.affine, lab.shape, grid_to_world, onto.shape, warp=warp):
+        part = lab[box]  # the labels near the slab's points, a few sampled together (their weights computed once)
+        values = np.unique(part)
+        values = values[values > 0]
+        best = np.full(points.shape[1:], 0.5, np.float32)  # an indicator must pass one half to win a voxel
+        won = out[rows]
+        for group in (values[k:k + _LABELS_PER_CALL] for k in range(0, values.size, _LABELS_PER_CALL)):
+            p = _linear_at(part[None] == group.reshape(-1, 1, 1, 1), points)
+            top = p.argmax(axis=0)
+            p = np.take_along_axis(p, top[None], axis=0)[0]
+            win = p > best
+            won[win] = group[top[win]]
+            np.copyto(best, p, where=win)
     return Volume(out, onto.affine, kind=onto.kind)
 
 
@@ -373,13 +387,23 @@ def _indicators(label: Volume, onto: Volume, alignment: Transform | None) -> Ite
 def _sample_through(src: np.ndarray, src_affine: np.ndarray, alignment: Transform | None, onto: Volume,
                     cval: float = 0.0) -> np.ndarray:
     """``src`` sampled linearly at ``onto``'s voxels carried into its world by ``alignment``."""
+    grid_to_world, warp = _mapping(alignment, onto)
+    return _sample(src, src_affine, grid_to_world, onto.shape, cval=cval, warp=warp)
+
+
+def _mapping(alignment: Transform | None, onto: Volume) -> tuple[np.ndarray, Warp | None]:
+    """``onto``'s voxels -> the moving world (identity world map if None), and the Warp whose
+    displacement moves them first (None for an affine).
+
+    Raises:
+        ShapeMismatchError: a :class:`Warp` found on another grid than ``onto``'s.
+    """
     if not isinstance(alignment, Warp):
-        world = np.eye(4) if alignment is None else alignment.matrix
-        return _sample(src, src_affine, world @ onto.affine, onto.shape, cval=cval)
+        return (np.eye(4) if alignment is None else alignment.matrix) @ onto.affine, None
     if alignment.shape != tuple(onto.shape):
         raise ShapeMismatchError(f"alignment: a Warp found on a grid of shape {alignment.shape}, "
                                  f"not onto's {tuple(onto.shape)}; register onto this grid")
-    return _sample(src, src_affine, alignment.affine.matrix @ onto.affine, onto.shape, cval=cval, warp=alignment)
+    return alignment.affine.matrix @ onto.affine, alignment
 
 
 class RegisteredAtlas:
@@ -562,12 +586,31 @@ def _sample(src: np.ndarray, src_affine: np.ndarray, grid_to_world: np.ndarray, 
             chunk_points: int = 2**22) -> np.ndarray:
     """``src`` (voxels of ``src_affine``) sampled linearly (:func:`_linear_at`'s modes) at the
     world points of a grid, each grid voxel first moved by ``warp``'s displacement if given, in
-    slabs of at most about ``chunk_points`` points (a large grid needs no coordinate array of its
-    own size)."""
+    slabs of at most about ``chunk_points`` points, each read from the box of ``src`` around its
+    points (:func:`_slab_points`; no array of the grid's size but the output)."""
+    out = np.empty(tuple(shape), np.float32)
+    for rows, box, points in _slab_points(src_affine, src.shape, grid_to_world, shape, warp=warp,
+                                          chunk_points=chunk_points):
+        out[rows] = _linear_at(src[box], points, cval=cval, edge=edge)
+    return out
+
+
+def _slab_points(src_affine: np.ndarray, src_shape: tuple[int, ...], grid_to_world: np.ndarray, shape: tuple[int, ...],
+                 *, warp: Warp | None = None,
+                 chunk_points: int = 2**22) -> Iterator[tuple[slice, tuple[slice, ...], np.ndarray]]:
+    """Per slab of a grid (rows of its first axis, about ``chunk_points`` points): the rows, the
+    box of the source grid (voxels of ``src_affine``, ``src_shape``) that linear sampling at the
+    slab's points reads, and the points in the box's voxels (``(3, rows, H, W)`` float32): the
+    grid's world points, each voxel first moved by ``warp``'s displacement if given.
+
+    The box reaches a voxel past the points on each side, so inside the source grid its edge is
+    never read as an edge; where the points pass the grid's edge so does the box (keeping at least
+    one voxel), so both of :func:`_linear_at`'s modes give what they give on the whole grid.
+    """
     to_src = np.linalg.solve(src_affine, grid_to_world)
     axes = [np.arange(n, dtype=np.float32) for n in shape]
     lin = to_src[:3, :3].astype(np.float32)
-    out = np.empty(tuple(shape), np.float32)
+    n = np.asarray(src_shape)
     step = max(1, chunk_points // max(1, shape[1] * shape[2]))
     for z0 in range(0, shape[0], step):
         z = axes[0][z0:z0 + step, None, None]
@@ -577,25 +620,30 @@ def _sample(src: np.ndarray, src_affine: np.ndarray, grid_to_world: np.ndarray, 
         if warp is not None:  # the displacement, in grid voxels, carried into src
             per_voxel = np.asarray(warp.spacing, np.float32)[:, None, None, None]
             points += np.einsum("ij,j...->i...", lin, warp.displacement[:, z0:z0 + step] / per_voxel)
-        out[z0:z0 + step] = _linear_at(src, points, cval=cval, edge=edge)
-    return out
+        flat = points.reshape(3, -1)
+        lo = np.clip(np.floor(flat.min(axis=1)).astype(np.int64) - 1, 0, n - 1)
+        hi = np.clip(np.ceil(flat.max(axis=1)).astype(np.int64) + 2, lo + 1, n)
+        points -= lo.astype(np.float32)[:, None, None, None]
+        yield slice(z0, z0 + step), tuple(slice(a, b) for a, b in zip(lo, hi)), points
 
 
 def _linear_at(src: np.ndarray, points: np.ndarray, *, cval: float = 0.0, edge: bool = False) -> np.ndarray:
     """Trilinear interpolation of the 3D ``src`` at ``points`` (``(3, ...)`` voxel coordinates):
     as ``scipy.ndimage.map_coordinates(order=1)`` with ``mode="grid-constant"`` (``cval``
     beyond the grid, fading over its outer half voxel), or ``mode="nearest"`` with ``edge``,
-    float32; torch's ``grid_sample``, 2-3 times as fast on the CPU."""
+    float32; torch's ``grid_sample``, 2-3 times as fast on the CPU. A 4D ``src`` is channels of
+    one grid (``(C, D, H, W)``), sampled together (the points' weights computed once): the
+    result is ``(C, ...)``."""
     import torch
 
-    size = torch.tensor(src.shape[::-1], dtype=torch.float32)
+    size = torch.tensor(src.shape[-1:-4:-1], dtype=torch.float32)
     at = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).reshape(3, -1).flip(0).T
     grid = ((2 * at + 1) / size - 1).reshape(1, 1, 1, -1, 3)  # x, y, z in [-1, 1] at the grid's outer edges
-    image = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32) - np.float32(cval))[None, None]
+    image = torch.from_numpy(np.subtract(src, np.float32(cval), dtype=np.float32)).reshape(1, -1, *src.shape[-3:])
     with torch.inference_mode():
         out = torch.nn.functional.grid_sample(image, grid, mode="bilinear", align_corners=False,
                                               padding_mode="border" if edge else "zeros")
-    return out.reshape(points.shape[1:]).numpy() + np.float32(cval)
+    return out.reshape(*src.shape[:-3], *points.shape[1:]).numpy() + np.float32(cval)
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:

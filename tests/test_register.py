@@ -425,3 +425,64 @@ def test_warped_resampling_in_slabs_is_map_coordinates_at_the_displaced_points()
         found = _sample(src, src_affine, alignment.matrix @ onto_affine, shape, cval=0.25, warp=warp,
                         chunk_points=chunk)
         np.testing.assert_allclose(found, expected, atol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.tuples(st.integers(1, 7), st.integers(1, 7), st.integers(1, 7)), cval=st.sampled_from([0.0, -0.3, 2.0]),
+       edge=st.booleans(), shift=st.tuples(*[st.sampled_from([0.0, -9.0, 9.0])] * 3),
+       scale=st.floats(0.05, 1.5), chunk=st.sampled_from([1, 7, 2**22]), seed=st.integers(0, 2**16))
+def test_sampling_the_box_around_each_slabs_points_is_sampling_the_whole_grid(
+        shape: tuple[int, int, int], cval: float, edge: bool, shift: tuple[float, float, float], scale: float,
+        chunk: int, seed: int) -> None:
+    """Each slab reads only the box of the source around its points: the same values as the
+    whole source gives at those points, inside, on the outer half voxel, partly or wholly beyond
+    the source's grid, in both modes."""
+    from medsam2kit.register import _linear_at, _slab_points
+
+    rng = np.random.default_rng(seed)
+    src = rng.normal(size=shape).astype(np.float32)
+    grid_to_src = np.diag([scale, scale, scale, 1.0])  # src_affine: the identity
+    grid_to_src[:3, 3] = rng.uniform(-2.0, np.asarray(shape) + 1.0) + np.asarray(shift)
+    grid = (3, 4, 5)
+    seen = 0
+    for rows, box, points in _slab_points(np.eye(4), shape, grid_to_src, grid, chunk_points=chunk):
+        assert all(0 <= s.start < s.stop <= n for s, n in zip(box, shape))
+        whole = np.indices(grid, dtype=np.float32)[:, rows] * scale + grid_to_src[:3, 3, None, None, None]
+        expected = _linear_at(src, whole, edge=True) if edge else _linear_at(src, whole, cval=cval)
+        found = _linear_at(src[box], points, edge=True) if edge else _linear_at(src[box], points, cval=cval)
+        np.testing.assert_allclose(found, expected, atol=1e-5)
+        seen += found.shape[0]
+    assert seen == grid[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 50, 2**22])
+def test_label_maps_resampled_in_slabs_are_the_brute_force_largest_indicator(chunk: int, monkeypatch) -> None:
+    """Per voxel the label whose indicator, interpolated by scipy at the Warp's points, passes one
+    half (0 where none does), in slabs of a plane, a few planes or the whole grid."""
+    from scipy import ndimage
+
+    from medsam2kit import register
+
+    assert register._LABELS_PER_CALL < 6
+
+    monkeypatch.setitem(register._slab_points.__kwdefaults__, "chunk_points", chunk)
+    rng = np.random.default_rng(2)
+    lab = ndimage.zoom(rng.integers(0, 7, size=(4, 5, 4)), 2.5, order=0).astype(np.uint8)  # blobs of 6 labels and 0
+    src_affine = np.diag([1.5, 0.8, 2.0, 1.0])
+    onto = Volume(np.zeros((10, 12, 8), np.float32), _transform((0.5, -1.0, 2.0), (3.0, -2.0, 4.0), 1.0, np.zeros(3))
+                  @ np.diag([1.2, 0.9, 1.1, 1.0]))
+    alignment = AffineAlignment(_transform((2.0, 0.0, -1.0), (1.0, 0.5, -0.5), 1.05, np.zeros(3)), np.zeros(9), 1.0)
+    displacement = rng.normal(scale=1.5, size=(3, *onto.shape)).astype(np.float32)
+    warp = Warp(alignment, displacement, (1.2, 0.9, 1.1))
+    to_src = np.linalg.solve(src_affine, alignment.matrix @ onto.affine)
+    at = np.indices(onto.shape).astype(np.float64) + displacement / np.asarray(warp.spacing)[:, None, None, None]
+    points = np.einsum("ij,j...->i...", to_src[:3, :3], at) + to_src[:3, 3][:, None, None, None]
+    indicators = {i: ndimage.map_coordinates((lab == i).astype(np.float64), points, order=1, mode="grid-constant")
+                  for i in range(1, 7)}  # more labels than one call samples together
+    expected = np.zeros(onto.shape, np.uint8)
+    for i, p in indicators.items():
+        expected[p > 0.5] = i
+    found = register.resample(Volume(lab, src_affine), onto, warp, labels=True).array
+    # voxels whose indicator is within float32 rounding of one half may go either way
+    near_half = np.any([np.abs(p - 0.5) <= 1e-4 for p in indicators.values()], axis=0)
+    assert 0 < (expected > 0).sum() and (found != expected)[~near_half].sum() == 0
