@@ -118,11 +118,12 @@ def main() -> int:
     rows = [[VARIANTS[v], *(runs[v][k] for k in keys)] for v in VARIANTS]
     ratios = {k: runs["now"][k] / runs["previous"][k] for k in keys}
     rows.append(["ratio now / previous release", *ratios.values()])
-    same = runs["now"]["label_counts"] == runs["previous"]["label_counts"]
+    # the two releases' label maps differ only where an indicator is within float rounding of one half
+    moved = int(np.abs(np.subtract(runs["now"]["label_counts"], runs["previous"]["label_counts"])).max())
     print_table(f"resample through a Warp onto {shape[0]}x{shape[1]}x{shape[2]} ({runs['now']['voxels'] / 1e6:.1f} M voxels); "
-                f"label counts equal to the previous release's: {same}",
+                f"label counts differ from the previous release's by at most {moved} voxels",
                 ["variant", "peak RSS above inputs (MB)", "image (s)", "label map, 3 labels (s)"], rows)
-    write_json("register", {"shape": list(shape), "runs": runs, "ratios": ratios, "label_counts_equal": same})
+    write_json("register", {"shape": list(shape), "runs": runs, "ratios": ratios, "label_count_largest_difference": moved})
     return 0
 
 
