@@ -28,8 +28,8 @@ the 3D phantoms (:func:`medsam2kit.reference.reference_train_config`).
 the fetal-head images zoomed around the head (9 minutes on two CPU cores, 11 on one thread), the
 ``reference-fetal-head`` task model; the carotid recordings, the ``reference-carotid`` task
 model. They have no validation curve; score them with ``examples/evaluate_reference_model.py``.
-Task models are exported in float16 (half the bytes; the loader casts them back to the model's
-float32), the others in float32.
+Task models and the phantom model are exported in float16 (half the bytes; the loader casts them
+back to the model's float32), the real-image model in float32.
 
 The run folder (``--out``) holds checkpoints, per-step records and the loss/validation curves
 (``curves.png``); a run interrupted at any point resumes from its last checkpoint when started
@@ -49,9 +49,8 @@ import torch
 import medsam2kit
 from medsam2kit._data import shared_data_dir
 from medsam2kit._files import atomic_write
-from medsam2kit.reference import (CAROTID_WEIGHTS, DEFAULT_SOURCES, FETAL_HEAD_WEIGHTS, PHANTOM_WEIGHTS,
-                                  REAL_WEIGHTS, SOURCE_WEIGHTS, TASK_SOURCES, real_train_config,
-                                  reference_train_config, task_train_config)
+from medsam2kit.reference import (DEFAULT_SOURCES, PHANTOM_WEIGHTS, REAL_WEIGHTS, SOURCE_WEIGHTS, TASK_SOURCES,
+                                  TASK_WEIGHTS, real_train_config, reference_train_config, task_train_config)
 from medsam2kit.train import fit
 
 
@@ -69,8 +68,9 @@ def main() -> None:
     parser.add_argument("--export", default=None, help="where the weights go (default: the package's file)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="real recipe: the model's input size (default: the configuration's, 128 px)")
-    parser.add_argument("--augment", choices=("none", "generic", "ultrasound", "combined"), default="none",
-                        help="real and task recipes: clip augmentation preset")
+    parser.add_argument("--augment", choices=("none", "generic", "ultrasound", "combined"), default=None,
+                        help="real and task recipes: clip augmentation preset (default: none; the volumes "
+                             "task: generic, medsam2kit.reference.TASK_AUGMENT)")
     parser.add_argument("--exclude-validation", action="store_true",
                         help="real and task recipes: a recipe-selection run: leave the validation cases "
                              "(medsam2kit.reference.VALIDATION) out of training and draw the curves on them")
@@ -84,6 +84,7 @@ def main() -> None:
     if args.recipe == "phantoms":
         config = reference_train_config(seed=args.seed, steps=args.steps or 2000, output_dir=out, progress=True)
         export = Path(args.export or weights / PHANTOM_WEIGHTS)
+        dtype = torch.float16
     else:
         data = shared_data_dir()
         if data is None:
@@ -93,8 +94,7 @@ def main() -> None:
             config = task_train_config(data, args.recipe, seed=args.seed, steps=args.steps or 600, output_dir=out,
                                        init=args.init, augment=args.augment,
                                        exclude_validation=args.exclude_validation, progress=True)
-            task_files = {"fetal-head": FETAL_HEAD_WEIGHTS, "carotid": CAROTID_WEIGHTS}
-            export = Path(args.export or weights / task_files[args.recipe])
+            export = Path(args.export or weights / TASK_WEIGHTS[args.recipe])
             dtype = torch.float16
         else:
             sources = tuple(s for s in args.sources.split(",") if s)
@@ -102,7 +102,7 @@ def main() -> None:
             if unknown or not sources:
                 sys.exit(f"train_reference_model: --sources: expected names among {', '.join(SOURCE_WEIGHTS)}, got {args.sources!r}")
             config = real_train_config(data, seed=args.seed, steps=args.steps or 2400, output_dir=out, sources=sources,
-                                       init=args.init, image_size=args.image_size, augment=args.augment,
+                                       init=args.init, image_size=args.image_size, augment=args.augment or "none",
                                        exclude_validation=args.exclude_validation, progress=True)
             export = Path(args.export or weights / REAL_WEIGHTS)
     last = Path(out) / "checkpoint_last.pt"

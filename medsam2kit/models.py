@@ -84,6 +84,8 @@ REFERENCE_PHANTOMS = "reference-phantoms"
 REFERENCE_FETAL_HEAD = "reference-fetal-head"
 #: Name of the bundled carotid task model's entry (tracking the carotid artery in B-mode recordings).
 REFERENCE_CAROTID = "reference-carotid"
+#: Name of the bundled volumes task model's entry (one-prompt propagation through CT and MRI volumes).
+REFERENCE_VOLUMES = "reference-volumes"
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,8 @@ def _bundled(name: str, filename: str, description: str) -> ModelEntry:
 
 
 def _references() -> tuple[ModelEntry, ...]:
-    from medsam2kit.reference import CAROTID_WEIGHTS, FETAL_HEAD_WEIGHTS, PHANTOM_WEIGHTS, REFERENCE_WEIGHTS
+    from medsam2kit.reference import (CAROTID_WEIGHTS, FETAL_HEAD_WEIGHTS, PHANTOM_WEIGHTS, REFERENCE_WEIGHTS,
+                                      VOLUMES_WEIGHTS)
 
     return (
         _bundled(REFERENCE, REFERENCE_WEIGHTS, "bundled micro SAM 2.1 (1.8 M parameters) fine-tuned by medsam2kit on "
@@ -300,6 +303,8 @@ def _references() -> tuple[ModelEntry, ...]:
                  "fetal-head ultrasound images for box prompts (HC18); not for clinical use"),
         _bundled(REFERENCE_CAROTID, CAROTID_WEIGHTS, "task model: the bundled reference model fine-tuned on "
                  "carotid B-mode recordings for tracking the common carotid artery; not for clinical use"),
+        _bundled(REFERENCE_VOLUMES, VOLUMES_WEIGHTS, "task model: the bundled reference model fine-tuned on "
+                 "the labelled CT and MRI volumes (and phantoms) for one-prompt propagation; not for clinical use"),
     )
 
 
@@ -876,6 +881,7 @@ __all__ = [
     "HUB_TIMEOUT_S",
     "REFERENCE",
     "REFERENCE_CAROTID",
+    "REFERENCE_VOLUMES",
     "REFERENCE_FETAL_HEAD",
     "REFERENCE_PHANTOMS",
     "MICRO_FINETUNE",

@@ -320,9 +320,29 @@ def test_a_task_recipe_trains_on_its_task_of_its_split_only(shared_data: Path, t
     assert task_train_config(shared_data, task, augment="generic").data.augment == "generic"
 
 
+def test_the_volumes_task_recipe_trains_on_phantoms_and_the_labelled_volumes_of_its_split(shared_data: Path) -> None:
+    from medsam2kit.reference import (SOURCE_WEIGHTS, VOLUME_DATASETS, ZOOM_FACTORS, shared_files, split_of,
+                                      task_train_config)
+
+    for exclude, splits in ((False, ("train", "validation")), (True, ("train",))):
+        cfg = task_train_config(shared_data, "volumes", exclude_validation=exclude)
+        volumes = sorted(p for f in VOLUME_DATASETS for p in shared_files(shared_data, f, splits))
+        assert volumes and {split_of(p.parent.name, p) for p in volumes} == set(splits)
+        assert {s.kind for s in cfg.data.train} == {"synthetic", "volume"}
+        whole = [s for s in cfg.data.train if s.kind == "volume" and not s.zoom]
+        zoomed = [s for s in cfg.data.train if s.kind == "volume" and s.zoom]
+        assert sorted({Path(s.path) for s in whole}) == volumes  # 1 mm isotropic ones once per axis
+        assert sorted(Path(s.path) for s in zoomed) == volumes and all(s.zoom == ZOOM_FACTORS for s in zoomed)
+        assert sum(s.weight for s in cfg.data.train) == pytest.approx(
+            SOURCE_WEIGHTS["phantoms"] + SOURCE_WEIGHTS["volumes"] + SOURCE_WEIGHTS["zoom"])
+        assert cfg.data.val == () and cfg.schedule.steps == 600 and cfg.output_dir == "runs/reference_volumes"
+        assert cfg.data.augment == "generic"  # TASK_AUGMENT
+    assert task_train_config(shared_data, "volumes", augment="none").data.augment == "none"
+
+
 def test_an_unknown_task_recipe_is_refused_by_name(tmp_path: Path) -> None:
     from medsam2kit.errors import InvalidInputError
     from medsam2kit.reference import task_train_config
 
-    with pytest.raises(InvalidInputError, match="task: expected one of fetal-head, carotid, got 'liver'"):
+    with pytest.raises(InvalidInputError, match="task: expected one of fetal-head, carotid, volumes, got 'liver'"):
         task_train_config(tmp_path, "liver")
