@@ -4,6 +4,7 @@
     python examples/train_reference_model.py --recipe phantoms     # the phantom-only model
     python examples/train_reference_model.py --recipe fetal-head   # the fetal-head task model
     python examples/train_reference_model.py --recipe carotid      # the carotid task model
+    python examples/train_reference_model.py --recipe volumes      # the volumes task model
 
 ``--recipe real`` fine-tunes the phantom-only model (or ``--init``) on the shared real data
 (``../shared/data`` or ``$MEDSAM2KIT_DATA``) with its held-out cases left out: phantoms, the
@@ -27,7 +28,9 @@ the 3D phantoms (:func:`medsam2kit.reference.reference_train_config`).
 ``--init``) on one task's images alone, 600 steps (:func:`medsam2kit.reference.task_train_config`):
 the fetal-head images zoomed around the head (9 minutes on two CPU cores, 11 on one thread), the
 ``reference-fetal-head`` task model; the carotid recordings, the ``reference-carotid`` task
-model. They have no validation curve; score them with ``examples/evaluate_reference_model.py``.
+model. ``--recipe volumes``: phantoms and the labelled volumes (whole and zoomed) with SAM2's
+generic transforms, the ``reference-volumes`` task model (13 minutes on one thread). They have no
+validation curve; score them with ``examples/evaluate_reference_model.py``.
 Task models and the phantom model are exported in float16 (half the bytes; the loader casts them
 back to the model's float32), the real-image model in float32.
 
