@@ -26,9 +26,9 @@ from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import (
     CAROTID_WEIGHTS,
     FETAL_HEAD_WEIGHTS,
-    VOLUMES_WEIGHTS,
     PHANTOM_WEIGHTS,
     REFERENCE_CONFIG,
+    VOLUMES_WEIGHTS,
     shared_images,
     shared_recordings,
     shared_volumes,

@@ -402,6 +402,14 @@ def test_resampling_in_slabs_is_scipys_affine_transform() -> None:
         np.testing.assert_allclose(found, expected, atol=1e-5)
 
 
+def _warp_points(src_affine: np.ndarray, onto_affine: np.ndarray, warp: Warp) -> np.ndarray:
+    """The source voxel coordinates of every grid voxel as the Warp's docstring defines them:
+    fixed voxel ``i`` -> ``affine.matrix @ fixed.affine @ (i + displacement / spacing)``."""
+    to_src = np.linalg.solve(src_affine, warp.affine.matrix @ onto_affine)
+    at = np.indices(warp.shape).astype(np.float64) + warp.displacement / np.asarray(warp.spacing)[:, None, None, None]
+    return np.einsum("ij,j...->i...", to_src[:3, :3], at) + to_src[:3, 3][:, None, None, None]
+
+
 def test_warped_resampling_in_slabs_is_map_coordinates_at_the_displaced_points() -> None:
     """A Warp applied in slabs against scipy's ``map_coordinates`` at the points its docstring
     defines: fixed voxel ``i`` -> ``affine.matrix @ fixed.affine @ (i + displacement / spacing)``."""
@@ -417,9 +425,7 @@ def test_warped_resampling_in_slabs_is_map_coordinates_at_the_displaced_points()
     alignment = AffineAlignment(_transform((2.0, 0.0, -1.0), (1.0, 0.5, -0.5), 1.05, np.zeros(3)), np.zeros(9), 1.0)
     displacement = rng.normal(scale=1.5, size=(3, *shape)).astype(np.float32)
     warp = Warp(alignment, displacement, spacing)
-    to_src = np.linalg.solve(src_affine, alignment.matrix @ onto_affine)
-    at = np.indices(shape).astype(np.float64) + displacement / np.asarray(spacing)[:, None, None, None]
-    points = np.einsum("ij,j...->i...", to_src[:3, :3], at) + to_src[:3, 3][:, None, None, None]
+    points = _warp_points(src_affine, onto_affine, warp)
     expected = ndimage.map_coordinates(src, points, order=1, mode="grid-constant", cval=0.25)
     for chunk in (1, 50, 2**22):
         found = _sample(src, src_affine, alignment.matrix @ onto_affine, shape, cval=0.25, warp=warp,
@@ -474,9 +480,7 @@ def test_label_maps_resampled_in_slabs_are_the_brute_force_largest_indicator(chu
     alignment = AffineAlignment(_transform((2.0, 0.0, -1.0), (1.0, 0.5, -0.5), 1.05, np.zeros(3)), np.zeros(9), 1.0)
     displacement = rng.normal(scale=1.5, size=(3, *onto.shape)).astype(np.float32)
     warp = Warp(alignment, displacement, (1.2, 0.9, 1.1))
-    to_src = np.linalg.solve(src_affine, alignment.matrix @ onto.affine)
-    at = np.indices(onto.shape).astype(np.float64) + displacement / np.asarray(warp.spacing)[:, None, None, None]
-    points = np.einsum("ij,j...->i...", to_src[:3, :3], at) + to_src[:3, 3][:, None, None, None]
+    points = _warp_points(src_affine, onto.affine, warp)
     indicators = {i: ndimage.map_coordinates((lab == i).astype(np.float64), points, order=1, mode="grid-constant")
                   for i in range(1, 7)}  # more labels than one call samples together
     expected = np.zeros(onto.shape, np.uint8)
