@@ -52,14 +52,14 @@ import torch
 import medsam2kit
 from medsam2kit._data import shared_data_dir
 from medsam2kit._files import atomic_write
-from medsam2kit.reference import (DEFAULT_SOURCES, PHANTOM_WEIGHTS, REAL_WEIGHTS, SOURCE_WEIGHTS, TASK_SOURCES,
-                                  TASK_WEIGHTS, real_train_config, reference_train_config, task_train_config)
+from medsam2kit.reference import (DEFAULT_SOURCES, PHANTOM_WEIGHTS, REAL_WEIGHTS, SOURCE_WEIGHTS, TASK_RECIPES,
+                                  real_train_config, reference_train_config, task_train_config)
 from medsam2kit.train import fit
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", choices=("real", "phantoms", *TASK_SOURCES), default="real")
+    parser.add_argument("--recipe", choices=("real", "phantoms", *TASK_RECIPES), default="real")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
@@ -73,7 +73,7 @@ def main() -> None:
                         help="real recipe: the model's input size (default: the configuration's, 128 px)")
     parser.add_argument("--augment", choices=("none", "generic", "ultrasound", "combined"), default=None,
                         help="real and task recipes: clip augmentation preset (default: none; the volumes "
-                             "task: generic, medsam2kit.reference.TASK_AUGMENT)")
+                             "task: generic, medsam2kit.reference.TASK_RECIPES)")
     parser.add_argument("--exclude-validation", action="store_true",
                         help="real and task recipes: a recipe-selection run: leave the validation cases "
                              "(medsam2kit.reference.VALIDATION) out of training and draw the curves on them")
@@ -93,11 +93,11 @@ def main() -> None:
         if data is None:
             sys.exit(f"train_reference_model: the {args.recipe} recipe needs the shared data folder (../shared/data "
                      "beside the project, or $MEDSAM2KIT_DATA); use --recipe phantoms without it")
-        if args.recipe in TASK_SOURCES:
+        if args.recipe in TASK_RECIPES:
             config = task_train_config(data, args.recipe, seed=args.seed, steps=args.steps or 600, output_dir=out,
                                        init=args.init, augment=args.augment,
                                        exclude_validation=args.exclude_validation, progress=True)
-            export = Path(args.export or weights / TASK_WEIGHTS[args.recipe])
+            export = Path(args.export or weights / TASK_RECIPES[args.recipe].weights)
             dtype = torch.float16
         else:
             sources = tuple(s for s in args.sources.split(",") if s)

@@ -416,23 +416,36 @@ def real_train_config(data_dir: Path, *, seed: int = 0, steps: int = 2400, outpu
     }, source="real_train_config")
 
 
-#: The task models' recipes: task name -> the training sources (:func:`real_datasets`) that
-#: :func:`task_train_config` fine-tunes the real-image model on.
-TASK_SOURCES: dict[str, tuple[str, ...]] = {"fetal-head": ("fetal_zoom",), "carotid": ("carotid",),
-                                            "volumes": ("phantoms", "volumes", "zoom")}
-#: The task models' clip augmentation (``data.augment``; ``"none"`` where not named): the volumes
-#: task model trains with SAM2's generic video transforms (chosen on the validation cases,
-#: docs/reference_model.md: with them the validation mean rose 0.486 -> 0.520, without them it fell to 0.437).
-TASK_AUGMENT: dict[str, str] = {"volumes": "generic"}
-#: The task models' weight files (in the package's ``weights`` folder).
-TASK_WEIGHTS: dict[str, str] = {"fetal-head": FETAL_HEAD_WEIGHTS, "carotid": CAROTID_WEIGHTS, "volumes": VOLUMES_WEIGHTS}
+@dataclass(frozen=True)
+class TaskRecipe:
+    """What a task model is fine-tuned on (:func:`task_train_config`) and where it is stored.
+
+    Attributes:
+        sources: the training sources (keys of :data:`SOURCE_WEIGHTS`, see :func:`real_datasets`).
+        weights: the weight file in the package's ``weights`` folder.
+        augment: the clip augmentation preset (``data.augment``).
+    """
+
+    sources: tuple[str, ...]
+    weights: str
+    augment: str = "none"
+
+
+#: The task models' recipes, by task name. The volumes task model trains with SAM2's generic
+#: video transforms (chosen on the validation cases, docs/reference_model.md: with them the
+#: validation mean rose 0.486 -> 0.520, without them it fell to 0.437).
+TASK_RECIPES: dict[str, TaskRecipe] = {
+    "fetal-head": TaskRecipe(("fetal_zoom",), FETAL_HEAD_WEIGHTS),
+    "carotid": TaskRecipe(("carotid",), CAROTID_WEIGHTS),
+    "volumes": TaskRecipe(("phantoms", "volumes", "zoom"), VOLUMES_WEIGHTS, augment="generic"),
+}
 
 
 def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 600,
                       output_dir: str | None = None, init: str | Path | None = None, augment: str | None = None,
                       exclude_validation: bool = False, progress: bool = False) -> TrainConfig:
     """The recipe of a task model: the real-image model (or ``init``) fine-tuned on one task's
-    shared data alone (:data:`TASK_SOURCES`; held-out cases excluded), with
+    shared data alone (:data:`TASK_RECIPES`; held-out cases excluded), with
     :func:`real_train_config`'s prompts and optimiser, 600 steps, no validation curve (the task
     is scored by ``examples/evaluate_reference_model.py``).
 
@@ -450,18 +463,18 @@ def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 
 
     Args:
         data_dir: the shared data folder.
-        task: a key of :data:`TASK_SOURCES`.
+        task: a key of :data:`TASK_RECIPES`.
         seed: seed of clip sampling, prompts and dropout.
         steps: optimiser steps.
         output_dir: the run folder (default ``runs/reference_<task>``).
         init: the weights to start from (default: the packaged real-image model).
         augment: the clip augmentation preset (``data.augment``; default the task's,
-            :data:`TASK_AUGMENT`).
+            :data:`TASK_RECIPES`).
         exclude_validation: a recipe-selection run: leave the :data:`VALIDATION` cases out.
         progress: show a progress bar.
 
     Raises:
-        InvalidInputError: ``task`` is not a key of :data:`TASK_SOURCES`.
+        InvalidInputError: ``task`` is not a key of :data:`TASK_RECIPES`.
 
     Example:
         >>> cfg = task_train_config(Path("../shared/data"), "fetal-head")
@@ -470,12 +483,13 @@ def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 
     """
     from medsam2kit.errors import InvalidInputError
 
-    if task not in TASK_SOURCES:
-        raise InvalidInputError(f"task: expected one of {', '.join(TASK_SOURCES)}, got {task!r}")
+    if task not in TASK_RECIPES:
+        raise InvalidInputError(f"task: expected one of {', '.join(TASK_RECIPES)}, got {task!r}")
+    recipe = TASK_RECIPES[task]
     config = real_train_config(data_dir, seed=seed, steps=steps,
                                output_dir=output_dir or f"runs/reference_{task.replace('-', '_')}",
-                               sources=TASK_SOURCES[task], init=init or _packaged(REAL_WEIGHTS),
-                               augment=TASK_AUGMENT.get(task, "none") if augment is None else augment,
+                               sources=recipe.sources, init=init or _packaged(REAL_WEIGHTS),
+                               augment=recipe.augment if augment is None else augment,
                                exclude_validation=exclude_validation, progress=progress)
     return config.replace(**{"data.val": (), "schedule.val_every_epochs": 0})
 
@@ -495,9 +509,8 @@ __all__ = [
     "REFERENCE_CONFIG",
     "REFERENCE_WEIGHTS",
     "SOURCE_WEIGHTS",
-    "TASK_AUGMENT",
-    "TASK_SOURCES",
-    "TASK_WEIGHTS",
+    "TASK_RECIPES",
+    "TaskRecipe",
     "VOLUMES_WEIGHTS",
     "TRAIN_SEED",
     "VAL_SEED",

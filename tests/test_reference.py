@@ -149,7 +149,9 @@ def test_the_volumes_task_model_propagates_held_out_volumes_better_than_the_defa
 
 
 def test_task_models_and_the_phantom_model_are_stored_in_float16_and_load_as_float32() -> None:
-    for filename in (FETAL_HEAD_WEIGHTS, CAROTID_WEIGHTS, VOLUMES_WEIGHTS, PHANTOM_WEIGHTS):
+    from medsam2kit.reference import TASK_RECIPES
+
+    for filename in (*(recipe.weights for recipe in TASK_RECIPES.values()), PHANTOM_WEIGHTS):
         stored = torch.load(reference_checkpoint(filename), map_location="cpu", weights_only=True)["model"]
         assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
         loaded = SAM2Predictor.from_config(REFERENCE_CONFIG, reference_checkpoint(filename), device="cpu").model.state_dict()

@@ -336,7 +336,7 @@ def test_the_volumes_task_recipe_trains_on_phantoms_and_the_labelled_volumes_of_
         assert sum(s.weight for s in cfg.data.train) == pytest.approx(
             SOURCE_WEIGHTS["phantoms"] + SOURCE_WEIGHTS["volumes"] + SOURCE_WEIGHTS["zoom"])
         assert cfg.data.val == () and cfg.schedule.steps == 600 and cfg.output_dir == "runs/reference_volumes"
-        assert cfg.data.augment == "generic"  # TASK_AUGMENT
+        assert cfg.data.augment == "generic"  # TASK_RECIPES["volumes"].augment
     assert task_train_config(shared_data, "volumes", augment="none").data.augment == "none"
 
 
