@@ -259,7 +259,8 @@ def _parser() -> argparse.ArgumentParser:
             "per slice, e.g. painted in ITK-SNAP or 3D Slicer on the image's grid), is one object prompted "
             "on each of its slices by that mask (or the box around it, --prompt box) and propagated both "
             "ways; each slice is encoded once. By default, for a volume, SAM2 sees the slices cropped to "
-            "2 times the prompts' box, each label keeps the parts of its mask connected to its prompts, and "
+            "2 times the prompts' box, a voxel that several labels claim goes to the label drawn nearest, each "
+            "label keeps the parts of its mask connected to its prompts, and "
             "with a bundled model a copy of it is first adapted to the prompts (200 steps); a recording "
             "(cine: an ultrasound clip, a multi-frame DICOM cine) is tracked on whole frames with the whole "
             "masks and no adaptation (measured on the carotid recordings). Writes a label map with the "
@@ -288,6 +289,10 @@ def _parser() -> argparse.ArgumentParser:
     propagate.add_argument("--connected", action=argparse.BooleanOptionalAction, default=None,
                            help="keep only the parts of each label's mask connected in 3D to its prompts (default: "
                                 "yes for a volume with mask prompts, no for a recording)")
+    propagate.add_argument("--overlaps", choices=("nearest", "logit"), default=None,
+                           help="where several labels claim a voxel, the label drawn on the nearest slice takes it "
+                                "(nearest; the largest logit among equally near ones) or the largest logit (logit) "
+                                "(default: nearest for a volume, logit for a recording)")
     propagate.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                            help="slicing axis of the array (default: the axis of largest spacing; time for a recording)")
     propagate.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
@@ -800,12 +805,15 @@ def _propagate(args: argparse.Namespace) -> int:
         changes["zoom"] = None if args.zoom == 0 else args.zoom
     if args.connected is not None:
         changes["connected"] = args.connected
+    if args.overlaps is not None:
+        changes["overlaps"] = args.overlaps
     config = dataclasses.replace(default_propagation_config(image), **changes)
     predictor = _predictor(args)
     start = time.perf_counter()
     _stage(args, f"{'recording' if recording else 'volume'} {image.shape}: "
                  + (f"zoom {config.zoom:g}" if config.zoom else f"whole {'frames' if recording else 'slices'}") + ", "
                  + ("kept connected to the prompts" if config.connected and config.prompt == "mask" else "whole masks")
+                 + (", overlaps to the nearest prompt" if config.overlaps == "nearest" else "")
                  + (f", adapting a copy of the model to the prompts ({adapt.steps} steps; --adapt-steps 0 for none)"
                     if adapt is not None else ", no adaptation"))
 

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,6 +53,7 @@ from medsam2kit.volume import Volume, check_same_grid
 
 Propagation = Literal["joint", "separate"]
 LabelPromptKind = Literal["mask", "box"]
+Overlaps = Literal["nearest", "logit"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,12 @@ class PromptPropagationConfig:
             (:func:`medsam2kit.adapt.adapt_predictor`; mask prompts only); ``None``: no adaptation.
         connected: keep, per label, only the parts of its mask connected in 3D (26-neighbourhood)
             to its prompt masks (mask prompts only; a box only bounds the object).
+        overlaps: where several labels' logits are positive, ``"nearest"``: the label prompted
+            on the nearest slice takes the voxel, the largest logit among equally near ones
+            (:func:`label_map_nearest_prompt`); ``"logit"``: the largest logit. A label followed
+            away from its prompt drifts onto a neighbouring structure that looks like it (the
+            hippocampus' anterior and posterior parts), and there outscores the label prompted
+            beside it; measured in docs/propagate.md.
         axis: the slicing axis (default: :func:`~medsam2kit.sequencer.default_axis` of the image).
         window: the intensity window of the frames (:mod:`medsam2kit.sequencer`); ``None``:
             display-ready uint8 passed through unchanged.
@@ -81,12 +88,15 @@ class PromptPropagationConfig:
     zoom: float | None = DEFAULT_ZOOM
     adapt: AdaptConfig | None = None
     connected: bool = True
+    overlaps: Overlaps = "nearest"
     axis: int | None = None
     window: WindowSpec | None = field(default_factory=PercentileWindow)
 
     def __post_init__(self) -> None:
         if self.prompt not in ("mask", "box"):
             raise InvalidInputError(f"prompt: expected 'mask' or 'box', got {self.prompt!r}")
+        if self.overlaps not in ("nearest", "logit"):
+            raise InvalidInputError(f"overlaps: expected 'nearest' or 'logit', got {self.overlaps!r}")
         check_zoom(self.zoom)
         if self.adapt is not None and self.prompt != "mask":
             raise InvalidInputError("adapt: one-shot adaptation needs mask prompts (prompt='mask'), got prompt='box'")
@@ -97,9 +107,10 @@ class PromptPropagationConfig:
 def default_propagation_config(image: Volume) -> PromptPropagationConfig:
     """The defaults of :func:`propagate_prompts` for ``image``.
 
-    A volume: :class:`PromptPropagationConfig` as it is (zoom 2, kept connected, percentile
-    window). A recording (``image.kind == "cine"``, frames in time): whole frames, the whole
-    mask, 8-bit frames as they are (:func:`~medsam2kit.sequencer.display_ready`: uint8, or
+    A volume: :class:`PromptPropagationConfig` as it is (zoom 2, kept connected, overlaps to the
+    nearest prompt, percentile window). A recording (``image.kind == "cine"``, frames in time):
+    whole frames, the whole mask, overlaps to the largest logit (the nearest prompt was measured
+    on volumes only), 8-bit frames as they are (:func:`~medsam2kit.sequencer.display_ready`: uint8, or
     float32 holding whole numbers 0..255, as a DICOM cine is read; as the bundled models were
     trained on recordings), other frames windowed by percentiles. Measured
     on the carotid recordings (docs/reference_model.md): a structure that moves leaves the crop
@@ -111,8 +122,8 @@ def default_propagation_config(image: Volume) -> PromptPropagationConfig:
         >>> import numpy as np
         >>> cine = Volume(np.zeros((4, 8, 8), np.uint8), np.eye(4), kind="cine")
         >>> cfg = default_propagation_config(cine)
-        >>> cfg.zoom, cfg.connected, cfg.window
-        (None, False, None)
+        >>> cfg.zoom, cfg.connected, cfg.overlaps, cfg.window
+        (None, False, 'logit', None)
         >>> default_propagation_config(cine.with_array(np.zeros((4, 8, 8)))).window
         Window(low=0.0, high=255.0)
         >>> default_propagation_config(cine.with_array(np.full((4, 8, 8), 0.5))).window
@@ -124,7 +135,7 @@ def default_propagation_config(image: Volume) -> PromptPropagationConfig:
     window: WindowSpec | None = PercentileWindow()
     if display_ready(frames):  # 8-bit frames as they are (float32 from DICOM: the identity window)
         window = None if frames.dtype == np.uint8 else Window(0.0, 255.0)
-    return PromptPropagationConfig(zoom=None, connected=False, window=window)
+    return PromptPropagationConfig(zoom=None, connected=False, overlaps="logit", window=window)
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,6 +159,41 @@ class PromptPropagationResult:
     seconds: Mapping[str, float]
 
 
+def label_map_nearest_prompt(logits: Mapping[int, Volume], prompt_slices: Mapping[int, Sequence[int]],
+                             axis: int) -> np.ndarray:
+    """Per voxel, among the labels whose logit is positive, the label prompted nearest to the
+    voxel's slice along ``axis`` (a label's distance: to the nearest of its prompt slices); the
+    largest logit among equally near labels; 0 where no logit is positive. With every label
+    prompted on the same slices this is :func:`~medsam2kit.fewshot.label_map_from_logits`.
+
+    Raises:
+        InvalidInputError: a label of ``logits`` has no prompt slice.
+
+    Example:
+        >>> a = Volume(np.array([[[2.0]], [[3.0]], [[-1.0]]], np.float32), np.eye(4))
+        >>> b = Volume(np.array([[[1.0]], [[5.0]], [[4.0]]], np.float32), np.eye(4))
+        >>> label_map_nearest_prompt({1: a, 2: b}, {1: (0,), 2: (2,)}, axis=0).ravel().tolist()
+        [1, 2, 2]
+    """
+    ids = sorted(logits)
+    missing = [i for i in ids if not prompt_slices.get(i)]
+    if missing:
+        raise InvalidInputError(f"prompt_slices: expected at least one prompt slice per label, got none for {missing}")
+    stack = np.moveaxis(np.stack([np.asarray(logits[i].array) for i in ids]), axis + 1, 1)  # (labels, slices, ...)
+    out = np.zeros(stack.shape[1:], np.uint8 if max(ids, default=0) <= 255 else np.int32)
+    prompts = [np.asarray(prompt_slices[i]) for i in ids]
+    for z in range(stack.shape[1]):
+        distance = np.array([np.abs(p - z).min() for p in prompts])
+        free = np.ones(stack.shape[2:], dtype=bool)
+        for d in np.unique(distance):  # nearest first; each group takes what it holds of the rest
+            group = np.flatnonzero(distance == d)
+            best = np.argmax(stack[group, z], axis=0)
+            held = free & (np.take_along_axis(stack[group, z], best[None], axis=0)[0] > 0)
+            out[z][held] = np.asarray(ids)[group][best][held]
+            free &= ~held
+    return np.moveaxis(out, 0, axis)
+
+
 def propagate_prompts(predictor: SAM2Predictor, image: Volume, prompts: Volume,
                       config: PromptPropagationConfig | None = None, *,
                       progress: Callable[[int, int], None] | None = None) -> PromptPropagationResult:
@@ -157,8 +203,9 @@ def propagate_prompts(predictor: SAM2Predictor, image: Volume, prompts: Volume,
     slices along the slicing axis (a reader's outline on a key slice; every slice holding the
     label is one prompt, so do not pass a finished 3D segmentation). Each label is one object
     of one SAM2 session (each slice encoded once), prompted on each of its slices by the drawn
-    mask or the box around it, and propagated both ways; each voxel takes the label of the
-    largest positive logit. Drawn voxels of a prompt slice may come out unlabelled (SAM2's mask
+    mask or the box around it, and propagated both ways; each voxel takes, of the labels with a
+    positive logit there, the one prompted nearest to its slice (``config.overlaps``, the
+    volumes' default; or the largest logit). Drawn voxels of a prompt slice may come out unlabelled (SAM2's mask
     of a mask prompt is its own reading of it).
 
     Args:
@@ -217,7 +264,8 @@ def propagate_prompts(predictor: SAM2Predictor, image: Volume, prompts: Volume,
     result = session.propagate("both")
     logits = {lab: image.with_array(roi.paste(seq.to_volume_logits(result.logits()[:, k].numpy()).array, fill=-np.inf))
               for k, lab in enumerate(result.obj_ids)}
-    label_map = label_map_from_logits(logits, image.shape)
+    label_map = (label_map_nearest_prompt(logits, slices, axis) if cfg.overlaps == "nearest"
+                 else label_map_from_logits(logits, image.shape))
     if cfg.connected and cfg.prompt == "mask":
         inside = label_map[roi.index]  # a view: nothing is labelled outside the crop
         for lab in labels:
@@ -472,5 +520,6 @@ __all__ = [
     "SAM2Med3DPipeline",
     "SAM2Med3DResult",
     "default_propagation_config",
+    "label_map_nearest_prompt",
     "propagate_prompts",
 ]

@@ -4,12 +4,15 @@ phantom model for the semantic test)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
 from medsam2kit.adapt import AdaptConfig
@@ -19,7 +22,8 @@ from medsam2kit.fewshot import label_map_from_logits, model_fingerprint
 from medsam2kit.io import load_label, load_volume, save_mask, save_volume
 from medsam2kit.metrics import dice
 from medsam2kit.phantoms import ellipsoid_phantom, ultrasound_clip
-from medsam2kit.pipelines import PromptPropagationConfig, default_propagation_config, propagate_prompts
+from medsam2kit.pipelines import (PromptPropagationConfig, default_propagation_config, label_map_nearest_prompt,
+                                  propagate_prompts)
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.roi import largest_slice, roi_around
 from medsam2kit.sequencer import sequence_frames, sequence_volume
@@ -42,7 +46,8 @@ def test_matches_a_session_built_by_hand(pred: SAM2Predictor) -> None:
     image, label = ellipsoid_phantom((20, 14, 36), (0.9, 3.0, 0.9), rng=3)
     slices = {1: [4, 9], 2: [largest_slice(label.array == 2, axis=1)]}
     prompts = drawn_on(label, slices, axis=1)
-    out = propagate_prompts(pred, image, prompts, PromptPropagationConfig(zoom=None, connected=False, axis=1))
+    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=1)
+    out = propagate_prompts(pred, image, prompts, cfg)
     assert dict(out.prompt_slices) == {1: (4, 9), 2: tuple(slices[2])} and out.axis == 1
     assert out.encoder_calls == image.shape[1]
     assert np.array_equal(out.labels.affine, image.affine) and out.labels.shape == image.shape
@@ -54,7 +59,36 @@ def test_matches_a_session_built_by_hand(pred: SAM2Predictor) -> None:
             session.add_mask(seq.frame_of_slice(i), seq.mask_to_frame(label.array[:, i] == lab), obj_id=lab)
     result = session.propagate("both")
     logits = {lab: seq.to_volume_logits(result.logits()[:, k].numpy()) for k, lab in enumerate(result.obj_ids)}
-    assert np.array_equal(out.labels.array, label_map_from_logits(logits, image.shape))
+    assert np.array_equal(out.labels.array, label_map_nearest_prompt(logits, slices, axis=1))
+    by_logit = propagate_prompts(pred, image, prompts, replace(cfg, overlaps="logit")).labels.array
+    assert np.array_equal(by_logit, label_map_from_logits(logits, image.shape))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.tuples(*[st.integers(1, 5)] * 3), axis=st.integers(0, 2), n=st.integers(1, 4),
+       data=st.data())
+def test_overlaps_go_to_the_label_prompted_nearest_then_to_the_largest_logit(
+        shape: tuple[int, int, int], axis: int, n: int, data: st.DataObject) -> None:
+    """Against a brute force per voxel: of the labels with a positive logit, the one whose
+    nearest prompt slice is nearest, then the largest logit, then the smallest label."""
+    ids = data.draw(st.lists(st.integers(1, 300), min_size=n, max_size=n, unique=True))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    arrays = {i: np.round(rng.normal(size=shape), 1).astype(np.float32) for i in ids}  # ties happen
+    slices = {i: tuple(data.draw(st.lists(st.integers(0, shape[axis] - 1), min_size=1, max_size=3))) for i in ids}
+    got = label_map_nearest_prompt({i: Volume(a, np.eye(4)) for i, a in arrays.items()}, slices, axis)
+    assert got.shape == shape and got.dtype == (np.uint8 if max(ids) <= 255 else np.int32)
+    for voxel in np.ndindex(shape):
+        ranked = sorted((min(abs(voxel[axis] - p) for p in slices[i]), -arrays[i][voxel], i)
+                        for i in ids if arrays[i][voxel] > 0)
+        assert got[voxel] == (ranked[0][2] if ranked else 0), voxel
+    if all(set(slices[i]) == set(slices[ids[0]]) for i in ids):
+        assert np.array_equal(got, label_map_from_logits({i: Volume(a, np.eye(4)) for i, a in arrays.items()}, shape))
+
+
+def test_a_label_without_prompt_slice_is_refused() -> None:
+    logits = {1: Volume(np.ones((2, 2, 2), np.float32), np.eye(4)), 2: Volume(np.ones((2, 2, 2), np.float32), np.eye(4))}
+    with pytest.raises(InvalidInputError, match=r"prompt_slices: expected at least one prompt slice per label, got none for \[2\]"):
+        label_map_nearest_prompt(logits, {1: (0,), 2: ()}, axis=0)
 
 
 def test_connected_keeps_exactly_the_components_touching_the_prompts(pred: SAM2Predictor) -> None:
@@ -128,6 +162,8 @@ def test_bad_prompts(pred: SAM2Predictor) -> None:
         PromptPropagationConfig(prompt="box", adapt=AdaptConfig(steps=1))
     with pytest.raises(InvalidInputError, match="zoom: expected a crop factor >= 1"):
         PromptPropagationConfig(zoom=0.5)
+    with pytest.raises(InvalidInputError, match="overlaps: expected 'nearest' or 'logit', got 'max'"):
+        PromptPropagationConfig(overlaps="max")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +193,7 @@ def test_cli_writes_the_label_map_of_propagate_prompts(case: tuple[Path, Path, V
     assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(out),
                  "--adapt-steps", "0"]) == 0
     captured = capsys.readouterr()
+    assert "kept connected to the prompts, overlaps to the nearest prompt" in captured.err
     assert captured.out.splitlines()[0].startswith("model: bundled model reference")
     assert f"wrote {out} (voxels per label" in captured.out and "prompt slices {1: [5], 2: [4]} along axis 0" in captured.out
     written = load_label(out, like=image)
@@ -172,6 +209,13 @@ def test_cli_writes_the_label_map_of_propagate_prompts(case: tuple[Path, Path, V
     assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
                  "--overwrite", "--prompt", "box"]) == 0
     assert "adapting" not in capsys.readouterr().err
+    # --overlaps logit: the largest logit takes a voxel several labels claim, as propagate_prompts does
+    assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
+                 "--overwrite", "--adapt-steps", "0", "--overlaps", "logit"]) == 0
+    assert "overlaps to the nearest prompt" not in capsys.readouterr().err
+    by_logit = propagate_prompts(SAM2Predictor.from_pretrained("reference", device="cpu"), image, drawn,
+                                 PromptPropagationConfig(overlaps="logit"))
+    assert np.array_equal(load_label(other, like=image).array, by_logit.labels.array)
     # with a bundled model the adaptation runs by default (here 2 steps are asked for, and reported)
     assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
                  "--overwrite", "--adapt-steps", "2"]) == 0
@@ -237,8 +281,8 @@ def test_a_recording_is_tracked_on_whole_frames_whole_masks_without_adaptation(t
     err = capsys.readouterr().err
     assert "recording (6, 64, 56): whole frames, whole masks, no adaptation" in err and "adaptation step" not in err
     cine = load_volume(tmp_path / "clip.npz")
-    assert cine.kind == "cine" and default_propagation_config(cine) == PromptPropagationConfig(zoom=None, connected=False,
-                                                                                              window=None)
+    assert cine.kind == "cine" and default_propagation_config(cine) == PromptPropagationConfig(
+        zoom=None, connected=False, overlaps="logit", window=None)
     predictor = SAM2Predictor.from_pretrained("reference", device="cpu")
     seq = sequence_frames(clip, image_size=predictor.image_size, window=None)
     session = predictor.start(seq)
