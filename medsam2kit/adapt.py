@@ -11,8 +11,8 @@ trains (mask prompt on the first frame, the object tracked through the others, S
 used: no label beyond the prompt, no other case.
 
 Measured with the micro reference model (``docs/reference_model.md``): one-prompt propagation
-through the held-out volumes rises from Dice 0.34 to 0.58 (hippocampus), 0.41 to 0.46
-(prostate), 0.44 to 0.81 (CT lesions) and 0.38 to 0.77 (brain tumour); on the validation
+through the held-out volumes rises from Dice 0.39 to 0.61 (hippocampus), 0.34 to 0.55
+(prostate), 0.44 to 0.79 (CT lesions) and 0.38 to 0.77 (brain tumour); on the validation
 carotid recordings (frames far apart, the artery moving) tracking got worse, so only the volume
 task offers it, as an option (thin moving phantom tubes lose too). It costs ``steps`` training
 steps: about 0.19 s each for the micro model on one CPU thread with one or two prompts, 38 s for

@@ -268,6 +268,32 @@ def test_several_labels_box_mask_and_clear(predictor: SAM2Predictor, phantoms: A
     assert [t.label for t in rows_] == sorted(set(np.unique(ann.labels)) - {0})
 
 
+def test_overlaps_go_to_the_label_prompted_nearest_as_propagate_prompts_does(predictor: SAM2Predictor, phantoms: Any,
+                                                                           one_torch_thread: None) -> None:
+    """Two labels drawn on different slices: the annotator's label map is the one of a session
+    built by hand on its frames, resolved by :func:`label_map_nearest_prompt` (where both labels'
+    logits are positive, the label drawn nearest wins, not the larger logit)."""
+    from medsam2kit.fewshot import label_map_from_logits
+    from medsam2kit.pipelines import label_map_nearest_prompt
+
+    image, label = phantoms[0]
+    ann = _session(predictor, image)
+    ax = ann.axis
+    drawn = {1: _best_slice(label.array == 1, ax) - 2, 2: _best_slice(label.array == 2, ax) + 1}
+    for lab, s in drawn.items():
+        ann.add_mask(s, np.take(label.array == lab, s, axis=ax), label=lab)
+    ann.propagate("both")
+    session = predictor.start(ann.seq)
+    for lab, s in drawn.items():
+        session.add_mask(ann.seq.frame_of_slice(s), ann.seq.mask_to_frame(np.take(label.array == lab, s, axis=ax)),
+                         obj_id=lab)
+    result = session.propagate("both")
+    logits = {lab: ann.seq.to_volume_logits(result.logits()[:, k].numpy()) for k, lab in enumerate(result.obj_ids)}
+    expected = label_map_nearest_prompt(logits, {lab: (s,) for lab, s in drawn.items()}, ax)
+    np.testing.assert_array_equal(ann.labels, expected)
+    assert not np.array_equal(expected, label_map_from_logits(logits, image.shape)), "the labels overlap somewhere"
+
+
 def test_prompt_given_while_a_job_runs_stays_pending(predictor: SAM2Predictor, phantoms: Any) -> None:
     image, label = phantoms[0]
     ann = _session(predictor, image)

@@ -165,8 +165,8 @@ class Update:
         slices: slice indices along the session's axis.
         labels: per slice, the labels the update speaks for (their voxels on that slice are
             replaced by the winners).
-        winners: ``(len(slices), h, w)`` per slice the winning label of each voxel (0: none),
-            the label of highest logit among those above 0.
+        winners: ``(len(slices), h, w)`` per slice the winning label of each voxel (0: none):
+            of the labels with a logit above 0, the one prompted nearest, then the highest logit.
         clear: labels removed from some slices first (``{label: slices}``, see :class:`Job`).
         restore: masks put back after the slices' outputs (see :class:`Job`).
         direction: the propagation's direction, or ``None`` for single-slice outputs.
@@ -740,7 +740,7 @@ class AnnotationSession:
                                         image_size=size)
                 frame_logits.setdefault(lab, {})[t] = one.logits()[0, 0]
         slices = tuple(sorted(by_slice))
-        winners = self._winners(slices, {s: tuple(by_slice[s]) for s in slices}, frame_logits)
+        winners = self._winners(slices, {s: tuple(by_slice[s]) for s in slices}, frame_logits, _prompted(job))
         return slices, tuple(tuple(by_slice[s]) for s in slices), winners
 
     def _propagate(self, job: Job, progress: Progress | None) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], np.ndarray]:
@@ -766,7 +766,7 @@ class AnnotationSession:
             logits = part.logits()  # (c, O, S, S)
             frame_logits = {lab: {t: logits[i, o] for i, t in enumerate(chunk)} for o, lab in enumerate(obj_ids)}
             chunk_slices = tuple(sorted(self.seq.slice_indices[t] for t in chunk))
-            win = self._winners(chunk_slices, dict.fromkeys(chunk_slices, speaks), frame_logits)
+            win = self._winners(chunk_slices, dict.fromkeys(chunk_slices, speaks), frame_logits, _prompted(job))
             for i, s in enumerate(chunk_slices):
                 winners[row[s]] = win[i]
         return slices, tuple(speaks for _ in slices), winners
@@ -776,10 +776,15 @@ class AnnotationSession:
         slices: tuple[int, ...],
         labels: Mapping[int, tuple[int, ...]],
         frame_logits: Mapping[int, Mapping[int, torch.Tensor]],
+        prompted: Mapping[int, tuple[int, ...]],
     ) -> np.ndarray:
-        """Per slice, the label of highest logit > 0 among the labels with logits there."""
+        """Per slice, of the labels with a logit > 0 there, the label prompted on the nearest
+        slice (``prompted``: each label's prompt slices), the highest logit among equally near
+        ones: :func:`medsam2kit.pipelines.label_map_nearest_prompt`'s rule, as ``medsam2kit
+        propagate`` gives a volume."""
         shape = self.seq.layout.slice_shape
         best = np.full((len(slices), *shape), -np.inf, np.float32)
+        nearest = np.full((len(slices), *shape), np.inf, np.float32)
         winners = np.zeros((len(slices), *shape), LABEL_DTYPE)
         row = {s: i for i, s in enumerate(slices)}
         for lab, per_frame in frame_logits.items():
@@ -791,10 +796,21 @@ class AnnotationSession:
                 if s not in row or lab not in labels.get(s, ()):
                     continue
                 logit = self._slice(vol, s)
-                better = (logit > 0) & (logit > best[row[s]])
-                best[row[s]][better] = logit[better]
-                winners[row[s]][better] = lab
+                distance = min((abs(s - p) for p in prompted.get(lab, ())), default=np.inf)
+                r = row[s]
+                better = (logit > 0) & ((distance < nearest[r]) | ((distance == nearest[r]) & (logit > best[r])))
+                best[r][better] = logit[better]
+                nearest[r][better] = distance
+                winners[r][better] = lab
         return winners
+
+
+def _prompted(job: Job) -> dict[int, tuple[int, ...]]:
+    """Each label's prompted slices at the job's planning time."""
+    out: dict[int, set[int]] = {}
+    for p in job.prompts:
+        out.setdefault(p.label, set()).add(p.slice_index)
+    return {lab: tuple(sorted(s)) for lab, s in out.items()}
 
 
 def _frames_of(result: PropagationResult, frames: Sequence[int]) -> PropagationResult:
