@@ -52,11 +52,12 @@ from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.demo import Pair, adapted_method, keep_labels, training_supports
 from medsam2kit.fewshot import FewShotPipeline, segment_registered
 from medsam2kit.metrics import dice
-from medsam2kit.pipelines import SAM2Med3DPipeline
+from medsam2kit.pipelines import Overlaps, SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
-from medsam2kit.register import align_supports, vote_labels
 from medsam2kit.reference import (REFERENCE_CONFIG, SharedArrays, SharedVolume, Split, shared_images,
                                   shared_recordings, shared_volumes)
+from medsam2kit.register import align_supports, vote_labels
+from medsam2kit.roi import DEFAULT_ZOOM
 from medsam2kit.tasks import BOX_BASELINES, PromptKind, box_prompt_image, one_prompt_propagation, track_recording
 
 
@@ -88,7 +89,7 @@ def load_predictor(name: str) -> SAM2Predictor:
 
 
 def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bool = True,
-                adapt: bool = True) -> list[Row]:
+                adapt: bool = True, overlaps: Overlaps = "nearest") -> list[Row]:
     rows = []
     truth = np.asarray(case.label.array)
     config = AdaptConfig()
@@ -96,7 +97,8 @@ def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bo
     if adapt:
         runs.append(("mask", adapted_method(config), config))
     for prompt, method, adapting in runs:
-        out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt, adapt=adapting, **_zoom(zoom))
+        out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt, adapt=adapting, overlaps=overlaps,
+                                     zoom=_zoom(zoom))
         bounded = out.on_labelled_slices()
         for lab in out.prompt_slices:
             rows.append(Row(model, case.dataset, case.name, lab, f"propagation ({prompt})", method,
@@ -142,8 +144,8 @@ def recording_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[
 
 
 def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays, *, zoom: bool = True) -> list[Row]:
-    masks = {"sam2": box_prompt_image(pred, case.image, case.label, **_zoom(zoom)),
-             "sam2 not cut to the box": box_prompt_image(pred, case.image, case.label, inside_box=False, **_zoom(zoom)),
+    masks = {"sam2": box_prompt_image(pred, case.image, case.label, zoom=_zoom(zoom)),
+             "sam2 not cut to the box": box_prompt_image(pred, case.image, case.label, inside_box=False, zoom=_zoom(zoom)),
              **{method: baseline(case.label) for method, baseline in BOX_BASELINES.items()}}
     return [Row(model, case.dataset, case.name, 1, "box prompt", method, dice(mask, case.label))
             for method, mask in masks.items()]
@@ -165,17 +167,18 @@ def load_cases(data_dir: Path, *, max_images: int | None, split: Split = "held_o
                  shared_images(data_dir, split)[:max_images], training_supports(data_dir, without=without))
 
 
-def _zoom(zoom: bool) -> dict[str, None]:
-    """The tasks' keyword for whole slices and images (their default zoom otherwise)."""
-    return {} if zoom else {"zoom": None}
+def _zoom(zoom: bool) -> float | None:
+    """The tasks' zoom: their default (medsam2kit.roi.DEFAULT_ZOOM), or ``None`` for whole slices and images."""
+    return DEFAULT_ZOOM if zoom else None
 
 
-def evaluate_model(name: str, cases: Cases, *, zoom: bool = True, adapt: bool = True) -> list[Row]:
+def evaluate_model(name: str, cases: Cases, *, zoom: bool = True, adapt: bool = True,
+                   overlaps: Overlaps = "nearest") -> list[Row]:
     pred = load_predictor(name)
     label = name if zoom else f"{name} (no zoom)"
     rows: list[Row] = []
     for case in cases.volumes:
-        rows += volume_rows(label, pred, case, zoom=zoom, adapt=adapt)
+        rows += volume_rows(label, pred, case, zoom=zoom, adapt=adapt, overlaps=overlaps)
         if case.dataset == "msd_hippocampus":
             rows += hippocampus_rows(label, pred, case, cases.supports, adapt=adapt)
     for rec in cases.recordings:
@@ -232,6 +235,9 @@ def main() -> None:
                         help="whole slices and images (default: the tasks' zoom around the prompt, medsam2kit.roi)")
     parser.add_argument("--no-adapt", action="store_true",
                         help="skip the adapted rows (mask propagation, FATE-SAM; medsam2kit.adapt; about 38 s per volume on one thread)")
+    parser.add_argument("--overlaps", choices=("nearest", "logit"), default="nearest",
+                        help="where labels overlap in mask propagation, the label prompted nearest (default) or the "
+                             "largest logit (the rule before; medsam2kit.pipelines.PromptPropagationConfig)")
     args = parser.parse_args()
     data_dir = shared_data_dir()
     if data_dir is None:
@@ -241,7 +247,7 @@ def main() -> None:
     seconds = {}
     for name in [m for m in args.models.split(",") if m]:
         start = time.perf_counter()
-        rows += evaluate_model(name, cases, zoom=not args.no_zoom, adapt=not args.no_adapt)
+        rows += evaluate_model(name, cases, zoom=not args.no_zoom, adapt=not args.no_adapt, overlaps=args.overlaps)
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"{name}: {seconds[name]} s", file=sys.stderr)
     summary = summarise(rows)
