@@ -76,7 +76,7 @@ class PromptPropagationConfig:
             (:func:`label_map_nearest_prompt`); ``"logit"``: the largest logit. A label followed
             away from its prompt drifts onto a neighbouring structure that looks like it (the
             hippocampus' anterior and posterior parts), and there outscores the label prompted
-            beside it; measured in docs/propagate.md.
+            beside it; measured in docs/reference_model.md.
         axis: the slicing axis (default: :func:`~medsam2kit.sequencer.default_axis` of the image).
         window: the intensity window of the frames (:mod:`medsam2kit.sequencer`); ``None``:
             display-ready uint8 passed through unchanged.
@@ -167,7 +167,7 @@ def label_map_nearest_prompt(logits: Mapping[int, Volume], prompt_slices: Mappin
     prompted on the same slices this is :func:`~medsam2kit.fewshot.label_map_from_logits`.
 
     Raises:
-        InvalidInputError: a label of ``logits`` has no prompt slice.
+        InvalidInputError: no label, or a label of ``logits`` without a prompt slice.
 
     Example:
         >>> a = Volume(np.array([[[2.0]], [[3.0]], [[-1.0]]], np.float32), np.eye(4))
@@ -176,11 +176,13 @@ def label_map_nearest_prompt(logits: Mapping[int, Volume], prompt_slices: Mappin
         [1, 2, 2]
     """
     ids = sorted(logits)
+    if not ids:
+        raise InvalidInputError("logits: expected at least one label, got none")
     missing = [i for i in ids if not prompt_slices.get(i)]
     if missing:
         raise InvalidInputError(f"prompt_slices: expected at least one prompt slice per label, got none for {missing}")
     stack = np.moveaxis(np.stack([np.asarray(logits[i].array) for i in ids]), axis + 1, 1)  # (labels, slices, ...)
-    out = np.zeros(stack.shape[1:], np.uint8 if max(ids, default=0) <= 255 else np.int32)
+    out = np.zeros(stack.shape[1:], np.uint8 if max(ids) <= 255 else np.int32)
     prompts = [np.asarray(prompt_slices[i]) for i in ids]
     for z in range(stack.shape[1]):
         distance = np.array([np.abs(p - z).min() for p in prompts])

@@ -89,6 +89,8 @@ def test_a_label_without_prompt_slice_is_refused() -> None:
     logits = {1: Volume(np.ones((2, 2, 2), np.float32), np.eye(4)), 2: Volume(np.ones((2, 2, 2), np.float32), np.eye(4))}
     with pytest.raises(InvalidInputError, match=r"prompt_slices: expected at least one prompt slice per label, got none for \[2\]"):
         label_map_nearest_prompt(logits, {1: (0,), 2: ()}, axis=0)
+    with pytest.raises(InvalidInputError, match="logits: expected at least one label, got none"):
+        label_map_nearest_prompt({}, {}, axis=0)
 
 
 def test_connected_keeps_exactly_the_components_touching_the_prompts(pred: SAM2Predictor) -> None:
