@@ -760,13 +760,14 @@ class AnnotationSession:
         slices = tuple(sorted(self.seq.slice_indices[t] for t in visited))
         winners = np.zeros((len(slices), *self.seq.layout.slice_shape), LABEL_DTYPE)
         row = {s: i for i, s in enumerate(slices)}
+        prompted = _prompted(job)
         for start in range(0, len(visited), _CHUNK):
             chunk = visited[start:start + _CHUNK]
             part = _frames_of(result, chunk)
             logits = part.logits()  # (c, O, S, S)
             frame_logits = {lab: {t: logits[i, o] for i, t in enumerate(chunk)} for o, lab in enumerate(obj_ids)}
             chunk_slices = tuple(sorted(self.seq.slice_indices[t] for t in chunk))
-            win = self._winners(chunk_slices, dict.fromkeys(chunk_slices, speaks), frame_logits, _prompted(job))
+            win = self._winners(chunk_slices, dict.fromkeys(chunk_slices, speaks), frame_logits, prompted)
             for i, s in enumerate(chunk_slices):
                 winners[row[s]] = win[i]
         return slices, tuple(speaks for _ in slices), winners
