@@ -12,7 +12,9 @@ recording or image; ``--split validation``: the recipe-selection cases of
 
 * 3D cases (hippocampus, prostate, CT lesions, brain tumour): one-prompt propagation per label,
   prompted on its largest slice by the true mask and by its box (slices zoomed around the
-  prompts, :data:`medsam2kit.roi.DEFAULT_ZOOM`; ``--no-zoom``: whole slices), against the copy
+  prompts, :data:`medsam2kit.roi.DEFAULT_ZOOM`; ``--no-zoom``: whole slices; mask prompts with
+  their shape as a prior near their slice, :class:`medsam2kit.pipelines.PromptPrior`;
+  ``--no-prior``: SAM2's logits as they are), against the copy
   baseline (the prompt mask on every slice holding the label), and from the mask after one-shot
   adaptation of a copy of the model to the prompts (:mod:`medsam2kit.adapt`; ``--no-adapt`` skips it);
   each propagation also scored ``on labelled slices`` (kept on the slices the label spans, the
@@ -52,7 +54,7 @@ from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.demo import Pair, adapted_method, keep_labels, training_supports
 from medsam2kit.fewshot import FewShotPipeline, segment_registered
 from medsam2kit.metrics import dice
-from medsam2kit.pipelines import Overlaps, SAM2Med3DPipeline
+from medsam2kit.pipelines import Overlaps, PromptPrior, SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import (REFERENCE_CONFIG, SharedArrays, SharedVolume, Split, shared_images,
                                   shared_recordings, shared_volumes)
@@ -89,7 +91,7 @@ def load_predictor(name: str) -> SAM2Predictor:
 
 
 def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bool = True,
-                adapt: bool = True, overlaps: Overlaps = "nearest") -> list[Row]:
+                adapt: bool = True, overlaps: Overlaps = "nearest", prior: PromptPrior | None = PromptPrior()) -> list[Row]:
     rows = []
     truth = np.asarray(case.label.array)
     config = AdaptConfig()
@@ -98,7 +100,7 @@ def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bo
         runs.append(("mask", adapted_method(config), config))
     for prompt, method, adapting in runs:
         out = one_prompt_propagation(pred, case.image, case.label, prompt=prompt, adapt=adapting, overlaps=overlaps,
-                                     zoom=_zoom(zoom))
+                                     prior=prior, zoom=_zoom(zoom))
         bounded = out.on_labelled_slices()
         for lab in out.prompt_slices:
             rows.append(Row(model, case.dataset, case.name, lab, f"propagation ({prompt})", method,
@@ -173,12 +175,12 @@ def _zoom(zoom: bool) -> float | None:
 
 
 def evaluate_model(name: str, cases: Cases, *, zoom: bool = True, adapt: bool = True,
-                   overlaps: Overlaps = "nearest") -> list[Row]:
+                   overlaps: Overlaps = "nearest", prior: PromptPrior | None = PromptPrior()) -> list[Row]:
     pred = load_predictor(name)
     label = name if zoom else f"{name} (no zoom)"
     rows: list[Row] = []
     for case in cases.volumes:
-        rows += volume_rows(label, pred, case, zoom=zoom, adapt=adapt, overlaps=overlaps)
+        rows += volume_rows(label, pred, case, zoom=zoom, adapt=adapt, overlaps=overlaps, prior=prior)
         if case.dataset == "msd_hippocampus":
             rows += hippocampus_rows(label, pred, case, cases.supports, adapt=adapt)
     for rec in cases.recordings:
@@ -238,6 +240,9 @@ def main() -> None:
     parser.add_argument("--overlaps", choices=("nearest", "logit"), default="nearest",
                         help="where labels overlap in mask propagation, the label prompted nearest (default) or the "
                              "largest logit (the rule before; medsam2kit.pipelines.PromptPropagationConfig)")
+    parser.add_argument("--no-prior", action="store_true",
+                        help="mask propagation without the prompt masks' shapes as a prior near their slices "
+                             "(medsam2kit.pipelines.PromptPrior; the default adds it)")
     args = parser.parse_args()
     data_dir = shared_data_dir()
     if data_dir is None:
@@ -247,7 +252,8 @@ def main() -> None:
     seconds = {}
     for name in [m for m in args.models.split(",") if m]:
         start = time.perf_counter()
-        rows += evaluate_model(name, cases, zoom=not args.no_zoom, adapt=not args.no_adapt, overlaps=args.overlaps)
+        rows += evaluate_model(name, cases, zoom=not args.no_zoom, adapt=not args.no_adapt, overlaps=args.overlaps,
+                               prior=None if args.no_prior else PromptPrior())
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"{name}: {seconds[name]} s", file=sys.stderr)
     summary = summarise(rows)

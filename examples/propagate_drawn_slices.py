@@ -1,8 +1,9 @@
 """How many slices to draw: prompts drawn on 1, 2 or 3 slices per label, propagated through the
 held-out shared volumes (hippocampus, prostate, CT lesions, brain tumour) by
-:func:`medsam2kit.pipelines.propagate_prompts` with its defaults (zoom 2, kept connected), plain
-and after one-shot adaptation to the drawn masks, beside copying the nearest drawn slice's mask
-onto every slice that holds the label (a baseline given the label's extent).
+:func:`medsam2kit.pipelines.propagate_prompts` with its defaults (zoom 2, the drawn shapes as a
+prior, overlaps to the nearest drawing, kept connected), plain and after one-shot adaptation to
+the drawn masks, beside copying the nearest drawn slice's mask onto every slice that holds the
+label (a baseline given the label's extent).
 
 One slice is the label's largest (the model card's task); two and three are spread along the
 structure, at (j + 0.5) / n of its extent. Needs ../shared/data (or $MEDSAM2KIT_DATA).

@@ -259,8 +259,9 @@ def _parser() -> argparse.ArgumentParser:
             "per slice, e.g. painted in ITK-SNAP or 3D Slicer on the image's grid), is one object prompted "
             "on each of its slices by that mask (or the box around it, --prompt box) and propagated both "
             "ways; each slice is encoded once. By default, for a volume, SAM2 sees the slices cropped to "
-            "2 times the prompts' box, a voxel that several labels claim goes to the label drawn nearest, each "
-            "label keeps the parts of its mask connected to its prompts, and "
+            "2 times the prompts' box, each drawn mask's shape is added to its label's logits on the slices "
+            "near it (--no-prior: SAM2's logits alone), a voxel that several labels claim goes to the label "
+            "drawn nearest, each label keeps the parts of its mask connected to its prompts, and "
             "with a bundled model a copy of it is first adapted to the prompts (200 steps); a recording "
             "(cine: an ultrasound clip, a multi-frame DICOM cine) is tracked on whole frames with the whole "
             "masks and no adaptation (measured on the carotid recordings). Writes a label map with the "
@@ -293,6 +294,10 @@ def _parser() -> argparse.ArgumentParser:
                            help="where several labels claim a voxel, the label drawn on the nearest slice takes it "
                                 "(nearest; the largest logit among equally near ones) or the largest logit (logit) "
                                 "(default: nearest for a volume, logit for a recording)")
+    propagate.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
+                           help="add each drawn mask's shape to its label's logits on the slices near it where SAM2 "
+                                "sees the label (medsam2kit.pipelines.PromptPrior; mask prompts; default: yes for a "
+                                "volume, no for a recording)")
     propagate.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                            help="slicing axis of the array (default: the axis of largest spacing; time for a recording)")
     propagate.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
@@ -777,7 +782,7 @@ def _propagate(args: argparse.Namespace) -> int:
 
     from medsam2kit.dicom_seg import algorithm_name, check_dicom_inputs, resolve_output_format, write_labels
     from medsam2kit.io import load_label, load_volume
-    from medsam2kit.pipelines import default_propagation_config, propagate_prompts
+    from medsam2kit.pipelines import PromptPrior, default_propagation_config, propagate_prompts
     from medsam2kit.roi import check_zoom
 
     if args.zoom is not None and args.zoom != 0:
@@ -807,12 +812,15 @@ def _propagate(args: argparse.Namespace) -> int:
         changes["connected"] = args.connected
     if args.overlaps is not None:
         changes["overlaps"] = args.overlaps
+    if args.prior is not None:
+        changes["prior"] = PromptPrior() if args.prior else None
     config = dataclasses.replace(default_propagation_config(image), **changes)
     predictor = _predictor(args)
     start = time.perf_counter()
     _stage(args, f"{'recording' if recording else 'volume'} {image.shape}: "
                  + (f"zoom {config.zoom:g}" if config.zoom else f"whole {'frames' if recording else 'slices'}") + ", "
                  + ("kept connected to the prompts" if config.connected and config.prompt == "mask" else "whole masks")
+                 + (", the drawn shapes as a prior near their slices" if config.prior and config.prompt == "mask" else "")
                  + (", overlaps to the nearest prompt" if config.overlaps == "nearest" else "")
                  + (f", adapting a copy of the model to the prompts ({adapt.steps} steps; --adapt-steps 0 for none)"
                     if adapt is not None else ", no adaptation"))

@@ -33,7 +33,7 @@ from scipy import ndimage
 from medsam2kit.adapt import AdaptConfig
 from medsam2kit.errors import InvalidInputError, ShapeMismatchError
 from medsam2kit.metrics import dice, j_and_f
-from medsam2kit.pipelines import LabelPromptKind, Overlaps, PromptPropagationConfig, propagate_prompts
+from medsam2kit.pipelines import LabelPromptKind, Overlaps, PromptPrior, PromptPropagationConfig, propagate_prompts
 from medsam2kit.predictor import PointPrompt, SAM2Predictor, Session
 from medsam2kit.roi import DEFAULT_ZOOM, Roi, largest_slice, mask_box, roi_around_masks
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, default_axis, sequence_frames
@@ -127,7 +127,8 @@ BOX_BASELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {"filled box": fi
 def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volume,
                            labels: Sequence[int] | None = None, *, prompt: PromptKind = "mask",
                            zoom: float | None = DEFAULT_ZOOM, adapt: AdaptConfig | None = None,
-                           connected: bool = True, overlaps: Overlaps = "nearest") -> Propagated:
+                           connected: bool = True, overlaps: Overlaps = "nearest",
+                           prior: PromptPrior | None = PromptPrior()) -> Propagated:
     """Prompt each label on its largest slice (its true mask, or the box around it) and propagate
     both ways.
 
@@ -145,14 +146,17 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
     the whole mask: a box only bounds the object, and the rule cost phantom objects there.
     ``overlaps``: where several labels' logits are positive, the label prompted nearest
     (``"nearest"``, default) or the largest logit (``"logit"``; see
-    :class:`~medsam2kit.pipelines.PromptPropagationConfig`).
+    :class:`~medsam2kit.pipelines.PromptPropagationConfig`). ``prior`` (mask prompts): each prompt
+    mask's shape added to its label's logits near its slice
+    (:class:`~medsam2kit.pipelines.PromptPrior`, default); ``None``: SAM2's logits as they are.
 
     Raises:
         ShapeMismatchError / GeometryError: ``label`` is not on ``image``'s grid.
         InvalidInputError: a label is absent, ``prompt`` is unknown, ``zoom < 1``, or ``adapt``
             is given with box prompts (there is no mask to adapt to).
     """
-    config = PromptPropagationConfig(prompt=prompt, zoom=zoom, adapt=adapt, connected=connected, overlaps=overlaps)
+    config = PromptPropagationConfig(prompt=prompt, zoom=zoom, adapt=adapt, connected=connected, overlaps=overlaps,
+                                     prior=prior)
     check_same_grid(label, image)
     present = tuple(int(v) for v in np.unique(label.array) if v != 0)
     wanted = present if labels is None else tuple(int(v) for v in labels)

@@ -22,8 +22,8 @@ from medsam2kit.fewshot import label_map_from_logits, model_fingerprint
 from medsam2kit.io import load_label, load_volume, save_mask, save_volume
 from medsam2kit.metrics import dice
 from medsam2kit.phantoms import ellipsoid_phantom, ultrasound_clip
-from medsam2kit.pipelines import (PromptPropagationConfig, default_propagation_config, label_map_nearest_prompt,
-                                  propagate_prompts)
+from medsam2kit.pipelines import (PromptPrior, PromptPropagationConfig, add_prompt_prior, default_propagation_config,
+                                  label_map_nearest_prompt, propagate_prompts)
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.roi import largest_slice, roi_around
 from medsam2kit.sequencer import sequence_frames, sequence_volume
@@ -42,11 +42,12 @@ def drawn_on(label: Volume, slices: dict[int, list[int]], axis: int) -> Volume:
 
 def test_matches_a_session_built_by_hand(pred: SAM2Predictor) -> None:
     """Whole slices, whole masks, along axis 1 of a permuted phantom, a label drawn on two slices:
-    exactly the label map of one session prompted on those slices and propagated both ways."""
+    exactly the label map of one session prompted on those slices and propagated both ways (with
+    the drawn shapes added as a prior where the session sees each label, and without)."""
     image, label = ellipsoid_phantom((20, 14, 36), (0.9, 3.0, 0.9), rng=3)
     slices = {1: [4, 9], 2: [largest_slice(label.array == 2, axis=1)]}
     prompts = drawn_on(label, slices, axis=1)
-    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=1)
+    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=1, prior=None)
     out = propagate_prompts(pred, image, prompts, cfg)
     assert dict(out.prompt_slices) == {1: (4, 9), 2: tuple(slices[2])} and out.axis == 1
     assert out.encoder_calls == image.shape[1]
@@ -62,6 +63,110 @@ def test_matches_a_session_built_by_hand(pred: SAM2Predictor) -> None:
     assert np.array_equal(out.labels.array, label_map_nearest_prompt(logits, slices, axis=1))
     by_logit = propagate_prompts(pred, image, prompts, replace(cfg, overlaps="logit")).labels.array
     assert np.array_equal(by_logit, label_map_from_logits(logits, image.shape))
+    seen = {lab: (result.object_scores[:, k] > 0).numpy() for k, lab in enumerate(result.obj_ids)}
+    assert all(s.any() for s in seen.values())
+    shaped = add_prompt_prior(logits, prompts.array, seen, 1, PromptPrior())
+    with_prior = propagate_prompts(pred, image, prompts, replace(cfg, prior=PromptPrior())).labels.array
+    assert np.array_equal(with_prior, label_map_nearest_prompt(shaped, slices, axis=1))
+    assert not np.array_equal(with_prior, out.labels.array)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(*[st.integers(1, 5)] * 3), axis=st.integers(0, 2),
+       spacing=st.tuples(*[st.floats(0.3, 5.0)] * 3), data=st.data())
+def test_prompt_prior_against_brute_force(shape: tuple[int, int, int], axis: int,
+                                          spacing: tuple[float, float, float], data: st.DataObject) -> None:
+    """Per voxel: on a seen slice, strength * exp(-d / reach) * tanh(s / edge) added, with d the
+    distance (mm) to the nearest drawn slice (the lower of two) and s the signed in-plane distance
+    (mm) to the mask drawn there, found by searching every pixel; unseen slices unchanged."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    prior = PromptPrior(data.draw(st.floats(0.5, 20.0)), data.draw(st.floats(0.2, 10.0)), data.draw(st.floats(0.2, 5.0)))
+    affine = np.diag([*spacing, 1.0])
+    drawn = np.zeros(shape, np.uint8)
+    prompt_slices = data.draw(st.lists(st.integers(0, shape[axis] - 1), min_size=1, max_size=3, unique=True))
+    for z in prompt_slices:
+        plane = np.moveaxis(drawn, axis, 0)[z]
+        plane[...] = rng.random(plane.shape) < 0.5
+        plane.flat[rng.integers(plane.size)] = 1  # never empty
+    logits = rng.normal(0, 5, shape).astype(np.float32)
+    seen = rng.random(shape[axis]) < 0.7
+    got = add_prompt_prior({1: Volume(logits, affine)}, drawn, {1: seen}, axis, prior)[1].array
+    along = spacing[axis]
+    in_plane = [s for a, s in enumerate(spacing) if a != axis]
+    for voxel in np.ndindex(shape):
+        z = voxel[axis]
+        if not seen[z]:
+            assert got[voxel] == logits[voxel]
+            continue
+        p = min(sorted(prompt_slices), key=lambda q: abs(q - z))
+        plane = np.moveaxis(drawn, axis, 0)[p] == 1
+        here = np.array([v for a, v in enumerate(voxel) if a != axis])
+        inside = plane[tuple(here)]
+        others = np.argwhere(plane != inside)
+        s = (min(float(np.hypot(*((o - here) * in_plane))) for o in others) if len(others) else np.inf)
+        s = s if inside else -s
+        want = logits[voxel] + prior.strength * np.exp(-abs(z - p) * along / prior.reach_mm) * np.tanh(s / prior.edge_mm)
+        assert got[voxel] == pytest.approx(want, rel=1e-5, abs=1e-4), voxel
+
+
+def test_a_strong_short_prior_gives_the_drawing_on_its_slice_and_nothing_else(pred: SAM2Predictor) -> None:
+    """A prior far stronger than any logit that falls off within a fraction of a slice: the drawn
+    slices come out as drawn (where SAM2 sees the label), every other slice as without the prior."""
+    image, label = ellipsoid_phantom((12, 40, 36), (2.0, 0.8, 0.8), rng=4)
+    drawn = {1: [4, 7], 2: [6]}
+    prompts = drawn_on(label, drawn, axis=0)
+    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=0, prior=None)
+    plain = propagate_prompts(pred, image, prompts, cfg).labels.array
+    strong = propagate_prompts(pred, image, prompts, replace(cfg, prior=PromptPrior(1e4, 0.01, 0.01))).labels.array
+    for z in range(image.shape[0]):
+        mine = [lab for lab, idx in drawn.items() if z in idx]
+        if not mine:
+            assert np.array_equal(strong[z], plain[z]), z
+        for lab in mine:  # the label drawn here is exactly its drawing (the other one's logits are < 1e4)
+            assert np.array_equal(strong[z] == lab, prompts.array[z] == lab), (z, lab)
+    differs = [not np.array_equal(plain[z] == lab, prompts.array[z] == lab) for lab, idx in drawn.items() for z in idx]
+    assert any(differs)  # SAM2's own reading of a drawn slice is not the drawing
+
+
+def test_the_prior_reaches_only_the_slices_where_sam2_sees_the_label() -> None:
+    """The bundled phantom model ends a label where it leaves the volume: a prior far stronger than
+    any logit and reaching every slice gives the drawing exactly on the slices whose object score
+    (of the same session, built by hand) is positive, and SAM2's own output on the others."""
+    predictor = SAM2Predictor.from_pretrained("reference-phantoms", device="cpu")
+    image, label = ellipsoid_phantom((16, 48, 40), (2.5, 0.8, 0.8), rng=6)
+    one = label.with_array((label.array == 1).astype(np.uint8))
+    z0 = largest_slice(one.array == 1, axis=0)
+    prompts = drawn_on(one, {1: [z0]}, axis=0)
+    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=0, prior=None)
+    plain = propagate_prompts(predictor, image, prompts, cfg).labels.array
+    everywhere = propagate_prompts(predictor, image, prompts, replace(cfg, prior=PromptPrior(1e4, 1e6, 0.01))).labels.array
+    seq = sequence_volume(image, axis=0, image_size=predictor.image_size)
+    session = predictor.start(seq)
+    session.add_mask(seq.frame_of_slice(z0), seq.mask_to_frame(prompts.array[z0] == 1), obj_id=1)
+    scores = session.propagate("both").object_scores[:, 0].numpy()
+    seen = [scores[seq.frame_of_slice(z)] > 0 for z in range(image.shape[0])]
+    assert any(seen) and not all(seen), scores
+    for z in range(image.shape[0]):
+        assert np.array_equal(everywhere[z], prompts.array[z0] if seen[z] else plain[z]), z
+
+
+def test_bad_prompt_priors() -> None:
+    for name, value in (("strength", 0.0), ("reach_mm", float("nan")), ("edge_mm", -1.0), ("strength", True)):
+        with pytest.raises(InvalidInputError, match=f"PromptPrior.{name}: expected a positive finite number"):
+            PromptPrior(**{name: value})
+    with pytest.raises(InvalidTypeError, match="prior: expected a PromptPrior or None, got float"):
+        PromptPropagationConfig(prior=8.0)  # type: ignore[arg-type]
+    logits = {1: Volume(np.zeros((2, 3, 3), np.float32), np.eye(4))}
+    drawn = np.zeros((2, 3, 3), np.uint8)
+    drawn[0, 1, 1] = 1
+    with pytest.raises(ShapeMismatchError, match=r"drawn: expected the logits' shape \(2, 3, 3\)"):
+        add_prompt_prior(logits, drawn[:1], {1: np.ones(2, bool)}, 0, PromptPrior())
+    with pytest.raises(ShapeMismatchError, match=r"seen\[1\]: expected shape \(2,\)"):
+        add_prompt_prior(logits, drawn, {1: np.ones(3, bool)}, 0, PromptPrior())
+    with pytest.raises(InvalidInputError, match="seen: expected the slices where label 1 is seen"):
+        add_prompt_prior(logits, drawn, {}, 0, PromptPrior())
+    with pytest.raises(InvalidInputError, match="drawn: expected label 1 drawn on at least one slice"):
+        add_prompt_prior(logits, np.zeros_like(drawn), {1: np.ones(2, bool)}, 0, PromptPrior())
 
 
 @settings(max_examples=60, deadline=None)
@@ -195,7 +300,8 @@ def test_cli_writes_the_label_map_of_propagate_prompts(case: tuple[Path, Path, V
     assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(out),
                  "--adapt-steps", "0"]) == 0
     captured = capsys.readouterr()
-    assert "kept connected to the prompts, overlaps to the nearest prompt" in captured.err
+    assert "kept connected to the prompts, the drawn shapes as a prior near their slices, overlaps to the nearest prompt" \
+        in captured.err
     assert captured.out.splitlines()[0].startswith("model: bundled model reference")
     assert f"wrote {out} (voxels per label" in captured.out and "prompt slices {1: [5], 2: [4]} along axis 0" in captured.out
     written = load_label(out, like=image)
@@ -218,6 +324,14 @@ def test_cli_writes_the_label_map_of_propagate_prompts(case: tuple[Path, Path, V
     by_logit = propagate_prompts(SAM2Predictor.from_pretrained("reference", device="cpu"), image, drawn,
                                  PromptPropagationConfig(overlaps="logit"))
     assert np.array_equal(load_label(other, like=image).array, by_logit.labels.array)
+    # --no-prior: SAM2's logits as they are, as propagate_prompts gives them with prior=None
+    assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
+                 "--overwrite", "--adapt-steps", "0", "--no-prior"]) == 0
+    assert "as a prior" not in capsys.readouterr().err
+    no_prior = propagate_prompts(SAM2Predictor.from_pretrained("reference", device="cpu"), image, drawn,
+                                 PromptPropagationConfig(prior=None))
+    assert np.array_equal(load_label(other, like=image).array, no_prior.labels.array)
+    assert not np.array_equal(no_prior.labels.array, expected.labels.array)
     # with a bundled model the adaptation runs by default (here 2 steps are asked for, and reported)
     assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
                  "--overwrite", "--adapt-steps", "2"]) == 0
@@ -284,7 +398,7 @@ def test_a_recording_is_tracked_on_whole_frames_whole_masks_without_adaptation(t
     assert "recording (6, 64, 56): whole frames, whole masks, no adaptation" in err and "adaptation step" not in err
     cine = load_volume(tmp_path / "clip.npz")
     assert cine.kind == "cine" and default_propagation_config(cine) == PromptPropagationConfig(
-        zoom=None, connected=False, overlaps="logit", window=None)
+        zoom=None, connected=False, overlaps="logit", prior=None, window=None)
     predictor = SAM2Predictor.from_pretrained("reference", device="cpu")
     seq = sequence_frames(clip, image_size=predictor.image_size, window=None)
     session = predictor.start(seq)
