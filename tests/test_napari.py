@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medsam2kit.errors import InvalidInputError, MedSAM2KitError, OutputExistsError, ShapeMismatchError
+from medsam2kit.errors import InvalidInputError, InvalidTypeError, MedSAM2KitError, OutputExistsError, ShapeMismatchError
 from medsam2kit.io import load_label, load_volume, save_mask, save_volume
 from medsam2kit.metrics import dice
 from medsam2kit.napari._keys import SHORTCUTS, shortcut_table
@@ -27,6 +27,7 @@ from medsam2kit.napari._reader import METADATA_KEY, layer_data, napari_get_reade
 from medsam2kit.napari._writer import write_labels
 from medsam2kit.napari.automatic import label_file_for, train_coarse
 from medsam2kit.napari.session import AnnotationSession, PointRecord, save_labels, tally
+from medsam2kit.pipelines import PromptPrior
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.reference import heldout_phantoms
 from medsam2kit.volume import Volume
@@ -271,10 +272,12 @@ def test_several_labels_box_mask_and_clear(predictor: SAM2Predictor, phantoms: A
 def test_overlaps_go_to_the_label_prompted_nearest_as_propagate_prompts_does(predictor: SAM2Predictor, phantoms: Any,
                                                                            one_torch_thread: None) -> None:
     """Two labels drawn on different slices: the annotator's label map is the one of a session
-    built by hand on its frames, resolved by :func:`label_map_nearest_prompt` (where both labels'
-    logits are positive, the label drawn nearest wins, not the larger logit)."""
+    built by hand on its frames, each label's painted shape added as a prior where the session
+    sees it (:func:`add_prompt_prior`), resolved by :func:`label_map_nearest_prompt` (where both
+    labels' logits are positive, the label drawn nearest wins, not the larger logit): the label
+    map of ``medsam2kit propagate`` for the same drawing."""
     from medsam2kit.fewshot import label_map_from_logits
-    from medsam2kit.pipelines import label_map_nearest_prompt
+    from medsam2kit.pipelines import PromptPrior, add_prompt_prior, label_map_nearest_prompt
 
     image, label = phantoms[0]
     ann = _session(predictor, image)
@@ -289,9 +292,19 @@ def test_overlaps_go_to_the_label_prompted_nearest_as_propagate_prompts_does(pre
                          obj_id=lab)
     result = session.propagate("both")
     logits = {lab: ann.seq.to_volume_logits(result.logits()[:, k].numpy()) for k, lab in enumerate(result.obj_ids)}
-    expected = label_map_nearest_prompt(logits, {lab: (s,) for lab, s in drawn.items()}, ax)
+    painted = np.zeros(image.shape, np.uint8)
+    for lab, s in drawn.items():
+        np.moveaxis(painted, ax, 0)[s][np.take(label.array == lab, s, axis=ax)] = lab
+    seen = {lab: (result.object_scores[:, k] > 0).numpy()[[ann.seq.frame_of_slice(z) for z in range(image.shape[ax])]]
+            for k, lab in enumerate(result.obj_ids)}
+    shaped = add_prompt_prior(logits, painted, seen, ax, PromptPrior())
+    expected = label_map_nearest_prompt(shaped, {lab: (s,) for lab, s in drawn.items()}, ax)
     np.testing.assert_array_equal(ann.labels, expected)
-    assert not np.array_equal(expected, label_map_from_logits(logits, image.shape)), "the labels overlap somewhere"
+    assert not np.array_equal(expected, label_map_from_logits(shaped, image.shape)), "the labels overlap somewhere"
+    assert not np.array_equal(expected, label_map_nearest_prompt(logits, {lab: (s,) for lab, s in drawn.items()}, ax))
+    ann.prior = None
+    ann.propagate("both")
+    np.testing.assert_array_equal(ann.labels, label_map_nearest_prompt(logits, {lab: (s,) for lab, s in drawn.items()}, ax))
 
 
 def test_prompt_given_while_a_job_runs_stays_pending(predictor: SAM2Predictor, phantoms: Any) -> None:
@@ -334,6 +347,10 @@ def test_prompt_errors_name_the_problem(predictor: SAM2Predictor, phantoms: Any)
     with pytest.raises(InvalidInputError, match="width and height"):
         ann.add_box([[2, 5, 5], [2, 5, 9]], label=1)
     assert ann.undo() is None
+    with pytest.raises(InvalidTypeError, match="prior: expected a PromptPrior, None or 'auto', got 8.0"):
+        AnnotationSession(predictor, image, prior=8.0)  # type: ignore[arg-type]
+    cine = Volume(np.zeros((3, 16, 16), np.uint8), np.eye(4), kind="cine")
+    assert ann.prior == PromptPrior() and AnnotationSession(predictor, cine).prior is None  # the command's defaults
 
 
 def test_tally_volume_and_slices() -> None:

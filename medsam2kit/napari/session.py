@@ -13,6 +13,11 @@ drive without any viewer. It holds:
   prompts, each for one label (one SAM2 object per label) on one slice;
 * the label map ``labels`` ``(D, H, W)`` uint16 (the napari labels layer shows this very array).
 
+A label painted on a slice (a mask prompt, not corrected by clicks or a box) shapes its
+propagated masks near that slice as in ``medsam2kit propagate`` (:class:`~medsam2kit.pipelines.PromptPrior`,
+the ``prior`` argument), and where labels overlap the label prompted nearest takes the voxel:
+painted slices give the command line's label map.
+
 Every change of the prompts is replayed into a fresh sam2 state (the encoded features stay), so
 that every prompted slice is a conditioning frame, undo is exact and a correction on a
 propagated slice is a prompt like any other. A correction click on a slice where the label
@@ -62,6 +67,7 @@ import torch
 
 from medsam2kit.adapt import AdaptConfig, adapt_predictor
 from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
+from medsam2kit.pipelines import PromptPrior, default_propagation_config
 from medsam2kit.predictor import PointPrompt, PropagationResult, SAM2Predictor, Session, fill_small_holes
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, WindowSpec, default_axis, sequence_volume
 from medsam2kit.volume import Volume
@@ -255,9 +261,12 @@ class AnnotationSession:
         model_name: the model's name, recorded in saved DICOM SEG files.
         auto_propagate: after a first propagation, every prompt change propagates again (in the
             last direction); otherwise only the prompted slice is recomputed.
+        prior: the painted masks' shapes added to their labels' logits near their slices
+            (:class:`~medsam2kit.pipelines.PromptPrior`), ``None`` for none; ``"auto"``:
+            ``medsam2kit propagate``'s default (a volume: ``PromptPrior()``; a cine: none).
 
     Attributes:
-        volume, seq, session, labels, model_name, auto_propagate: as above; ``seq`` is the
+        volume, seq, session, labels, model_name, auto_propagate, prior: as above; ``seq`` is the
             frame sequence, ``session`` the predictor session (its feature cache lives as long
             as this object).
     """
@@ -272,6 +281,7 @@ class AnnotationSession:
         labels: np.ndarray | None = None,
         model_name: str = "reference",
         auto_propagate: bool = True,
+        prior: PromptPrior | None | Literal["auto"] = "auto",
     ) -> None:
         if not isinstance(predictor, SAM2Predictor):
             raise InvalidTypeError(f"predictor: expected a SAM2Predictor, got {type(predictor).__name__}")
@@ -287,6 +297,11 @@ class AnnotationSession:
             self.set_labels(labels)
         self.model_name = model_name
         self.auto_propagate = bool(auto_propagate)
+        if prior == "auto":
+            prior = default_propagation_config(volume).prior
+        if prior is not None and not isinstance(prior, PromptPrior):
+            raise InvalidTypeError(f"prior: expected a PromptPrior, None or 'auto', got {prior!r:.40}")
+        self.prior: PromptPrior | None = prior
         self._prompts: tuple[PromptRecord, ...] = ()
         self._next_uid = 1
         self._dirty: dict[tuple[int, int], int] = {}  # changed (label, slice) -> version of the change
@@ -725,6 +740,7 @@ class AnnotationSession:
         for lab, s in sorted(job.groups):
             by_slice.setdefault(s, []).append(lab)
         frame_logits: dict[int, dict[int, torch.Tensor]] = {}
+        seen: dict[int, dict[int, bool]] = {}
         size = self.predictor.image_size
         for s, labs in by_slice.items():
             t = self.seq.frame_of_slice(s)
@@ -739,8 +755,10 @@ class AnnotationSession:
                                         ious=torch.zeros(1, 1), visited=torch.ones(1, dtype=torch.bool),
                                         image_size=size)
                 frame_logits.setdefault(lab, {})[t] = one.logits()[0, 0]
+                seen.setdefault(lab, {})[t] = float(out["object_score_logits"].reshape(-1)[0]) > 0
         slices = tuple(sorted(by_slice))
-        winners = self._winners(slices, {s: tuple(by_slice[s]) for s in slices}, frame_logits, _prompted(job))
+        winners = self._winners(slices, {s: tuple(by_slice[s]) for s in slices}, frame_logits, _prompted(job),
+                                self._shapes(job), seen)
         return slices, tuple(tuple(by_slice[s]) for s in slices), winners
 
     def _propagate(self, job: Job, progress: Progress | None) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], np.ndarray]:
@@ -760,14 +778,16 @@ class AnnotationSession:
         slices = tuple(sorted(self.seq.slice_indices[t] for t in visited))
         winners = np.zeros((len(slices), *self.seq.layout.slice_shape), LABEL_DTYPE)
         row = {s: i for i, s in enumerate(slices)}
-        prompted = _prompted(job)
+        prompted, shapes = _prompted(job), self._shapes(job)
         for start in range(0, len(visited), _CHUNK):
             chunk = visited[start:start + _CHUNK]
             part = _frames_of(result, chunk)
             logits = part.logits()  # (c, O, S, S)
             frame_logits = {lab: {t: logits[i, o] for i, t in enumerate(chunk)} for o, lab in enumerate(obj_ids)}
+            seen = {lab: {t: bool(part.object_scores[i, o] > 0) for i, t in enumerate(chunk)}
+                    for o, lab in enumerate(obj_ids)}
             chunk_slices = tuple(sorted(self.seq.slice_indices[t] for t in chunk))
-            win = self._winners(chunk_slices, dict.fromkeys(chunk_slices, speaks), frame_logits, prompted)
+            win = self._winners(chunk_slices, dict.fromkeys(chunk_slices, speaks), frame_logits, prompted, shapes, seen)
             for i, s in enumerate(chunk_slices):
                 winners[row[s]] = win[i]
         return slices, tuple(speaks for _ in slices), winners
@@ -778,11 +798,15 @@ class AnnotationSession:
         labels: Mapping[int, tuple[int, ...]],
         frame_logits: Mapping[int, Mapping[int, torch.Tensor]],
         prompted: Mapping[int, tuple[int, ...]],
+        shapes: Mapping[int, Mapping[int, np.ndarray]],
+        seen: Mapping[int, Mapping[int, bool]],
     ) -> np.ndarray:
         """Per slice, of the labels with a logit > 0 there, the label prompted on the nearest
         slice (``prompted``: each label's prompt slices), the highest logit among equally near
         ones: :func:`medsam2kit.pipelines.label_map_nearest_prompt`'s rule, as ``medsam2kit
-        propagate`` gives a volume."""
+        propagate`` gives a volume. Where that nearest prompt slice (the lower of two) was
+        painted (``shapes``: :meth:`_shapes`) and SAM2 sees the label on the frame (``seen``), the
+        logits first gain the prior (:func:`medsam2kit.pipelines.add_prompt_prior`'s term)."""
         shape = self.seq.layout.slice_shape
         best = np.full((len(slices), *shape), -np.inf, np.float32)
         nearest = np.full((len(slices), *shape), np.inf, np.float32)
@@ -797,13 +821,34 @@ class AnnotationSession:
                 if s not in row or lab not in labels.get(s, ()):
                     continue
                 logit = self._slice(vol, s)
-                distance = min((abs(s - p) for p in prompted.get(lab, ())), default=np.inf)
+                near = min(prompted.get(lab, ()), key=lambda p: abs(s - p), default=None)
+                distance = np.inf if near is None else abs(s - near)
+                painted = shapes.get(lab, {}).get(near) if near is not None else None
+                if painted is not None and self.prior is not None and seen.get(lab, {}).get(t, False):
+                    logit = logit + np.float32(self.prior.weight(distance * self.volume.spacing[self.axis])) * painted
                 r = row[s]
                 better = (logit > 0) & ((distance < nearest[r]) | ((distance == nearest[r]) & (logit > best[r])))
                 best[r][better] = logit[better]
                 nearest[r][better] = distance
                 winners[r][better] = lab
         return winners
+
+
+    def _shapes(self, job: Job) -> dict[int, dict[int, np.ndarray]]:
+        """Per label, its painted slices (a mask prompt with no click or box after it, as
+        :meth:`_replay` gives it to SAM2 alone) and the prior's shape of the mask there."""
+        if self.prior is None:
+            return {}
+        groups: dict[tuple[int, int], list[PromptRecord]] = {}
+        for p in job.prompts:
+            groups.setdefault((p.label, p.slice_index), []).append(p)
+        rows, cols = self.seq.layout.in_plane_axes
+        spacing = (self.volume.spacing[rows], self.volume.spacing[cols])
+        out: dict[int, dict[int, np.ndarray]] = {}
+        for (lab, s), recs in groups.items():
+            if isinstance(recs[-1], MaskRecord) and recs[-1].mask.any():
+                out.setdefault(lab, {})[s] = self.prior.shape(recs[-1].mask, spacing)
+        return out
 
 
 def _prompted(job: Job) -> dict[int, tuple[int, ...]]:
