@@ -833,7 +833,6 @@ class AnnotationSession:
                 winners[r][better] = lab
         return winners
 
-
     def _shapes(self, job: Job) -> dict[int, dict[int, np.ndarray]]:
         """Per label, its painted slices (a mask prompt with no click or box after it, as
         :meth:`_replay` gives it to SAM2 alone) and the prior's shape of the mask there."""
