@@ -14,7 +14,7 @@ recording or image; ``--split validation``: the recipe-selection cases of
   prompted on its largest slice by the true mask and by its box (slices zoomed around the
   prompts, :data:`medsam2kit.roi.DEFAULT_ZOOM`; ``--no-zoom``: whole slices; mask prompts with
   their shape as a prior near their slice, :class:`medsam2kit.pipelines.PromptPrior`;
-  ``--no-prior``: SAM2's logits as they are), against the copy
+  ``--no-prior``: SAM2's logits as they are, here and in aligned FATE-SAM), against the copy
   baseline (the prompt mask on every slice holding the label), and from the mask after one-shot
   adaptation of a copy of the model to the prompts (:mod:`medsam2kit.adapt`; ``--no-adapt`` skips it);
   each propagation also scored ``on labelled slices`` (kept on the slices the label spans, the
@@ -52,7 +52,7 @@ from medsam2kit._files import atomic_write
 from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit.coarse import CoarseConfig, CoarseSegmenter
 from medsam2kit.demo import Pair, adapted_method, keep_labels, training_supports
-from medsam2kit.fewshot import FewShotPipeline, segment_registered
+from medsam2kit.fewshot import FewShotPipeline, SupportPrior, segment_registered
 from medsam2kit.metrics import dice
 from medsam2kit.pipelines import Overlaps, PromptPrior, SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
@@ -114,7 +114,7 @@ def volume_rows(model: str, pred: SAM2Predictor, case: SharedVolume, *, zoom: bo
 
 
 def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedVolume, supports: Sequence[Pair], *,
-                     adapt: bool = True) -> list[Row]:
+                     adapt: bool = True, prior: SupportPrior | None = SupportPrior()) -> list[Row]:
     truth = np.asarray(keep_labels(case.label, (1, 2)).array)
     aligned = align_supports(case.image, supports)  # once: the baseline's and the aligned runs' supports
     maps = {"registered supports (vote)": vote_labels(aligned).array}
@@ -124,7 +124,7 @@ def hippocampus_rows(model: str, pred: SAM2Predictor, case: SharedVolume, suppor
     for method, run_pred in runs:  # as FewShotPipeline(adapt=..., align=...), adapting and registering once
         maps[method] = FewShotPipeline(run_pred, supports)(case.image).array
         maps[method.replace("fate-sam", "fate-sam aligned")] = segment_registered(
-            run_pred, aligned, case.image).labels.array
+            run_pred, aligned, case.image, prior=prior).labels.array
     rows = [Row(model, case.dataset, case.name, lab, "fewshot", method, dice(m == lab, truth == lab))
             for method, m in maps.items() for lab in (1, 2)]
     coarse = CoarseSegmenter(CoarseConfig(num_labels=2, image_size=48, base_channels=8, depth=2, axis=0))
@@ -182,7 +182,8 @@ def evaluate_model(name: str, cases: Cases, *, zoom: bool = True, adapt: bool = 
     for case in cases.volumes:
         rows += volume_rows(label, pred, case, zoom=zoom, adapt=adapt, overlaps=overlaps, prior=prior)
         if case.dataset == "msd_hippocampus":
-            rows += hippocampus_rows(label, pred, case, cases.supports, adapt=adapt)
+            rows += hippocampus_rows(label, pred, case, cases.supports, adapt=adapt,
+                                     prior=None if prior is None else SupportPrior())
     for rec in cases.recordings:
         rows += recording_rows(label, pred, rec)
     for img in cases.images:
@@ -241,8 +242,9 @@ def main() -> None:
                         help="where labels overlap in mask propagation, the label prompted nearest (default) or the "
                              "largest logit (the rule before; medsam2kit.pipelines.PromptPropagationConfig)")
     parser.add_argument("--no-prior", action="store_true",
-                        help="mask propagation without the prompt masks' shapes as a prior near their slices "
-                             "(medsam2kit.pipelines.PromptPrior; the default adds it)")
+                        help="without the priors: mask propagation without the prompt masks' shapes near their "
+                             "slices (medsam2kit.pipelines.PromptPrior), aligned FATE-SAM without the registered "
+                             "supports' labels (medsam2kit.fewshot.SupportPrior); the default adds both")
     args = parser.parse_args()
     data_dir = shared_data_dir()
     if data_dir is None:

@@ -183,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
                               "medsam2kit.register), retrieve support slices by position on the query's grid and "
                               "keep each label within 2 mm of where at least half of the registered supports hold it "
                               "(default with --support; a saved --bank cannot be aligned)")
+    fewshot.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
+                         help="aligned: add where at least half of the registered supports hold each label to its "
+                              "logits (medsam2kit.fewshot.SupportPrior; default yes with --align)")
     fewshot.add_argument("--top-k", type=int, default=None,
                          help="supports per query slice and label (default 3; aligned: 1, the one at the slice's position)")
     fewshot.add_argument("--distance", choices=("l1", "cosine"), default="l1", help="retrieval distance")
@@ -685,7 +688,7 @@ def _label_map_jobs(args: argparse.Namespace, inp: Path, *, name: str) -> tuple[
 
 def _fewshot(args: argparse.Namespace) -> int:
     from medsam2kit.dicom_seg import algorithm_name, write_labels
-    from medsam2kit.fewshot import FewShotPipeline, SupportBank, SupportMemoryAssembler
+    from medsam2kit.fewshot import FewShotPipeline, SupportBank, SupportMemoryAssembler, SupportPrior
     from medsam2kit.io import load_label, load_volume
     from medsam2kit.register import RegistrationConfig
 
@@ -707,6 +710,9 @@ def _fewshot(args: argparse.Namespace) -> int:
                                 "build one bank for every query and save it")
     # by default aligned, unless a bank is given or asked for (a bank serves every query as it is)
     align = (args.bank is None and args.save_bank is None) if args.align is None else args.align
+    if args.prior and not align:
+        raise InvalidInputError("--prior: the supports' prior needs them registered onto each query (--align with "
+                                "--support); drop --prior, or give --support without --bank / --save-bank")
     if args.adapt_steps is None and args.bank is None and args.save_bank is None and _bundled_model(args):
         adapt = _adapt_config(BUNDLED_ADAPT_STEPS)  # measured with the bundled models only
     fmt, jobs = _label_map_jobs(args, args.query, name="--query")
@@ -743,9 +749,11 @@ def _fewshot(args: argparse.Namespace) -> int:
                 bank.save(args.save_bank)
     options: dict[str, Any] = {"distance": args.distance, **({} if args.top_k is None else {"top_k": args.top_k})}
     if align:
-        pipeline = FewShotPipeline(predictor, pairs, align=RegistrationConfig(), **options)
+        pipeline = FewShotPipeline(predictor, pairs, align=RegistrationConfig(),
+                                   prior=None if args.prior is False else SupportPrior(), **options)
         segment = pipeline.run
-        how = f"registering {len(pairs)} support(s) onto it, encoding them and its slices, propagating each label"
+        how = (f"registering {len(pairs)} support(s) onto it, encoding them and its slices, propagating each label"
+               + (", the supports' labels as a prior" if pipeline.prior is not None else ""))
     else:
         segment = SupportMemoryAssembler(predictor, bank, **options).segment
         how = "encoding its slices, retrieving supports, propagating each label"

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from medsam2kit._files import atomic_write, load_torch
 from medsam2kit.adapt import AdaptConfig, adapt_to_supports
@@ -52,10 +53,11 @@ from medsam2kit.errors import (
     FileFormatError,
     InvalidInputError,
     InvalidTypeError,
+    ShapeMismatchError,
 )
 from medsam2kit import backend
 from medsam2kit.predictor import Direction, FeatureCache, SAM2Predictor
-from medsam2kit.register import RegistrationConfig, align_supports, check_support_pair, held_near
+from medsam2kit.register import RegistrationConfig, align_supports, check_support_pair, held_by_supports, held_near
 from medsam2kit.sequencer import PercentileWindow, WindowSpec, sequence_volume
 from medsam2kit.volume import Volume, check_same_grid
 
@@ -76,6 +78,33 @@ ALIGNED_RETRIEVAL: Mapping[str, Any] = MappingProxyType({"top_k": 1, "position_w
 #: support 0.492 -> 0.688) and the validation phantoms (0.772 -> 0.965, no object lower); 1 mm
 #: gave 0.788 / 0.694 / 0.964, 3 and 5 mm less (``docs/fewshot.md``).
 NEAR_SUPPORTS_MM = 2.0
+
+
+@dataclass(frozen=True)
+class SupportPrior:
+    """Where registered supports hold a label, as a prior on FATE-SAM's logits
+    (:func:`segment_registered`, :func:`add_support_prior`).
+
+    Each label's logits gain ``strength * tanh(s / edge_mm)``, ``s`` the signed distance in mm
+    (3D, the query's spacing) to the voxels where at least half of the supports hold it
+    (positive inside). SAM2 still decides on which slices the label is: where it finds no
+    object its logits are sam2's "no object" constant (-1024), far below any prior. Chosen on
+    the validation hippocampus (one support; plain and adapted FATE-SAM 0.513 -> 0.650) and the
+    validation phantoms (no object lower by more than 0.006; docs/fewshot.md).
+
+    Attributes:
+        strength: the prior's logit far inside (and, negated, far outside) the supports' label.
+        edge_mm: the distance from the supports' outline over which it saturates.
+    """
+
+    strength: float = 4.0
+    edge_mm: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("strength", "edge_mm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
+                raise InvalidInputError(f"SupportPrior.{name}: expected a positive finite number, got {value!r}")
 
 
 class MissingLabelWarning(UserWarning):
@@ -706,6 +735,8 @@ class FewShotPipeline:
         near_supports_mm: with ``align``, each label is kept within this distance of where at
             least half of the registered supports hold it (``None``: anywhere; see
             :func:`segment_registered`).
+        prior: with ``align``, where the registered supports hold each label as a prior on its
+            logits (:class:`SupportPrior`; ``None``: none; see :func:`segment_registered`).
         **assembler_options: keyword options of :class:`SupportMemoryAssembler`.
 
     Raises:
@@ -731,6 +762,7 @@ class FewShotPipeline:
         adapt: AdaptConfig | None = None,
         align: RegistrationConfig | None = None,
         near_supports_mm: float | None = NEAR_SUPPORTS_MM,
+        prior: SupportPrior | None = SupportPrior(),
         **assembler_options: Any,
     ) -> None:
         for name, option in (("adapt", adapt), ("align", align)):
@@ -740,6 +772,7 @@ class FewShotPipeline:
         if align is not None and not isinstance(align, RegistrationConfig):
             raise InvalidTypeError(f"align: expected a RegistrationConfig or None, got {type(align).__name__}")
         _check_near_supports(near_supports_mm)
+        _check_prior(prior)
         pairs = () if isinstance(supports, SupportBank) else tuple(
             check_support_pair(pair, i) for i, pair in enumerate(supports))
         if not isinstance(supports, SupportBank) and not pairs:
@@ -750,6 +783,7 @@ class FewShotPipeline:
         self.supports: tuple[tuple[Volume, Volume], ...] = pairs
         self.align = align
         self.near_supports_mm = near_supports_mm
+        self.prior = prior
         self.assembler_options = {**(ALIGNED_RETRIEVAL if align is not None else {}), **assembler_options}
         self.bank: SupportBank | None = (supports if isinstance(supports, SupportBank)
                                          else None if align is not None else SupportBank.build(predictor, pairs))
@@ -773,17 +807,19 @@ class FewShotPipeline:
             raise InvalidTypeError(f"volume: expected a medsam2kit Volume, got {type(volume).__name__}")
         assert self.align is not None
         return segment_registered(self.predictor, align_supports(volume, self.supports, self.align), volume,
-                                  near_supports_mm=self.near_supports_mm, **self.assembler_options)
+                                  near_supports_mm=self.near_supports_mm, prior=self.prior, **self.assembler_options)
 
 
 def segment_registered(predictor: SAM2Predictor, supports: Sequence[tuple[Volume, Volume]], query: Volume, *,
-                       near_supports_mm: float | None = NEAR_SUPPORTS_MM, **assembler_options: Any) -> FewShotResult:
+                       near_supports_mm: float | None = NEAR_SUPPORTS_MM, prior: SupportPrior | None = SupportPrior(),
+                       **assembler_options: Any) -> FewShotResult:
     """FATE-SAM from supports registered onto ``query`` (on its grid, as
     :func:`~medsam2kit.register.align_supports` gives them): their bank, retrieval by position
     (:data:`ALIGNED_RETRIEVAL`, which ``assembler_options`` may override), and each label kept
     within ``near_supports_mm`` of where at least half of the supports hold it
     (:func:`~medsam2kit.register.held_near`; its logits set to ``-inf`` beyond, the label map
-    taken from them again; ``None``: anywhere). A small SAM2 that follows the supports' memories
+    taken from them again; ``None``: anywhere), and with ``prior`` each label's logits gain
+    where the supports hold it (:func:`add_support_prior`; ``None``: none). A small SAM2 that follows the supports' memories
     by position strays where the query looks like a support's structure; the registered
     supports say where the structure can be. ``FewShotPipeline(..., align=...)`` registers and
     calls this; call it directly to reuse one registration (e.g. for the supports' vote too).
@@ -791,18 +827,63 @@ def segment_registered(predictor: SAM2Predictor, supports: Sequence[tuple[Volume
     Raises:
         GeometryError / ShapeMismatchError: a support is not on ``query``'s grid.
         InvalidInputError: ``near_supports_mm`` negative or not finite.
+        InvalidTypeError: ``prior`` is not a :class:`SupportPrior` or ``None``.
     """
     _check_near_supports(near_supports_mm)
+    _check_prior(prior)
     for i, (_, label) in enumerate(supports):
         check_same_grid(label, query, name=f"supports[{i}] label")
     bank = SupportBank.build(predictor, supports)
     result = SupportMemoryAssembler(predictor, bank, **{**ALIGNED_RETRIEVAL, **assembler_options}).segment(query)
-    if near_supports_mm is None:
+    if near_supports_mm is None and prior is None:
         return result
-    near = held_near(supports, near_supports_mm)
-    logits = {lab: v if lab not in near else v.with_array(np.where(near[lab], v.array, -np.inf).astype(v.array.dtype))
-              for lab, v in result.logits.items()}
+    logits = dict(result.logits)
+    if prior is not None:
+        logits = add_support_prior(logits, held_by_supports(supports), prior)
+    if near_supports_mm is not None:
+        near = held_near(supports, near_supports_mm)
+        logits = {lab: v if lab not in near else v.with_array(np.where(near[lab], v.array, -np.inf).astype(v.array.dtype))
+                  for lab, v in logits.items()}
     return replace(result, labels=query.with_array(label_map_from_logits(logits, query.shape)), logits=logits)
+
+
+def add_support_prior(logits: Mapping[int, Volume], held: Mapping[int, np.ndarray], prior: SupportPrior
+                      ) -> dict[int, Volume]:
+    """Each label's logits plus ``prior.strength * tanh(s / prior.edge_mm)``, ``s`` the signed
+    distance in mm (the logits' spacing, in 3D) to the label's ``held`` voxels (positive inside:
+    the distance to the nearest voxel outside them; negative outside); labels without ``held``
+    voxels keep their logits.
+
+    Example:
+        >>> lg = Volume(np.zeros((1, 1, 4), np.float32), np.eye(4))
+        >>> out = add_support_prior({1: lg}, {1: np.array([[[False, True, True, False]]])}, SupportPrior(4.0, 1.0))
+        >>> np.round(out[1].array.ravel().astype(float), 2).tolist()
+        [-3.05, 3.05, 3.05, -3.05]
+
+    Raises:
+        ShapeMismatchError: a ``held`` array is not on the logits' grid.
+    """
+    out: dict[int, Volume] = {}
+    for lab, vol in logits.items():
+        mask = held.get(lab)
+        if mask is None or not mask.any():
+            out[lab] = vol
+            continue
+        if mask.shape != vol.shape:
+            raise ShapeMismatchError(f"held[{lab}]: expected the logits' shape {vol.shape}, got {mask.shape}")
+        if mask.all():
+            signed = np.full(mask.shape, np.inf)
+        else:
+            signed = (ndimage.distance_transform_edt(mask, sampling=vol.spacing)
+                      - ndimage.distance_transform_edt(~mask, sampling=vol.spacing))
+        term = (prior.strength * np.tanh(signed / prior.edge_mm)).astype(np.float32)
+        out[lab] = vol.with_array(np.asarray(vol.array, np.float32) + term)
+    return out
+
+
+def _check_prior(prior: object) -> None:
+    if prior is not None and not isinstance(prior, SupportPrior):
+        raise InvalidTypeError(f"prior: expected a SupportPrior or None, got {type(prior).__name__}")
 
 
 def _check_near_supports(value: float | None) -> None:
@@ -818,7 +899,9 @@ __all__ = [
     "NEAR_SUPPORTS_MM",
     "SupportBank",
     "SupportMemoryAssembler",
+    "SupportPrior",
     "SupportSlice",
+    "add_support_prior",
     "axis_along",
     "label_map_from_logits",
     "model_fingerprint",

@@ -482,6 +482,27 @@ def vote_labels(supports: Sequence[Pair]) -> Volume:
     return labels[0].with_array(out)
 
 
+def held_by_supports(supports: Sequence[Pair]) -> dict[int, np.ndarray]:
+    """Per label of supports on one grid (:func:`align_supports`' output), the voxels where at
+    least half of the supports hold it (bool arrays of the grid's shape).
+
+    Example:
+        >>> lab = Volume(np.zeros((1, 1, 4), np.uint8), np.eye(4))
+        >>> one = lab.with_array(np.array([[[0, 1, 1, 0]]], np.uint8))
+        >>> two = lab.with_array(np.array([[[0, 0, 1, 2]]], np.uint8))
+        >>> {k: v.astype(int).ravel().tolist() for k, v in held_by_supports([(lab, one), (lab, two)]).items()}
+        {1: [0, 1, 1, 0], 2: [0, 0, 0, 1]}
+
+    Raises:
+        InvalidInputError: no support.
+        InvalidTypeError / ShapeMismatchError / GeometryError: not pairs of Volumes on the
+            first support's grid.
+    """
+    labels = _labels_on_one_grid(supports)
+    stack = np.stack([np.asarray(label.array) for label in labels])
+    return {i: (stack == i).sum(axis=0) * 2 >= len(labels) for i in (int(x) for x in np.unique(stack) if x > 0)}
+
+
 def held_near(supports: Sequence[Pair], margin_mm: float) -> dict[int, np.ndarray]:
     """Per label of supports on one grid (:func:`align_supports`' output), the voxels within
     ``margin_mm`` of one where at least half of the supports hold it (bool arrays of the grid's
@@ -500,13 +521,10 @@ def held_near(supports: Sequence[Pair], margin_mm: float) -> dict[int, np.ndarra
     """
     if not (np.isfinite(margin_mm) and margin_mm >= 0):
         raise InvalidInputError(f"margin_mm: expected a distance >= 0 mm, got {margin_mm}")
-    labels = _labels_on_one_grid(supports)
-    stack = np.stack([np.asarray(label.array) for label in labels])
-    out = {}
-    for i in (int(x) for x in np.unique(stack) if x > 0):
-        held = (stack == i).sum(axis=0) * 2 >= len(labels)
-        out[i] = ndimage.distance_transform_edt(~held, sampling=labels[0].spacing) <= margin_mm if held.any() else held
-    return out
+    held_by = held_by_supports(supports)
+    spacing = supports[0][1].spacing
+    return {i: ndimage.distance_transform_edt(~held, sampling=spacing) <= margin_mm if held.any() else held
+            for i, held in held_by.items()}
 
 
 def _labels_on_one_grid(supports: Sequence[Pair]) -> list[Volume]:
@@ -662,6 +680,7 @@ __all__ = [
     "Warp",
     "align_supports",
     "check_support_pair",
+    "held_by_supports",
     "held_near",
     "label_indicators",
     "register",

@@ -201,6 +201,12 @@ def test_fewshot_command_writes_a_label_map_on_the_query_grid(tmp_path: Path) ->
     pred = SAM2Predictor.from_config("sam2.1_hiera_micro", ckpt, device="cpu")
     expected = FewShotPipeline(pred, pairs, adapt=AdaptConfig(steps=2), align=RegistrationConfig())(q).array
     np.testing.assert_array_equal(load_label(out3, like=q).array, expected)  # aligned by default
+    # --no-prior: aligned without the registered supports' prior, as the pipeline with prior=None
+    out5 = tmp_path / "q_mask5.nii.gz"
+    assert main(["fewshot", *paths, "--query", str(tmp_path / "q.nii.gz"), "--out", str(out5), *model,
+                 "--adapt-steps", "0", "--no-prior", "--quiet"]) == 0
+    np.testing.assert_array_equal(load_label(out5, like=q).array,
+                                  FewShotPipeline(pred, pairs, align=RegistrationConfig(), prior=None)(q).array)
     # --no-align: one bank for every query, as the pipeline without align
     out4 = tmp_path / "q_mask4.nii.gz"
     assert main(["fewshot", *paths, "--query", str(tmp_path / "q.nii.gz"), "--out", str(out4), *model,
@@ -231,6 +237,8 @@ def test_fewshot_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "--save-bank: aligned supports give each query its own bank" in capsys.readouterr().err
     assert main(["fewshot", *support, *query, "--top-k", "0"]) == 1
     assert "--top-k: expected >= 1" in capsys.readouterr().err
+    assert main(["fewshot", "--bank", "b.pt", *query, "--prior"]) == 1
+    assert "--prior: the supports' prior needs them registered onto each query" in capsys.readouterr().err
     assert not (tmp_path / "m.nii.gz").exists() and not (tmp_path / "b.pt").exists()
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -19,7 +21,10 @@ from medsam2kit.fewshot import (
     MissingLabelWarning,
     SupportBank,
     SupportMemoryAssembler,
+    SupportPrior,
+    add_support_prior,
     axis_along,
+    label_map_from_logits,
     segment_registered,
 )
 from medsam2kit.io import load_label, load_volume, save_mask
@@ -285,12 +290,13 @@ def test_aligned_pipeline_is_the_bank_of_the_supports_registered_onto_each_query
     from scipy.spatial import cKDTree
 
     from medsam2kit.fewshot import ALIGNED_RETRIEVAL, NEAR_SUPPORTS_MM
-    from medsam2kit.register import RegistrationConfig, align_supports
+    from medsam2kit.register import RegistrationConfig, align_supports, held_by_supports, held_near
 
     supports = [ellipsoid_phantom((6, 40, 36), rng=seed) for seed in (1, 2)]
     config = RegistrationConfig(max_evaluations=100, deformable=None)
-    pipe = FewShotPipeline(pred, supports, align=config)
-    anywhere = FewShotPipeline(pred, supports, align=config, near_supports_mm=None)
+    pipe = FewShotPipeline(pred, supports, align=config, prior=None)
+    anywhere = FewShotPipeline(pred, supports, align=config, near_supports_mm=None, prior=None)
+    shaped = FewShotPipeline(pred, supports, align=config)  # the default: the 2 mm rule and the supports' prior
     assert pipe.bank is None and pipe.assembler_options == dict(ALIGNED_RETRIEVAL)
     for seed, shape in ((3, (7, 44, 40)), (4, (6, 36, 36))):
         query, _ = ellipsoid_phantom(shape, (2.0, 0.9, 0.9), rng=seed)
@@ -315,8 +321,38 @@ def test_aligned_pipeline_is_the_bank_of_the_supports_registered_onto_each_query
             near_all &= near
         np.testing.assert_array_equal(got.labels.array[near_all], free.labels.array[near_all])
         assert (got.labels.array > 0).sum() <= (free.labels.array > 0).sum()
+        # the default adds the supports' prior to SAM2's logits before the 2 mm rule
+        prior = add_support_prior(expected.logits, held_by_supports(registered), SupportPrior())
+        near_mm = held_near(registered, NEAR_SUPPORTS_MM)
+        ruled = {lab: v.with_array(np.where(near_mm[lab], v.array, -np.inf)) for lab, v in prior.items()}
+        with_prior = shaped.run(query)
+        np.testing.assert_array_equal(with_prior.labels.array, label_map_from_logits(ruled, query.shape))
+        assert not np.array_equal(with_prior.labels.array, got.labels.array)
     # options given win over the aligned defaults
     assert FewShotPipeline(pred, supports, align=config, top_k=2).assembler_options["top_k"] == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(*[st.integers(1, 4)] * 3), spacing=st.tuples(*[st.floats(0.3, 4.0)] * 3),
+       strength=st.floats(0.5, 10.0), edge=st.floats(0.2, 5.0), seed=st.integers(0, 2**32 - 1))
+def test_support_prior_against_brute_force(shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                                           strength: float, edge: float, seed: int) -> None:
+    """Per voxel: strength * tanh(s / edge), s the distance in mm to the nearest voxel on the other
+    side of the held region (positive inside), found by searching every voxel; a label with no
+    held voxel keeps its logits."""
+    rng = np.random.default_rng(seed)
+    held = rng.random(shape) < 0.5
+    logits = rng.normal(0, 5, shape).astype(np.float32)
+    vol = Volume(logits, np.diag([*spacing, 1.0]))
+    got = add_support_prior({1: vol, 2: vol}, {1: held, 2: np.zeros(shape, bool)}, SupportPrior(strength, edge))
+    assert np.array_equal(got[2].array, logits)
+    coords = np.argwhere(np.ones(shape, bool)) * np.asarray(spacing)
+    flat = held.ravel()
+    for i, voxel in enumerate(np.ndindex(shape)):
+        others = coords[flat != flat[i]]
+        s = np.sqrt(((others - coords[i]) ** 2).sum(axis=1)).min() if len(others) else np.inf
+        want = logits[voxel] + strength * np.tanh((s if flat[i] else -s) / edge) if held.any() else logits[voxel]
+        assert got[1].array[voxel] == pytest.approx(want, rel=1e-5, abs=1e-4), voxel
 
 
 def test_aligned_pipeline_errors(pred: SAM2Predictor) -> None:
@@ -339,6 +375,15 @@ def test_aligned_pipeline_errors(pred: SAM2Predictor) -> None:
     query, _ = ellipsoid_phantom((6, 40, 36), rng=2)
     with pytest.raises(InvalidInputError, match="near_supports_mm"):
         segment_registered(pred, supports, query, near_supports_mm=-2.0)
+    with pytest.raises(InvalidTypeError, match="prior: expected a SupportPrior or None, got float"):
+        FewShotPipeline(pred, supports, align=RegistrationConfig(), prior=4.0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTypeError, match="prior: expected a SupportPrior or None"):
+        segment_registered(pred, supports, query, prior="yes")  # type: ignore[arg-type]
+    for name, value in (("strength", 0.0), ("edge_mm", float("inf")), ("strength", False)):
+        with pytest.raises(InvalidInputError, match=f"SupportPrior.{name}: expected a positive finite number"):
+            SupportPrior(**{name: value})
+    with pytest.raises(ShapeMismatchError, match=r"held\[1\]: expected the logits' shape"):
+        add_support_prior({1: query}, {1: np.ones((2, 2, 2), bool)}, SupportPrior())
     other, _ = ellipsoid_phantom((6, 40, 40), rng=3)
     with pytest.raises(ShapeMismatchError, match=r"supports\[0\] label"):
         segment_registered(pred, supports, other)  # supports not registered onto this query's grid
@@ -363,7 +408,7 @@ def test_keeping_labels_near_the_registered_supports_lifts_the_validation_hippoc
     predictor = reference_predictor()
 
     def mean_dice(near_mm: float | None) -> float:
-        labels = segment_registered(predictor, registered, query, near_supports_mm=near_mm).labels.array
+        labels = segment_registered(predictor, registered, query, near_supports_mm=near_mm, prior=None).labels.array
         return float(np.mean([dice(labels == k, truth == k) for k in (1, 2)]))
 
     anywhere, near = mean_dice(None), mean_dice(2.0)
