@@ -46,6 +46,18 @@ def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
     return int(number)
 
 
+def check_positive(value: object, name: str) -> float:
+    """``value`` as a positive finite float (bools refused).
+
+    Example:
+        >>> check_positive(2, "reach_mm")
+        2.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise InvalidInputError(f"{name}: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
 def check_axis(axis: object, name: str = "axis") -> int:
     """A slicing axis of a ``(D, H, W)`` array as 0, 1 or 2 (negative values count from the end).
 

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from medsam2kit._files import atomic_write, load_torch
+from medsam2kit._validate import check_positive
 from medsam2kit.adapt import AdaptConfig, adapt_to_supports
 from medsam2kit.errors import (
     CheckpointError,
@@ -102,9 +103,7 @@ class SupportPrior:
 
     def __post_init__(self) -> None:
         for name in ("strength", "edge_mm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
-                raise InvalidInputError(f"SupportPrior.{name}: expected a positive finite number, got {value!r}")
+            check_positive(getattr(self, name), f"SupportPrior.{name}")
 
 
 class MissingLabelWarning(UserWarning):
@@ -819,9 +818,9 @@ def segment_registered(predictor: SAM2Predictor, supports: Sequence[tuple[Volume
     within ``near_supports_mm`` of where at least half of the supports hold it
     (:func:`~medsam2kit.register.held_near`; its logits set to ``-inf`` beyond, the label map
     taken from them again; ``None``: anywhere), and with ``prior`` each label's logits gain
-    where the supports hold it (:func:`add_support_prior`; ``None``: none). A small SAM2 that follows the supports' memories
-    by position strays where the query looks like a support's structure; the registered
-    supports say where the structure can be. ``FewShotPipeline(..., align=...)`` registers and
+    where the supports hold it (:func:`add_support_prior`; ``None``: none). A small SAM2 that
+    follows the supports' memories by position strays where the query looks like a support's
+    structure; the registered supports say where the structure can be. ``FewShotPipeline(..., align=...)`` registers and
     calls this; call it directly to reuse one registration (e.g. for the supports' vote too).
 
     Raises:

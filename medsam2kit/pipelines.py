@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from medsam2kit._validate import check_label_map
+from medsam2kit._validate import check_label_map, check_positive
 from medsam2kit.adapt import AdaptConfig, adapt_predictor
 from medsam2kit.coarse import CoarseModel
 from medsam2kit.errors import InvalidInputError, InvalidTypeError, ShapeMismatchError
@@ -86,9 +86,7 @@ class PromptPrior:
 
     def __post_init__(self) -> None:
         for name in ("strength", "reach_mm", "edge_mm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-                raise InvalidInputError(f"PromptPrior.{name}: expected a positive finite number, got {value!r}")
+            check_positive(getattr(self, name), f"PromptPrior.{name}")
 
     def weight(self, distance_mm: float) -> float:
         """The prior's logit scale on a slice ``distance_mm`` from the drawn one."""
