@@ -44,7 +44,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from medsam2kit._files import atomic_write, load_torch
 from medsam2kit._validate import check_positive
@@ -58,6 +57,7 @@ from medsam2kit.errors import (
 )
 from medsam2kit import backend
 from medsam2kit.predictor import Direction, FeatureCache, SAM2Predictor
+from medsam2kit.prompts import signed_distance
 from medsam2kit.register import RegistrationConfig, align_supports, check_support_pair, held_by_supports, held_near
 from medsam2kit.sequencer import PercentileWindow, WindowSpec, sequence_volume
 from medsam2kit.volume import Volume, check_same_grid
@@ -870,12 +870,7 @@ def add_support_prior(logits: Mapping[int, Volume], held: Mapping[int, np.ndarra
             continue
         if mask.shape != vol.shape:
             raise ShapeMismatchError(f"held[{lab}]: expected the logits' shape {vol.shape}, got {mask.shape}")
-        if mask.all():
-            signed = np.full(mask.shape, np.inf)
-        else:
-            signed = (ndimage.distance_transform_edt(mask, sampling=vol.spacing)
-                      - ndimage.distance_transform_edt(~mask, sampling=vol.spacing))
-        term = (prior.strength * np.tanh(signed / prior.edge_mm)).astype(np.float32)
+        term = (prior.strength * np.tanh(signed_distance(mask, vol.spacing) / prior.edge_mm)).astype(np.float32)
         out[lab] = vol.with_array(np.asarray(vol.array, np.float32) + term)
     return out
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 from medsam2kit._validate import check_label_map, check_positive
 from medsam2kit.adapt import AdaptConfig, adapt_predictor
@@ -48,7 +47,7 @@ from medsam2kit.fusion import (
 )
 from medsam2kit.predictor import PropagationResult, SAM2Predictor, Session
 from medsam2kit.prompts import (PromptKind, SliceFilterConfig, SliceSelection, components_meeting, crop_selection,
-                                select_slices, to_predictor_prompts)
+                                select_slices, signed_distance, to_predictor_prompts)
 from medsam2kit.roi import DEFAULT_ZOOM, Roi, check_zoom, mask_box, roi_around, roi_around_masks
 from medsam2kit.sequencer import (FrameSequence, PercentileWindow, Window, WindowSpec, default_axis, display_ready,
                                   sequence_volume)
@@ -96,11 +95,7 @@ class PromptPrior:
         """``tanh(s / edge_mm)`` per pixel of a drawn 2D ``mask`` (bool, not empty), ``s`` the
         signed distance in mm (pixel ``spacing`` of the rows and columns) to the pixels of the
         other side, positive inside; +1 everywhere for a mask that fills its slice."""
-        if mask.all():  # no pixel outside: scipy's transform is undefined there
-            return np.ones(mask.shape, np.float32)
-        inside = ndimage.distance_transform_edt(mask, sampling=spacing)
-        outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
-        return np.tanh((inside - outside) / self.edge_mm).astype(np.float32)
+        return np.tanh(signed_distance(mask, spacing) / self.edge_mm).astype(np.float32)
 
 
 @dataclass(frozen=True)

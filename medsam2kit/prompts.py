@@ -368,6 +368,22 @@ def largest_component(mask: np.ndarray, *, connectivity: int | None = None) -> n
     return np.asarray(labels == int(np.argmax(sizes)))
 
 
+def signed_distance(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Per element of a bool ``mask`` (2D or 3D), the distance in mm (``spacing`` per axis) to the
+    nearest element on the other side: positive inside, negative outside; ``+inf`` everywhere
+    for a mask that fills its grid and ``-inf`` for an empty one (there is no other side).
+
+    Example:
+        >>> signed_distance(np.array([False, True, True, True]), (2.0,)).tolist()
+        [-2.0, 2.0, 4.0, 6.0]
+    """
+    if mask.all() or not mask.any():  # no other side: scipy's transform is undefined there
+        return np.full(mask.shape, np.inf if mask.any() else -np.inf)
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    return np.asarray(inside - outside, dtype=np.float64)
+
+
 def components_meeting(mask: np.ndarray, seed: np.ndarray, *, connectivity: int | None = None) -> np.ndarray:
     """The connected components of a 2D or 3D bool ``mask`` that share a pixel with ``seed``
     (bool, the same shape); all False when none does.
@@ -862,5 +878,6 @@ __all__ = [
     "score_slices",
     "select_slices",
     "select_slices_multilabel",
+    "signed_distance",
     "to_predictor_prompts",
 ]

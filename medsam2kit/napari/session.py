@@ -707,10 +707,7 @@ class AnnotationSession:
         """Put ``prompts`` into a fresh sam2 state (features stay); every prompted slice becomes
         a conditioning frame."""
         self.session.reset()
-        groups: dict[tuple[int, int], list[PromptRecord]] = {}
-        for p in prompts:
-            groups.setdefault((p.label, p.slice_index), []).append(p)
-        for (lab, s), recs in sorted(groups.items()):
+        for (lab, s), recs in sorted(_by_label_and_slice(prompts).items()):
             t = self.seq.frame_of_slice(s)
             masks = [r for r in recs if isinstance(r, MaskRecord)]
             after = recs[recs.index(masks[-1]) + 1:] if masks else recs
@@ -838,16 +835,21 @@ class AnnotationSession:
         :meth:`_replay` gives it to SAM2 alone) and the prior's shape of the mask there."""
         if self.prior is None:
             return {}
-        groups: dict[tuple[int, int], list[PromptRecord]] = {}
-        for p in job.prompts:
-            groups.setdefault((p.label, p.slice_index), []).append(p)
         rows, cols = self.seq.layout.in_plane_axes
         spacing = (self.volume.spacing[rows], self.volume.spacing[cols])
         out: dict[int, dict[int, np.ndarray]] = {}
-        for (lab, s), recs in groups.items():
+        for (lab, s), recs in _by_label_and_slice(job.prompts).items():
             if isinstance(recs[-1], MaskRecord) and recs[-1].mask.any():
                 out.setdefault(lab, {})[s] = self.prior.shape(recs[-1].mask, spacing)
         return out
+
+
+def _by_label_and_slice(prompts: Iterable[PromptRecord]) -> dict[tuple[int, int], list[PromptRecord]]:
+    """The prompts per ``(label, slice)``, each group in the order given."""
+    groups: dict[tuple[int, int], list[PromptRecord]] = {}
+    for p in prompts:
+        groups.setdefault((p.label, p.slice_index), []).append(p)
+    return groups
 
 
 def _prompted(job: Job) -> dict[int, tuple[int, ...]]:
