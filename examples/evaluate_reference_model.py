@@ -24,7 +24,8 @@ recording or image; ``--split validation``: the recipe-selection cases of
   fitted on them, fused with SAM2) against the coarse network alone;
 * carotid recordings: first-frame mask propagation (Dice, J&F) against copying the first mask;
 * fetal-head images: box prompts (zoomed, :data:`medsam2kit.roi.DEFAULT_ZOOM`; the mask cut to the
-  box, and as SAM2 gives it) against the filled box and the ellipse inscribed in it.
+  box, as SAM2 gives it, and the ellipse with the cut mask's moments) against the filled box and
+  the ellipse inscribed in it.
 
 Writes ``rows.csv`` (one row per case, label, task and method), ``per_case.md`` (a line per case
 and label, fetal-head images as their mean), ``summary.md`` (means per dataset, task and method)
@@ -148,6 +149,7 @@ def recording_rows(model: str, pred: SAM2Predictor, case: SharedArrays) -> list[
 def image_rows(model: str, pred: SAM2Predictor, case: SharedArrays, *, zoom: bool = True) -> list[Row]:
     masks = {"sam2": box_prompt_image(pred, case.image, case.label, zoom=_zoom(zoom)),
              "sam2 not cut to the box": box_prompt_image(pred, case.image, case.label, inside_box=False, zoom=_zoom(zoom)),
+             "sam2, ellipse fitted": box_prompt_image(pred, case.image, case.label, fit="ellipse", zoom=_zoom(zoom)),
              **{method: baseline(case.label) for method, baseline in BOX_BASELINES.items()}}
     return [Row(model, case.dataset, case.name, 1, "box prompt", method, dice(mask, case.label))
             for method, mask in masks.items()]

@@ -23,7 +23,9 @@ reference model trained on):
 * ``tracking``: a carotid ultrasound recording from the mask of its first labelled frame,
   beside ``copy first mask``;
 * ``box prompt``: fetal-head ultrasound images from the box around the head (zoomed, the mask
-  cut to the box), beside the ``filled box`` and the ``ellipse in the box``.
+  cut to the box, then replaced by the ellipse with its moments, as HC18 heads are annotated:
+  :func:`medsam2kit.tasks.box_prompt_image` with ``fit="ellipse"``), beside the ``filled box``
+  and the ``ellipse in the box``.
 
 :func:`run_demo` writes, per volume, the image, the truth and every prediction as NIfTI (the
 input's grid and geometry), one titled overlay montage per method (and per recording and image
@@ -70,7 +72,7 @@ from medsam2kit.pipelines import SAM2Med3DPipeline
 from medsam2kit.predictor import SAM2Predictor
 from medsam2kit.register import align_supports, vote_labels
 from medsam2kit.reference import Split, heldout_phantoms, label_file, shared_files, shared_images, shared_recordings, shared_volumes
-from medsam2kit.tasks import BOX_BASELINES, box_prompt_image, one_prompt_propagation, track_recording
+from medsam2kit.tasks import BOX_BASELINES, BoxFit, box_prompt_image, one_prompt_propagation, track_recording
 from medsam2kit.volume import Volume
 
 Pair = tuple[Volume, Volume]
@@ -302,12 +304,12 @@ def _with_task_models(predictor: SAM2Predictor, task_models: Mapping[str, SAM2Pr
 
 def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray, np.ndarray]],
                out: Path | None = None, *, name: str = "images",
-               task_models: Mapping[str, SAM2Predictor] | None = None) -> list[DiceRow]:
-    """Box prompts on 2D images (:func:`medsam2kit.tasks.box_prompt_image`) against the filled
-    box and the ellipse inscribed in it (:func:`medsam2kit.tasks.box_ellipse`); ``task_models``
-    (method name -> predictor, e.g. the fetal-head task model) are scored beside ``predictor``
-    (method ``sam2``). With ``out``, a montage of the first images (all of one size), a row per
-    model, goes to ``out/<name>/overlay_box_prompt.png``.
+               task_models: Mapping[str, SAM2Predictor] | None = None, fit: BoxFit = "none") -> list[DiceRow]:
+    """Box prompts on 2D images (:func:`medsam2kit.tasks.box_prompt_image`, with its ``fit``)
+    against the filled box and the ellipse inscribed in it (:func:`medsam2kit.tasks.box_ellipse`);
+    ``task_models`` (method name -> predictor, e.g. the fetal-head task model) are scored beside
+    ``predictor`` (method ``sam2``). With ``out``, a montage of the first images (all of one
+    size), a row per model, goes to ``out/<name>/overlay_box_prompt.png``.
 
     Raises:
         InvalidInputError: a name of ``task_models`` is ``sam2`` or a baseline's.
@@ -316,7 +318,7 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
     rows: list[DiceRow] = []
     shown: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
     for case, image, mask in images:
-        preds = {method: box_prompt_image(model, image, mask) for method, model in models.items()}
+        preds = {method: box_prompt_image(model, image, mask, fit=fit) for method, model in models.items()}
         scored = {**preds, **{method: baseline(mask) for method, baseline in BOX_BASELINES.items()}}
         rows += [DiceRow("box prompt", f"{name}/{case}", 1, method, dice(m, mask)) for method, m in scored.items()]
         if len(shown) < 6 and (not shown or image.shape == shown[0][0].shape):
@@ -327,7 +329,8 @@ def run_images(predictor: SAM2Predictor, images: Sequence[tuple[str, np.ndarray,
         means = {method: {1: float(np.mean([r.dice for r in rows if r.method == method]))} for method in models}
         truth = np.stack([s[2] for s in shown]).astype(np.uint8)
         _write_montage(out / name / "overlay_box_prompt.png", stack, stacks, truth,
-                       f"{name}: box prompts, {len(shown)} of {len(images)} images (Dice: mean of all)", means, axis=0,
+                       f"{name}: box prompts{', ellipse fitted' if fit == 'ellipse' else ''}, {len(shown)} of "
+                       f"{len(images)} images (Dice: mean of all)", means, axis=0,
                        panel_name="image")
     return rows
 
@@ -396,7 +399,7 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
         if images:
             pairs = [(c.name, c.image, c.label) for c in images]
             work.append(("hc18_fetal_us", partial(run_images, predictor, pairs, out, name="hc18_fetal_us",
-                                                  task_models=per_task["box prompt"])))
+                                                  task_models=per_task["box prompt"], fit="ellipse")))
         done: dict[int, tuple[list[DiceRow], float]] = {}
 
         def report(i: int, result: tuple[list[DiceRow], float]) -> None:

@@ -174,6 +174,12 @@ def test_run_recording_and_images_score_against_their_baselines(predictor: SAM2P
         run_images(predictor, images, name="clash", task_models={"filled box": task})
     one, two = (Image.open(tmp_path / n / "overlay_box_prompt.png").height for n in ("fetal", "both"))
     assert two > one
+    fitted = run_images(predictor, images, name="fitted", task_models={"sam2 task": task}, fit="ellipse")
+    assert [r.method for r in fitted] == [r.method for r in both]
+    assert fitted[1].dice == pytest.approx(
+        dice(box_prompt_image(task, images[0][1], images[0][2], fit="ellipse"), images[0][2]))
+    assert fitted[1].dice != pytest.approx(both[1].dice)
+    assert [r.dice for r in fitted[2:4]] == [r.dice for r in both[2:4]]  # the baselines stay
 
 
 def test_run_demo_refuses_task_models_of_a_task_it_does_not_run(predictor: SAM2Predictor, tmp_path: Path) -> None:

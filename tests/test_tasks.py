@@ -19,6 +19,7 @@ from medsam2kit.tasks import (
     correction_click,
     filled_box,
     mask_box,
+    moment_ellipse,
     Propagated,
     one_prompt_propagation,
     track_recording,
@@ -63,6 +64,52 @@ def test_box_ellipse_recovers_a_drawn_axis_aligned_ellipse(r_radius: float, c_ra
     assert np.array_equal(mask_box(inscribed), mask_box(drawn))  # it touches the box's four sides
     assert not (inscribed & ~filled_box(drawn)).any()
     assert abs(inscribed.sum() / filled_box(drawn).sum() - np.pi / 4) < 0.05
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(4, 30), st.floats(4, 30), st.floats(-np.pi, np.pi), st.floats(-0.5, 0.5), st.floats(-0.5, 0.5))
+def test_moment_ellipse_returns_a_drawn_ellipse_turned_any_way(a: float, b: float, angle: float, dr: float,
+                                                               dc: float) -> None:
+    from skimage.draw import ellipse
+
+    size = int(2 * max(a, b)) + 12
+    drawn = np.zeros((size, size + 3), bool)
+    drawn[ellipse(size / 2 + dr, size / 2 + dc, a, b, shape=drawn.shape, rotation=angle)] = True
+    fitted = moment_ellipse(drawn)
+    assert dice(fitted, drawn) > 0.95  # only the outline's pixels differ
+    assert np.array_equal(moment_ellipse(drawn.T), fitted.T)  # no preferred axis
+    shifted = np.roll(drawn, (3, -2), axis=(0, 1))  # the drawing stays clear of the edges
+    assert np.array_equal(moment_ellipse(shifted), np.roll(fitted, (3, -2), axis=(0, 1)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(8, 24), st.integers(8, 24)), elements=st.booleans()))
+def test_moment_ellipse_against_scikit_image_moments(mask: np.ndarray) -> None:
+    """Any mask (blobs, scattered pixels): the ellipse drawn from scikit-image's region moments
+    (centroid, orientation and axis lengths, 4 standard deviations, plus the unit pixel's spread)."""
+    from skimage.draw import ellipse
+    from skimage.measure import regionprops
+
+    if not mask.any():
+        assert not moment_ellipse(mask).any()
+        return
+    props = regionprops(mask.astype(np.uint8))[0]
+    major, minor = (np.sqrt(props.axis_major_length ** 2 + 4 / 3), np.sqrt(props.axis_minor_length ** 2 + 4 / 3))
+    reference = np.zeros(mask.shape, bool)
+    reference[ellipse(*props.centroid, major / 2, minor / 2, shape=mask.shape,
+                      rotation=props.orientation)] = True
+    fitted = moment_ellipse(mask)
+    # the two drawings differ only in pixels whose centre lies on (numerically at) the outline
+    assert (fitted ^ reference).sum() <= max(2, 0.03 * reference.sum())
+
+
+def test_moment_ellipse_small_and_bad_masks() -> None:
+    one = np.zeros((5, 6), bool)
+    one[2, 3] = True
+    assert np.array_equal(moment_ellipse(one), one)
+    assert not moment_ellipse(np.zeros((4, 4), bool)).any()
+    with pytest.raises(ShapeMismatchError, match="mask: expected a 2D"):
+        moment_ellipse(np.ones((2, 4, 4), bool))
 
 
 @pytest.mark.parametrize("prompt", ["mask", "box"])
@@ -171,6 +218,16 @@ def test_box_prompt_image_shape_and_errors(random_predictor: SAM2Predictor) -> N
     box = filled_box(mask)
     assert (raw & ~box).any()  # the random model's mask leaks past the box ...
     assert np.array_equal(out, raw & box)  # ... and the default cuts exactly that
+    from scipy import ndimage
+
+    from medsam2kit.prompts import largest_component
+
+    for inside_box, within in ((True, box), (False, np.ones_like(box))):
+        fitted = box_prompt_image(random_predictor, image, mask, fit="ellipse", inside_box=inside_box)
+        part = ndimage.binary_fill_holes(largest_component(raw & within))
+        assert part.any() and np.array_equal(fitted, moment_ellipse(part) & within)
+    with pytest.raises(InvalidInputError, match="fit: expected 'none' or 'ellipse'"):
+        box_prompt_image(random_predictor, image, mask, fit="circle")  # type: ignore[arg-type]
     with pytest.raises(ShapeMismatchError, match="image, mask"):
         box_prompt_image(random_predictor, image, mask[:, :10])
     with pytest.raises(InvalidInputError, match="empty"):
