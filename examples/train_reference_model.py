@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="training run folder (default: runs/reference_<recipe>)")
     parser.add_argument("--export", default=None, help="where the weights go (default: the package's file)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="real recipe: the model's input size (default: the configuration's, 128 px)")
+                        help="real and task recipes: the model's input size (default: the configuration's, 128 px)")
     parser.add_argument("--augment", choices=("none", "generic", "ultrasound", "combined"), default=None,
                         help="real and task recipes: clip augmentation preset (default: none; the volumes "
                              "task: generic, medsam2kit.reference.TASK_RECIPES)")
@@ -85,6 +85,9 @@ def main() -> None:
     weights = Path(medsam2kit.__file__).parent / "weights"
     dtype = torch.float32
     if args.recipe == "phantoms":
+        if args.image_size is not None:
+            sys.exit("train_reference_model: --image-size: the phantoms recipe trains at the configuration's 128 px; "
+                     "use it with the real or a task recipe")
         config = reference_train_config(seed=args.seed, steps=args.steps or 2000, output_dir=out, progress=True)
         export = Path(args.export or weights / PHANTOM_WEIGHTS)
         dtype = torch.float16
@@ -95,7 +98,7 @@ def main() -> None:
                      "beside the project, or $MEDSAM2KIT_DATA); use --recipe phantoms without it")
         if args.recipe in TASK_RECIPES:
             config = task_train_config(data, args.recipe, seed=args.seed, steps=args.steps or 600, output_dir=out,
-                                       init=args.init, augment=args.augment,
+                                       init=args.init, augment=args.augment, image_size=args.image_size,
                                        exclude_validation=args.exclude_validation, progress=True)
             export = Path(args.export or weights / TASK_RECIPES[args.recipe].weights)
             dtype = torch.float16

@@ -443,7 +443,8 @@ TASK_RECIPES: dict[str, TaskRecipe] = {
 
 def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 600,
                       output_dir: str | None = None, init: str | Path | None = None, augment: str | None = None,
-                      exclude_validation: bool = False, progress: bool = False) -> TrainConfig:
+                      image_size: int | None = None, exclude_validation: bool = False,
+                      progress: bool = False) -> TrainConfig:
     """The recipe of a task model: the real-image model (or ``init``) fine-tuned on one task's
     shared data alone (:data:`TASK_RECIPES`; held-out cases excluded), with
     :func:`real_train_config`'s prompts and optimiser, 600 steps, no validation curve (the task
@@ -470,6 +471,7 @@ def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 
         init: the weights to start from (default: the packaged real-image model).
         augment: the clip augmentation preset (``data.augment``; default the task's,
             :data:`TASK_RECIPES`).
+        image_size: the model's input size (default: the configuration's, 128 px).
         exclude_validation: a recipe-selection run: leave the :data:`VALIDATION` cases out.
         progress: show a progress bar.
 
@@ -489,7 +491,7 @@ def task_train_config(data_dir: Path, task: str, *, seed: int = 0, steps: int = 
     config = real_train_config(data_dir, seed=seed, steps=steps,
                                output_dir=output_dir or f"runs/reference_{task.replace('-', '_')}",
                                sources=recipe.sources, init=init or _packaged(REAL_WEIGHTS),
-                               augment=recipe.augment if augment is None else augment,
+                               augment=recipe.augment if augment is None else augment, image_size=image_size,
                                exclude_validation=exclude_validation, progress=progress)
     return config.replace(**{"data.val": (), "schedule.val_every_epochs": 0})
 

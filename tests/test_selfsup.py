@@ -316,8 +316,9 @@ def test_a_task_recipe_trains_on_its_task_of_its_split_only(shared_data: Path, t
         assert sum(s.weight for s in cfg.data.train) == pytest.approx(1.0)
         assert cfg.data.val == () and Path(cfg.model.checkpoint) == reference_checkpoint()
         assert cfg.schedule.steps == 600 and cfg.output_dir == f"runs/reference_{task.replace('-', '_')}"
-        assert cfg.data.augment == "none"
+        assert cfg.data.augment == "none" and cfg.model.image_size is None  # the configuration's 128 px
     assert task_train_config(shared_data, task, augment="generic").data.augment == "generic"
+    assert task_train_config(shared_data, task, image_size=256).model.image_size == 256
 
 
 def test_the_volumes_task_recipe_trains_on_phantoms_and_the_labelled_volumes_of_its_split(shared_data: Path) -> None:
