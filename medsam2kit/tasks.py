@@ -10,7 +10,7 @@
 * :func:`box_prompt_image`: one image, the box around the true mask as the prompt (SAM2's mask,
   or with ``fit="ellipse"`` the ellipse with its moments, :func:`moment_ellipse`, for heads
   annotated as ellipses). Baselines: the filled box, and the ellipse inscribed in it
-  (:func:`box_ellipse`).
+  (:func:`box_ellipse`). On an image of one's own, with a box and no mask: :func:`segment_box`.
 
 Example:
     >>> from medsam2kit.reference import heldout_phantoms
@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,7 +39,7 @@ from medsam2kit.metrics import dice, j_and_f
 from medsam2kit.pipelines import LabelPromptKind, Overlaps, PromptPrior, PromptPropagationConfig, propagate_prompts
 from medsam2kit.predictor import PointPrompt, SAM2Predictor, Session
 from medsam2kit.prompts import largest_component
-from medsam2kit.roi import DEFAULT_ZOOM, Roi, largest_slice, mask_box, roi_around_masks
+from medsam2kit.roi import DEFAULT_ZOOM, Roi, check_zoom, largest_slice, mask_box, roi_around, roi_around_masks
 from medsam2kit.sequencer import FrameSequence, PercentileWindow, default_axis, sequence_frames
 from medsam2kit.volume import Volume, check_same_grid
 
@@ -358,37 +359,87 @@ def _clicks(session: Session, seq: FrameSequence, frame: int, truth: np.ndarray,
 
 def box_prompt_image(predictor: SAM2Predictor, image: np.ndarray, mask: np.ndarray, *,
                      zoom: float | None = DEFAULT_ZOOM, inside_box: bool = True, fit: BoxFit = "none") -> np.ndarray:
-    """The mask SAM2 gives for the box around ``mask`` on a 2D ``image`` (bool, ``image``'s shape).
-
-    ``zoom``: crop the image to ``zoom`` times the box first (see :func:`one_prompt_propagation`;
-    default :data:`medsam2kit.roi.DEFAULT_ZOOM`); ``None``: the whole image. ``inside_box``
-    (default): the mask is cut to the box, which says where the object lies (a small model's
-    masks leak past it: on the validation fetal-head images, 11 % of the selection model's mask
-    lay outside the box, and the cut raised its Dice from 0.821 to 0.873); ``False``: SAM2's mask as it is.
-    ``fit="ellipse"``: the mask's largest part (cut to the box first with ``inside_box``), its
-    holes filled, replaced by the ellipse with its moments (:func:`moment_ellipse`), cut to the
-    box again with ``inside_box``; for structures annotated as ellipses, such as the fetal head
-    (validation images 0.927 -> 0.939, docs/reference_model.md). Empty when SAM2's mask is.
+    """The mask SAM2 gives for the box around ``mask`` on a 2D ``image`` (bool, ``image``'s shape):
+    :func:`segment_box` with the box :func:`mask_box` draws around ``mask`` (the scored task).
 
     Raises:
         ShapeMismatchError: ``image`` and ``mask`` differ in shape or are not 2D.
         InvalidInputError: ``mask`` is empty, ``zoom < 1``, or ``fit`` is not ``"none"`` or ``"ellipse"``.
     """
-    if fit not in ("none", "ellipse"):
-        raise InvalidInputError(f"fit: expected 'none' or 'ellipse', got {fit!r}")
     if image.shape != mask.shape or image.ndim != 2:
         raise ShapeMismatchError(f"image, mask: expected the same (H, W) shape, got {image.shape}, {mask.shape}")
-    truth = np.asarray(mask)[None] != 0
-    roi = roi_around_masks([truth[0]], truth.shape, axis=0, zoom=zoom)
+    return segment_box(predictor, image, mask_box(np.asarray(mask) != 0), zoom=zoom, inside_box=inside_box, fit=fit)
+
+
+def segment_box(predictor: SAM2Predictor, image: np.ndarray, box: Sequence[float] | np.ndarray, *,
+                zoom: float | None = DEFAULT_ZOOM, inside_box: bool = True, fit: BoxFit = "none") -> np.ndarray:
+    """The mask SAM2 gives for a box prompt on a 2D ``image`` (bool, ``image``'s shape).
+
+    ``box``: ``(x0, y0, x1, y1)``, the columns and rows of the box's first and last pixels
+    (inclusive, as :func:`mask_box` gives them; fractions allowed), inside the image. ``zoom``:
+    crop the image to ``zoom`` times the box first (see :func:`one_prompt_propagation`; default
+    :data:`medsam2kit.roi.DEFAULT_ZOOM`); ``None``: the whole image. ``inside_box`` (default):
+    the mask is cut to the box (the pixels whose centre lies in it), which says where the object
+    lies (a small model's masks leak past it: on the validation fetal-head images, 11 % of the
+    selection model's mask lay outside the box, and the cut raised its Dice from 0.821 to
+    0.873); ``False``: SAM2's mask as it is. ``fit="ellipse"``: the mask's largest part (cut to
+    the box first with ``inside_box``), its holes filled, replaced by the ellipse with its moments
+    (:func:`moment_ellipse`), cut to the box again with ``inside_box``; for structures annotated
+    as ellipses, such as the fetal head (validation images 0.927 -> 0.939,
+    docs/reference_model.md). Empty when SAM2's mask is.
+
+    Raises:
+        ShapeMismatchError: ``image`` is not 2D.
+        InvalidInputError: ``box`` is not four finite numbers with ``0 <= x0 <= x1 <= W - 1`` and
+            ``0 <= y0 <= y1 <= H - 1``, or covers no pixel centre; ``zoom < 1``; ``fit`` is not
+            ``"none"`` or ``"ellipse"``.
+
+    Example:
+        >>> from medsam2kit.predictor import SAM2Predictor
+        >>> pred = SAM2Predictor.from_config("sam2.1_hiera_micro", device="cpu")
+        >>> image = np.zeros((40, 60), np.uint8); image[10:20, 20:40] = 200
+        >>> mask = segment_box(pred, image, (20, 10, 39, 19))
+        >>> mask.shape, bool(mask[:10].any() or mask[:, :20].any())  # cut to the box
+        ((40, 60), False)
+    """
+    if fit not in ("none", "ellipse"):
+        raise InvalidInputError(f"fit: expected 'none' or 'ellipse', got {fit!r}")
+    if np.ndim(image) != 2:
+        raise ShapeMismatchError(f"image: expected a 2D (H, W) image, got shape {np.shape(image)}")
+    height, width = np.shape(image)
+    x0, y0, x1, y1 = _check_box(box, height, width)
+    factor = check_zoom(zoom)
+    roi = Roi.whole((1, height, width), 0) if factor is None else roi_around(
+        (x0, y0, x1, y1), (1, height, width), axis=0, factor=factor)
     seq = sequence_frames(roi.crop(np.asarray(image)[None]), image_size=predictor.image_size, window=_window(image))
     session = predictor.start(seq)
-    session.add_box(0, seq.boxes_to_frame(mask_box(roi.crop_slice(truth[0]))))
+    (r0, _), (c0, _) = roi.rows, roi.cols
+    session.add_box(0, seq.boxes_to_frame(np.array([x0 - c0, y0 - r0, x1 - c0, y1 - r0], dtype=np.float64)))
     result = session.propagate("forward")
     out = roi.paste(np.asarray(seq.to_volume_mask(result.logits()[:, 0].numpy()).array, dtype=bool), fill=False)[0]
-    box = filled_box(truth[0]) if inside_box else np.ones(out.shape, dtype=bool)
+    inside = np.zeros(out.shape, dtype=bool)
+    if inside_box:
+        inside[math.ceil(y0):math.floor(y1) + 1, math.ceil(x0):math.floor(x1) + 1] = True
+    else:
+        inside[:] = True
     if fit == "ellipse":
-        out = moment_ellipse(ndimage.binary_fill_holes(largest_component(out & box)))
-    return out & box
+        out = moment_ellipse(ndimage.binary_fill_holes(largest_component(out & inside)))
+    return out & inside
+
+
+def _check_box(box: Sequence[float] | np.ndarray, height: int, width: int) -> tuple[float, float, float, float]:
+    """``box`` as four floats, or an error naming it (see :func:`segment_box`)."""
+    try:
+        values = np.asarray(box, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = np.full(1, np.nan)
+    x0, y0, x1, y1 = (float(v) for v in values) if values.size == 4 else (math.nan,) * 4
+    if not (0 <= x0 <= x1 <= width - 1 and 0 <= y0 <= y1 <= height - 1):  # NaN compares False
+        raise InvalidInputError(f"box: expected (x0, y0, x1, y1) with 0 <= x0 <= x1 <= {width - 1} and "
+                                f"0 <= y0 <= y1 <= {height - 1}, got {box!r}")
+    if math.ceil(x0) > math.floor(x1) or math.ceil(y0) > math.floor(y1):
+        raise InvalidInputError(f"box: expected a box holding at least one pixel centre, got {box!r}")
+    return x0, y0, x1, y1
 
 
 def _window(frames: np.ndarray) -> PercentileWindow | None:
@@ -396,4 +447,5 @@ def _window(frames: np.ndarray) -> PercentileWindow | None:
 
 
 __all__ = ["BOX_BASELINES", "BoxFit", "PromptKind", "Propagated", "RecordingPrompt", "RecordingScores", "box_ellipse", "box_prompt_image",
-           "correction_click", "filled_box", "mask_box", "moment_ellipse", "one_prompt_propagation", "track_recording"]
+           "correction_click", "filled_box", "mask_box", "moment_ellipse", "one_prompt_propagation", "segment_box",
+           "track_recording"]

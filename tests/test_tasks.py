@@ -22,6 +22,7 @@ from medsam2kit.tasks import (
     moment_ellipse,
     Propagated,
     one_prompt_propagation,
+    segment_box,
     track_recording,
 )
 from medsam2kit.volume import Volume
@@ -232,6 +233,56 @@ def test_box_prompt_image_shape_and_errors(random_predictor: SAM2Predictor) -> N
         box_prompt_image(random_predictor, image, mask[:, :10])
     with pytest.raises(InvalidInputError, match="empty"):
         box_prompt_image(random_predictor, image, np.zeros_like(mask))
+
+
+@pytest.mark.parametrize("zoom", [2.0, None])
+def test_segment_box_is_a_sam2_session_built_by_hand(random_predictor: SAM2Predictor, zoom: float | None) -> None:
+    """The crop, the box in the crop's frame and the paste back, against the steps written out
+    with the sequencer and the ROI helpers (the mask prompt's own box, as the task draws it)."""
+    from medsam2kit.roi import roi_around_masks
+    from medsam2kit.sequencer import sequence_frames
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (48, 70)).astype(np.uint8)
+    mask = np.zeros((48, 70), bool)
+    mask[12:30, 25:50] = True
+    roi = roi_around_masks([mask], (1, 48, 70), axis=0, zoom=zoom)
+    seq = sequence_frames(roi.crop(image[None]), image_size=random_predictor.image_size, window=None)
+    session = random_predictor.start(seq)
+    session.add_box(0, seq.boxes_to_frame(mask_box(roi.crop_slice(mask))))
+    logits = session.propagate("forward").logits()[:, 0].numpy()
+    by_hand = roi.paste(np.asarray(seq.to_volume_mask(logits).array, dtype=bool), fill=False)[0]
+    assert np.array_equal(segment_box(random_predictor, image, mask_box(mask), zoom=zoom, inside_box=False), by_hand)
+    assert np.array_equal(segment_box(random_predictor, image, (25, 12, 49, 29), zoom=zoom), by_hand & mask)
+
+
+def test_segment_box_cuts_a_fractional_box_to_the_pixel_centres_inside(random_predictor: SAM2Predictor) -> None:
+    image = np.random.default_rng(2).integers(0, 255, (30, 50)).astype(np.uint8)
+    raw = segment_box(random_predictor, image, (10.5, 5.2, 39.7, 19.9), inside_box=False)
+    cut = segment_box(random_predictor, image, (10.5, 5.2, 39.7, 19.9))
+    inside = np.zeros_like(raw)
+    inside[6:20, 11:40] = True  # rows 6..19, columns 11..39: the centres within the box
+    assert (raw & ~inside).any() and np.array_equal(cut, raw & inside)
+
+
+@pytest.mark.parametrize(("box", "match"), [
+    ((0, 0, 50, 10), r"box: expected \(x0, y0, x1, y1\) with 0 <= x0 <= x1 <= 49 and 0 <= y0 <= y1 <= 29"),
+    ((-1, 0, 10, 10), "x0 <= x1 <= 49"),
+    ((20, 5, 10, 10), "x0 <= x1 <= 49"),
+    ((0, 0, 10), "got \\(0, 0, 10\\)"),
+    ((0, float("nan"), 10, 10), "0 <= y0 <= y1 <= 29"),
+    (("a", 0, 10, 10), "box: expected"),
+    ((3.2, 3.2, 3.8, 3.8), "at least one pixel centre"),
+])
+def test_segment_box_refuses_a_bad_box_by_name(random_predictor: SAM2Predictor, box: tuple, match: str) -> None:
+    image = np.zeros((30, 50), np.uint8)
+    with pytest.raises(InvalidInputError, match=match):
+        segment_box(random_predictor, image, box)
+
+
+def test_segment_box_refuses_an_image_that_is_not_2d(random_predictor: SAM2Predictor) -> None:
+    with pytest.raises(ShapeMismatchError, match=r"image: expected a 2D \(H, W\) image, got shape \(2, 30, 50\)"):
+        segment_box(random_predictor, np.zeros((2, 30, 50), np.uint8), (0, 0, 10, 10))
 
 
 def _depth_brute_force(region: np.ndarray) -> np.ndarray:
