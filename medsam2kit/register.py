@@ -473,13 +473,11 @@ def vote_labels(supports: Sequence[Pair]) -> Volume:
         InvalidTypeError / ShapeMismatchError / GeometryError: not pairs of Volumes on the
             first support's grid.
     """
-    labels = _labels_on_one_grid(supports)
-    stack = np.stack([np.asarray(label.array) for label in labels])
-    ids = [int(x) for x in np.unique(stack) if x > 0]
-    out = np.zeros(labels[0].shape, stack.dtype)
+    first, stack, ids = _stacked_labels(supports)
+    out = np.zeros(first.shape, stack.dtype)
     for i in ids:
-        out[(stack == i).sum(axis=0) * 2 > len(labels)] = i
-    return labels[0].with_array(out)
+        out[(stack == i).sum(axis=0) * 2 > len(stack)] = i
+    return first.with_array(out)
 
 
 def held_by_supports(supports: Sequence[Pair]) -> dict[int, np.ndarray]:
@@ -498,9 +496,8 @@ def held_by_supports(supports: Sequence[Pair]) -> dict[int, np.ndarray]:
         InvalidTypeError / ShapeMismatchError / GeometryError: not pairs of Volumes on the
             first support's grid.
     """
-    labels = _labels_on_one_grid(supports)
-    stack = np.stack([np.asarray(label.array) for label in labels])
-    return {i: (stack == i).sum(axis=0) * 2 >= len(labels) for i in (int(x) for x in np.unique(stack) if x > 0)}
+    _, stack, ids = _stacked_labels(supports)
+    return {i: (stack == i).sum(axis=0) * 2 >= len(stack) for i in ids}
 
 
 def held_near(supports: Sequence[Pair], margin_mm: float) -> dict[int, np.ndarray]:
@@ -527,13 +524,16 @@ def held_near(supports: Sequence[Pair], margin_mm: float) -> dict[int, np.ndarra
             for i, held in held_by.items()}
 
 
-def _labels_on_one_grid(supports: Sequence[Pair]) -> list[Volume]:
+def _stacked_labels(supports: Sequence[Pair]) -> tuple[Volume, np.ndarray, list[int]]:
+    """The supports' label maps, checked to lie on one grid: the first (the grid), all of them
+    stacked ``(n, D, H, W)``, and the labels they hold (ascending, 0 left out)."""
     if not supports:
         raise InvalidInputError("supports: expected at least one (image, label) pair, got none")
     labels = [check_support_pair(pair, i)[1] for i, pair in enumerate(supports)]
     for i, label in enumerate(labels[1:], start=1):
         check_same_grid(label, labels[0], name=f"supports[{i}] label")
-    return labels
+    stack = np.stack([np.asarray(label.array) for label in labels])
+    return labels[0], stack, [int(x) for x in np.unique(stack) if x > 0]
 
 
 def check_support_pair(pair: object, index: int) -> Pair:

@@ -93,9 +93,14 @@ def filled_box(mask: np.ndarray) -> np.ndarray:
         >>> int(filled_box(m).sum())
         6
     """
-    x0, y0, x1, y1 = mask_box(mask).astype(int)
-    out = np.zeros(mask.shape, dtype=bool)
-    out[y0:y1 + 1, x0:x1 + 1] = True
+    return _box_pixels(mask_box(mask), mask.shape)
+
+
+def _box_pixels(box: Sequence[float] | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The pixels of a 2D grid whose centre lies in ``box`` ``(x0, y0, x1, y1)`` (inclusive)."""
+    x0, y0, x1, y1 = box
+    out = np.zeros(shape, dtype=bool)
+    out[math.ceil(y0):math.floor(y1) + 1, math.ceil(x0):math.floor(x1) + 1] = True
     return out
 
 
@@ -417,11 +422,7 @@ def segment_box(predictor: SAM2Predictor, image: np.ndarray, box: Sequence[float
     session.add_box(0, seq.boxes_to_frame(np.array([x0 - c0, y0 - r0, x1 - c0, y1 - r0], dtype=np.float64)))
     result = session.propagate("forward")
     out = roi.paste(np.asarray(seq.to_volume_mask(result.logits()[:, 0].numpy()).array, dtype=bool), fill=False)[0]
-    inside = np.zeros(out.shape, dtype=bool)
-    if inside_box:
-        inside[math.ceil(y0):math.floor(y1) + 1, math.ceil(x0):math.floor(x1) + 1] = True
-    else:
-        inside[:] = True
+    inside = _box_pixels((x0, y0, x1, y1), out.shape) if inside_box else np.ones(out.shape, dtype=bool)
     if fit == "ellipse":
         out = moment_ellipse(ndimage.binary_fill_holes(largest_component(out & inside)))
     return out & inside
