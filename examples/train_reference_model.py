@@ -1,4 +1,4 @@
-"""Reproduce the bundled micro reference models from their seeds (two CPU cores are enough).
+r"""Reproduce the bundled micro reference models from their seeds (two CPU cores are enough).
 
     python examples/train_reference_model.py                       # a real-image run (see below)
     python examples/train_reference_model.py --recipe phantoms     # the phantom-only model
@@ -15,7 +15,8 @@ such runs, each from the previous one's weights with another seed (new clips):
 
     python examples/train_reference_model.py --threads 1 --export runs/stage1.pt
     python examples/train_reference_model.py --threads 1 --seed 1 --init runs/stage1.pt --out runs/reference_real2 --export runs/stage2.pt
-    python examples/train_reference_model.py --threads 1 --seed 2 --steps 1200 --init runs/stage2.pt --out runs/reference_real3
+    python examples/train_reference_model.py --threads 1 --seed 2 --steps 1200 --init runs/stage2.pt \
+        --sources phantoms,volumes,zoom,carotid,fetal --out runs/reference_real3
 
 A recipe-selection run (``--exclude-validation``, with ``--image-size`` / ``--augment`` for the
 alternatives) leaves the validation cases (:data:`medsam2kit.reference.VALIDATION`) out of
