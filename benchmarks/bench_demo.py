@@ -26,7 +26,7 @@ from common import print_table, timed, write_json  # noqa: E402
 
 from medsam2kit._data import shared_data_dir  # noqa: E402
 from medsam2kit.demo import run_demo  # noqa: E402
-from medsam2kit.models import REFERENCE_CAROTID, REFERENCE_FETAL_HEAD  # noqa: E402
+from medsam2kit.models import REFERENCE_CAROTID, REFERENCE_FETAL_HEAD, REFERENCE_VOLUMES  # noqa: E402
 from medsam2kit.predictor import SAM2Predictor  # noqa: E402
 from medsam2kit.reference import reference_predictor  # noqa: E402
 
@@ -35,9 +35,11 @@ def run(jobs: int, data: Path | None) -> dict[str, Any]:
     predictor = reference_predictor("cpu")
     task_models = {"box prompt": {"sam2 fetal-head model": SAM2Predictor.from_pretrained(REFERENCE_FETAL_HEAD, device="cpu")},
                    "tracking": {"sam2 carotid model": SAM2Predictor.from_pretrained(REFERENCE_CAROTID, device="cpu")}}
+    volumes = SAM2Predictor.from_pretrained(REFERENCE_VOLUMES, device="cpu")  # as medsam2kit demo
     with tempfile.TemporaryDirectory() as tmp:
         seconds, summary = timed(lambda: run_demo(Path(tmp) / "demo", predictor, data_dir=data, jobs=jobs,
-                                                  task_models=task_models, say=lambda line: None))
+                                                  task_models=task_models, say=lambda line: None,
+                                                  volumes_model=volumes))
     slowest = max(summary["seconds"], key=summary["seconds"].get)
     return {"jobs": jobs, "seconds": seconds, "slowest_case": slowest, "slowest_seconds": summary["seconds"][slowest],
             "case_seconds": summary["seconds"], "mean_dice": summary["mean_dice"]}

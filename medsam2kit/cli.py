@@ -15,8 +15,10 @@ Output label maps in a folder are named ``<case>_labels.nii.gz``, the case named
 ``a_labels.nii.gz``, which pairs with the reference ``a_label.nii.gz``.
 
 The commands that run SAM2 take ``--model NAME|PATH`` (a zoo name, downloaded and checked on first
-use, or a checkpoint file); without it they use the bundled reference model (a micro SAM 2.1) and
-say so in one line. ``--config``/``--checkpoint`` are the expert form; random weights only with
+use, or a checkpoint file); without it they use a bundled reference model (a micro SAM 2.1) and
+say so in one line: ``reference-volumes`` for a CT or MRI volume (``propagate``, ``fewshot``,
+``segment``; chosen on the validation cases), ``reference`` for a recording and in the demo's
+ultrasound rows. ``--config``/``--checkpoint`` are the expert form; random weights only with
 ``--random-init``.
 
 Example:
@@ -131,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
             "prompts on images (beside the filled box and the ellipse in it). Writes NIfTI masks "
             "with each input's geometry, titled PNG overlays, dice_table.md/.csv and summary.json "
             "to --out. The default model is the bundled micro reference model, fine-tuned on a few real cases "
-            "(not for clinical use); --model picks another (see 'medsam2kit models'); "
+            "(not for clinical use), with its volumes task model (reference-volumes) on the volumes, as the "
+            "commands use them; --model picks another (see 'medsam2kit models'); "
             "--random-init runs with random weights: the run is real, the masks are not meaningful."
         ),
         epilog=_DEMO_EXAMPLE,
@@ -373,7 +376,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (default: the bundled reference model, a micro SAM 2.1)")
+    group = parser.add_argument_group("model (default: a bundled micro SAM 2.1, reference-volumes on CT and MRI "
+                                      "volumes, reference on recordings and images)")
     group.add_argument("--model", default=None, metavar="NAME|PATH",
                        help="a model zoo name ('medsam2kit models' lists them; downloaded and checked on first "
                             "use) or a checkpoint file (config guessed from its keys)")
@@ -405,14 +409,15 @@ def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"{args.command}: --random-init conflicts with --checkpoint")
 
 
-def _predictor(args: argparse.Namespace) -> Any:
-    """The predictor the model options ask for; prints one line saying which model it is."""
-    return _load_predictor(args)[0]
+def _predictor(args: argparse.Namespace, default: str | None = None) -> Any:
+    """The predictor the model options ask for (``default``: the zoo name used when they name
+    none, :data:`~medsam2kit.models.REFERENCE` if ``None``); prints one line saying which model it is."""
+    return _load_predictor(args, default)[0]
 
 
-def _load_predictor(args: argparse.Namespace) -> tuple[Any, str, str]:
+def _load_predictor(args: argparse.Namespace, default: str | None = None) -> tuple[Any, str, str]:
     """(predictor, one line saying which model, its config); prints the line (a warning for random init)."""
-    predictor, line, config = _build_predictor(args)
+    predictor, line, config = _build_predictor(args, default)
     store = getattr(args, "feature_store", None)
     if store is not None:
         import torch
@@ -424,7 +429,7 @@ def _load_predictor(args: argparse.Namespace) -> tuple[Any, str, str]:
     return predictor, line, config
 
 
-def _build_predictor(args: argparse.Namespace) -> tuple[Any, str, str]:
+def _build_predictor(args: argparse.Namespace, default_model: str | None = None) -> tuple[Any, str, str]:
     from medsam2kit.predictor import SAM2Predictor, resolve_config
     from medsam2kit.reference import REFERENCE_CONFIG
 
@@ -447,7 +452,7 @@ def _build_predictor(args: argparse.Namespace) -> tuple[Any, str, str]:
         predictor = SAM2Predictor.from_config(args.config, args.checkpoint, device=args.device, image_size=size)
         line, config = f"{args.checkpoint} ({args.config}, {predictor.image_size} px)", str(args.config)
     else:
-        target = args.model if args.model is not None else (args.checkpoint or REFERENCE)
+        target = args.model if args.model is not None else (args.checkpoint or default_model or REFERENCE)
         loaded = load_model(target, image_size=size, device=args.device)
         predictor = SAM2Predictor(loaded.model)
         line, config = loaded.describe(), loaded.config
@@ -623,6 +628,7 @@ def _demo(args: argparse.Namespace) -> int:
     from medsam2kit._data import shared_data_dir
     from medsam2kit._parallel import usable_cores, worker_threads
     from medsam2kit.demo import DEMO_ADAPT_STEPS, run_demo
+    from medsam2kit.models import REFERENCE_VOLUMES
 
     out: Path = args.out
     _check_out(args, out, folder=True, contents=_DEMO_OUTPUTS)
@@ -636,25 +642,46 @@ def _demo(args: argparse.Namespace) -> int:
     cpu = predictor.device.type == "cpu"
     jobs = args.jobs if args.jobs is not None else (2 if cpu and usable_cores() >= 2 else 1)
     threads = worker_threads(jobs) if jobs > 1 else torch.get_num_threads()
+    volumes = _demo_volumes_model(args, predictor.device)
     info = {"config": config, "model": model, "device": str(predictor.device),
+            "volumes_model": None if volumes is None else REFERENCE_VOLUMES,
             "data_dir": None if data_dir is None else str(data_dir), "jobs": jobs, "torch_threads": threads}
     summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,
                        info=info, say=lambda line: _say(args, line), progress=lambda line: _stage(args, line),
-                       adapt=adapt, task_models=_demo_task_models(args, predictor.device), jobs=jobs)
+                       adapt=adapt, task_models=_demo_task_models(args, predictor.device), jobs=jobs,
+                       volumes_model=volumes)
     _say(args, f"wrote {out}/ ({len(summary['cases'])} cases, {summary['seconds_total']} s)")
     return 0
+
+
+def _demo_default_model(args: argparse.Namespace) -> bool:
+    """Whether the demo runs the bundled default model (no other model asked for)."""
+    from medsam2kit.models import REFERENCE
+
+    return (args.model in (None, REFERENCE) and args.checkpoint is None and args.config is None
+            and not args.random_init and args.image_size is None)
+
+
+def _demo_volumes_model(args: argparse.Namespace, device: Any) -> Any:
+    """The model of the demo's volume cases: ``reference-volumes`` with the bundled default
+    model, as the commands use it on volumes (``None``: the model asked for)."""
+    from medsam2kit.models import REFERENCE_VOLUMES
+    from medsam2kit.predictor import SAM2Predictor
+
+    if not _demo_default_model(args):
+        return None
+    _say(args, f"volumes: bundled model {REFERENCE_VOLUMES} (the default for CT and MRI volumes)")
+    return SAM2Predictor.from_pretrained(REFERENCE_VOLUMES, device=device)
 
 
 def _demo_task_models(args: argparse.Namespace, device: Any) -> dict[str, dict[str, Any]]:
     """The task models the demo scores beside the bundled default model, per task: the
     fetal-head model on the fetal-head images, the carotid model on the recordings (none when
     another model was asked for)."""
-    from medsam2kit.models import REFERENCE, REFERENCE_CAROTID, REFERENCE_FETAL_HEAD
+    from medsam2kit.models import REFERENCE_CAROTID, REFERENCE_FETAL_HEAD
     from medsam2kit.predictor import SAM2Predictor
 
-    default = (args.model in (None, REFERENCE) and args.checkpoint is None and args.config is None
-               and not args.random_init and args.image_size is None)
-    if not default:
+    if not _demo_default_model(args):
         return {}
     return {"box prompt": {"sam2 fetal-head model": SAM2Predictor.from_pretrained(REFERENCE_FETAL_HEAD, device=device)},
             "tracking": {"sam2 carotid model": SAM2Predictor.from_pretrained(REFERENCE_CAROTID, device=device)}}
@@ -690,6 +717,7 @@ def _fewshot(args: argparse.Namespace) -> int:
     from medsam2kit.dicom_seg import algorithm_name, write_labels
     from medsam2kit.fewshot import FewShotPipeline, SupportBank, SupportMemoryAssembler, SupportPrior
     from medsam2kit.io import load_label, load_volume
+    from medsam2kit.models import REFERENCE_VOLUMES
     from medsam2kit.register import RegistrationConfig
 
     if bool(args.support) == (args.bank is not None):
@@ -718,7 +746,7 @@ def _fewshot(args: argparse.Namespace) -> int:
     fmt, jobs = _label_map_jobs(args, args.query, name="--query")
     if args.save_bank is not None:
         _check_out(args, args.save_bank, name="--save-bank")
-    predictor = _predictor(args)
+    predictor = _predictor(args, REFERENCE_VOLUMES)
     start = time.perf_counter()
     if args.bank is not None:
         _stage(args, f"loading the support bank {args.bank}")
@@ -776,12 +804,14 @@ BUNDLED_ADAPT_STEPS = 200
 
 
 def _bundled_model(args: argparse.Namespace) -> bool:
-    """Whether the model options name a bundled model (none given: the bundled default)."""
-    from medsam2kit.models import REFERENCE, find_entry
+    """Whether the model options name a bundled model (none given: a bundled default)."""
+    from medsam2kit.models import find_entry
 
     if args.random_init or args.config is not None or args.checkpoint is not None:
         return False
-    entry = find_entry(args.model if args.model is not None else REFERENCE)
+    if args.model is None:
+        return True
+    entry = find_entry(args.model)
     return entry is not None and entry.bundled
 
 
@@ -790,6 +820,7 @@ def _propagate(args: argparse.Namespace) -> int:
 
     from medsam2kit.dicom_seg import algorithm_name, check_dicom_inputs, resolve_output_format, write_labels
     from medsam2kit.io import load_label, load_volume
+    from medsam2kit.models import REFERENCE, REFERENCE_VOLUMES
     from medsam2kit.pipelines import PromptPrior, default_propagation_config, propagate_prompts
     from medsam2kit.roi import check_zoom
 
@@ -823,7 +854,7 @@ def _propagate(args: argparse.Namespace) -> int:
     if args.prior is not None:
         changes["prior"] = PromptPrior() if args.prior else None
     config = dataclasses.replace(default_propagation_config(image), **changes)
-    predictor = _predictor(args)
+    predictor = _predictor(args, REFERENCE if recording else REFERENCE_VOLUMES)
     start = time.perf_counter()
     _stage(args, f"{'recording' if recording else 'volume'} {image.shape}: "
                  + (f"zoom {config.zoom:g}" if config.zoom else f"whole {'frames' if recording else 'slices'}") + ", "
@@ -850,6 +881,7 @@ def _segment(args: argparse.Namespace) -> int:
     from medsam2kit.coarse import CoarseSegmenter
     from medsam2kit.dicom_seg import algorithm_name, write_labels
     from medsam2kit.io import load_volume
+    from medsam2kit.models import REFERENCE_VOLUMES
     from medsam2kit.pipelines import SAM2Med3DConfig, SAM2Med3DPipeline
     from medsam2kit.prompts import SliceFilterConfig
 
@@ -860,7 +892,7 @@ def _segment(args: argparse.Namespace) -> int:
     coarse = CoarseSegmenter.load(args.coarse)
     config = SAM2Med3DConfig(slice_filter=SliceFilterConfig(k=args.k), prompt_kind=args.prompt,
                              propagation=args.propagation, zoom=args.zoom)
-    pipeline = SAM2Med3DPipeline(coarse, _predictor(args), config)
+    pipeline = SAM2Med3DPipeline(coarse, _predictor(args, REFERENCE_VOLUMES), config)
     for path, out in _progress(args, jobs, "segment"):
         volume = load_volume(path)
         if len(jobs) == 1:

@@ -340,7 +340,7 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
              say: Callable[[str], None] = print, progress: Callable[[str], None] | None = None,
              adapt: AdaptConfig | None = AdaptConfig(steps=DEMO_ADAPT_STEPS),
              task_models: Mapping[str, Mapping[str, SAM2Predictor]] | None = None, jobs: int = 1,
-             cases: Sequence[DemoCase] | None = None) -> dict[str, Any]:
+             cases: Sequence[DemoCase] | None = None, volumes_model: SAM2Predictor | None = None) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
     ``say`` receives the results (a line per case, the table); ``progress`` one line as each
@@ -350,7 +350,9 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     ``predictor``, per task (``"box prompt"``: the fetal-head images, :func:`run_images`;
     ``"tracking"``: the recordings, :func:`run_recording`), each method name -> predictor;
     ``medsam2kit demo`` passes the ``reference-fetal-head`` and ``reference-carotid`` models
-    with the default model. ``jobs``: cases run at once, each in a process of its own with the
+    with the default model. ``volumes_model``: the model of the volume cases (propagation,
+    FATE-SAM, SAM2Med3D) in place of ``predictor``; ``medsam2kit demo`` passes
+    ``reference-volumes`` with the default model, as the commands use it on volumes. ``jobs``: cases run at once, each in a process of its own with the
     cores shared among them (:func:`medsam2kit._parallel.run_calls`; the predictors then travel
     to the workers by pickling); the table and summary are the same whatever order they end in.
     ``medsam2kit demo`` runs two at once on a CPU of two cores or more: the small model's steps
@@ -391,7 +393,7 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
             stage = _Lines(stack.enter_context(multiprocessing.get_context("spawn").Manager()).Queue())
             stack.enter_context(_passing_on(stage.queue, progress))
         work: list[tuple[str, Callable[[], list[DiceRow]]]] = [
-            (case.name, partial(run_case, predictor, case, out, coarse_steps=coarse_steps,
+            (case.name, partial(run_case, volumes_model or predictor, case, out, coarse_steps=coarse_steps,
                                 generator=torch.Generator().manual_seed(seed), progress=stage, adapt=adapt))
             for case in cases]
         work += [(rec.name, partial(run_recording, predictor, rec.name, rec.image, rec.label, out,

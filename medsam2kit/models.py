@@ -304,7 +304,8 @@ def _references() -> tuple[ModelEntry, ...]:
         _bundled(REFERENCE_CAROTID, CAROTID_WEIGHTS, "task model: the bundled reference model fine-tuned on "
                  "carotid B-mode recordings for tracking the common carotid artery; not for clinical use"),
         _bundled(REFERENCE_VOLUMES, VOLUMES_WEIGHTS, "task model: the bundled reference model fine-tuned on "
-                 "the labelled CT and MRI volumes (and phantoms) for one-prompt propagation; not for clinical use"),
+                 "the labelled CT and MRI volumes (and phantoms) for one-prompt propagation; the commands' default on "
+                 "a volume; not for clinical use"),
     )
 
 

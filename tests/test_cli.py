@@ -95,7 +95,8 @@ def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
         assert nib.aff2axcodes(other.affine) == nib.aff2axcodes(image.affine)
     assert all((case / f"overlay_{m}.png").stat().st_size > 1000 for m in methods)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["cases"] == ["phantom_0"] and summary["model"].startswith("bundled model reference")
+    assert summary["cases"] == ["phantom_0"] and summary["model"].startswith("bundled model reference ")
+    assert summary["volumes_model"] == "reference-volumes"  # the volumes' model, as the commands use it
     rows = (out / "dice_table.csv").read_text().splitlines()
     assert rows[0] == "task,case,label,method,dice"
     # labels 1, 2 x (fate-sam, vote, coarse, fused) + propagation x 6
@@ -286,9 +287,9 @@ def test_segment_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
                  "--out", str(out), "--k", "2"]) == 0
     vol = load_volume(tmp_path / "img.nii.gz")
     assert load_label(out, like=vol).shape == vol.shape
-    # no model option: the bundled reference model, said in one line
+    # no model option: the bundled model for volumes, said in one line
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model:")]
-    assert lines == ["model: bundled model reference (sam2.1_hiera_micro, 128 px; not for clinical use); "
+    assert lines == ["model: bundled model reference-volumes (sam2.1_hiera_micro, 128 px; not for clinical use); "
                      "use --model for another"]
     assert main(["segment", "--input", str(tmp_path / "img.nii.gz"), "--coarse", str(tmp_path / "coarse.pt"),
                  "--out", str(out), "--k", "2", "--random-init", "--quiet", "--overwrite"]) == 0
@@ -393,5 +394,8 @@ def test_fewshot_adapts_a_bundled_model_by_default(tmp_path: Path, capsys: pytes
             (["--adapt-steps", "0"], None), (["--save-bank", str(tmp_path / "b.pt")], None), (["--random-init"], None)]
     for n, (extra, line) in enumerate(runs):
         assert main([*base, "--out", str(tmp_path / f"q{n}_labels.nii.gz"), *extra]) == 0
-        err = capsys.readouterr().err
+        captured = capsys.readouterr()
+        err = captured.err
+        if "--random-init" not in extra:  # the bundled model of volumes, said in one line
+            assert captured.out.startswith("model: bundled model reference-volumes "), captured.out
         assert (line in err) if line else ("adapting a copy" not in err), (extra, err)

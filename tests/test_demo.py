@@ -211,3 +211,20 @@ def test_run_demo_in_two_processes_keeps_the_cases_order_and_their_progress(
     assert any(line.startswith("slow: registering 1 support(s)") for line in lines)
     assert (tmp_path / "out" / "slow" / "fewshot.nii.gz").is_file()
     assert (tmp_path / "out" / "dice_table.md").is_file()
+
+
+def test_run_demo_runs_the_volume_cases_with_the_volumes_model(predictor: SAM2Predictor, tmp_path: Path) -> None:
+    """``volumes_model`` takes ``predictor``'s place on the volume cases (as ``medsam2kit demo``
+    passes ``reference-volumes``): the rows are those of :func:`run_case` with it, not with ``predictor``."""
+    from medsam2kit.demo import DemoCase, run_case, run_demo
+
+    volumes = SAM2Predictor.from_pretrained("reference-volumes", device="cpu")
+    case = DemoCase("quick", ellipsoid_phantom((5, 28, 28), rng=3), (), ())
+    summary = run_demo(tmp_path / "out", predictor, adapt=None, say=lambda line: None, cases=[case],
+                       volumes_model=volumes)
+    got = [(r["task"], r["label"], r["method"], r["dice"]) for r in summary["rows"]]
+
+    def rows(model: SAM2Predictor) -> list[tuple[str, int, str, float]]:
+        return [(r.task, r.label, r.method, r.dice) for r in run_case(model, case, adapt=None)]
+
+    assert got == rows(volumes) and got != rows(predictor)

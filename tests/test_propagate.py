@@ -302,11 +302,12 @@ def test_cli_writes_the_label_map_of_propagate_prompts(case: tuple[Path, Path, V
     captured = capsys.readouterr()
     assert "kept connected to the prompts, the drawn shapes as a prior near their slices, overlaps to the nearest prompt" \
         in captured.err
-    assert captured.out.splitlines()[0].startswith("model: bundled model reference")
+    assert captured.out.splitlines()[0].startswith("model: bundled model reference-volumes ")  # a volume's default
     assert f"wrote {out} (voxels per label" in captured.out and "prompt slices {1: [5], 2: [4]} along axis 0" in captured.out
     written = load_label(out, like=image)
     assert np.allclose(nib.load(out).affine, nib.load(img_path).affine)
-    expected = propagate_prompts(SAM2Predictor.from_pretrained("reference", device="cpu"), image, drawn)
+    volumes = SAM2Predictor.from_pretrained("reference-volumes", device="cpu")
+    expected = propagate_prompts(volumes, image, drawn)
     assert np.array_equal(written.array, expected.labels.array) and written.array.any()
     # --zoom 0: whole slices; --prompt box; --no-connected
     other = tmp_path / "whole.nii.gz"
@@ -321,14 +322,14 @@ def test_cli_writes_the_label_map_of_propagate_prompts(case: tuple[Path, Path, V
     assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
                  "--overwrite", "--adapt-steps", "0", "--overlaps", "logit"]) == 0
     assert "overlaps to the nearest prompt" not in capsys.readouterr().err
-    by_logit = propagate_prompts(SAM2Predictor.from_pretrained("reference", device="cpu"), image, drawn,
+    by_logit = propagate_prompts(volumes, image, drawn,
                                  PromptPropagationConfig(overlaps="logit"))
     assert np.array_equal(load_label(other, like=image).array, by_logit.labels.array)
     # --no-prior: SAM2's logits as they are, as propagate_prompts gives them with prior=None
     assert main(["propagate", "--input", str(img_path), "--prompts", str(prompts_path), "--out", str(other),
                  "--overwrite", "--adapt-steps", "0", "--no-prior"]) == 0
     assert "as a prior" not in capsys.readouterr().err
-    no_prior = propagate_prompts(SAM2Predictor.from_pretrained("reference", device="cpu"), image, drawn,
+    no_prior = propagate_prompts(volumes, image, drawn,
                                  PromptPropagationConfig(prior=None))
     assert np.array_equal(load_label(other, like=image).array, no_prior.labels.array)
     assert not np.array_equal(no_prior.labels.array, expected.labels.array)
@@ -394,7 +395,9 @@ def test_a_recording_is_tracked_on_whole_frames_whole_masks_without_adaptation(t
     out = tmp_path / "clip_labels.nii.gz"
     assert main(["propagate", "--input", str(tmp_path / "clip.npz"), "--prompts", str(tmp_path / "drawn.npz"),
                  "--out", str(out)]) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert captured.out.startswith("model: bundled model reference (")  # a recording's default
     assert "recording (6, 64, 56): whole frames, whole masks, no adaptation" in err and "adaptation step" not in err
     cine = load_volume(tmp_path / "clip.npz")
     assert cine.kind == "cine" and default_propagation_config(cine) == PromptPropagationConfig(
