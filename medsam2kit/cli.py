@@ -790,7 +790,7 @@ def _fewshot(args: argparse.Namespace) -> int:
         if len(jobs) == 1:
             _stage(args, f"segmenting {query_path} ({query.shape}): {how}")
         result = segment(query)
-        write_labels(result.labels, query, out, fmt=fmt, algorithm=algorithm_name(args))
+        write_labels(result.labels, query, out, fmt=fmt, algorithm=algorithm_name(args, REFERENCE_VOLUMES))
         counts = {lab: int((result.labels.array == lab).sum()) for lab in sorted(result.logits)}
         _say(args, f"wrote {out} (voxels per label {counts}; {'aligned supports; ' if align else ''}"
                    f"{result.encoder_calls} query encoder calls; {time.perf_counter() - start:.1f} s)")
@@ -854,7 +854,8 @@ def _propagate(args: argparse.Namespace) -> int:
     if args.prior is not None:
         changes["prior"] = PromptPrior() if args.prior else None
     config = dataclasses.replace(default_propagation_config(image), **changes)
-    predictor = _predictor(args, REFERENCE if recording else REFERENCE_VOLUMES)
+    default_model = REFERENCE if recording else REFERENCE_VOLUMES
+    predictor = _predictor(args, default_model)
     start = time.perf_counter()
     _stage(args, f"{'recording' if recording else 'volume'} {image.shape}: "
                  + (f"zoom {config.zoom:g}" if config.zoom else f"whole {'frames' if recording else 'slices'}") + ", "
@@ -869,7 +870,7 @@ def _propagate(args: argparse.Namespace) -> int:
             _stage(args, f"adaptation step {done} / {steps} ({time.perf_counter() - start:.0f} s)")
 
     result = propagate_prompts(predictor, image, prompts, config, progress=report)
-    write_labels(result.labels, image, out, fmt=fmt, algorithm=algorithm_name(args))
+    write_labels(result.labels, image, out, fmt=fmt, algorithm=algorithm_name(args, default_model))
     counts = {lab: int((result.labels.array == lab).sum()) for lab in result.prompt_slices}
     slices = {lab: list(s) for lab, s in result.prompt_slices.items()}
     _say(args, f"wrote {out} (voxels per label {counts}; prompt slices {slices} along axis {result.axis}; "
@@ -899,7 +900,7 @@ def _segment(args: argparse.Namespace) -> int:
             _stage(args, f"segmenting {path} ({volume.shape}): coarse network, prompt slices, SAM2 propagation, "
                          "fusion")
         result = pipeline.run(volume)
-        write_labels(result.labels, volume, out, fmt=fmt, algorithm=algorithm_name(args))
+        write_labels(result.labels, volume, out, fmt=fmt, algorithm=algorithm_name(args, REFERENCE_VOLUMES))
         chosen = {lab: list(o.selection.indices) for lab, o in result.outcomes.items()}
         _say(args, f"wrote {out} (prompt slices {chosen}; {result.encoder_calls} encoder calls; "
                    + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()) + ")")

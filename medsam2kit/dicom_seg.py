@@ -277,13 +277,15 @@ def write_labels(
     return save_mask(labels, like, path)
 
 
-def algorithm_name(options: Any) -> str:
+def algorithm_name(options: Any, default: str | None = None) -> str:
     """The algorithm name a command records in a DICOM SEG, from its model options (``--model``,
-    ``--config``, ``--checkpoint``, ``--random-init``): the zoo name (``"reference"`` for the
-    bundled default), else the checkpoint's file stem, and ``"(random init)"`` for random weights.
+    ``--config``, ``--checkpoint``, ``--random-init``): the zoo name (``default`` when none is
+    named), else the checkpoint's file stem, and ``"(random init)"`` for random weights.
 
     Args:
         options: the parsed command line (any object with those attributes; missing ones are unset).
+        default: the zoo name of the bundled model the command uses when none is named
+            (``None``: ``"reference"``; on a volume the commands use ``"reference-volumes"``).
 
     Example:
         >>> from argparse import Namespace
@@ -291,6 +293,8 @@ def algorithm_name(options: Any) -> str:
         'sam2.1_hiera_tiny'
         >>> algorithm_name(Namespace(model=None, config=None, checkpoint=None, random_init=False))
         'reference'
+        >>> algorithm_name(Namespace(model=None, config=None, checkpoint=None, random_init=False), "reference-volumes")
+        'reference-volumes'
         >>> algorithm_name(Namespace(model=None, config=None, checkpoint=None, random_init=True))
         'sam2.1_hiera_micro (random init)'
     """
@@ -307,7 +311,7 @@ def algorithm_name(options: Any) -> str:
         return _short(checkpoint) + (f" ({_short(config)})" if config is not None else "")
     from medsam2kit.models import REFERENCE
 
-    return REFERENCE
+    return default or REFERENCE
 
 
 def _short(value: Any) -> str:

@@ -455,6 +455,10 @@ def test_cli_propagate_dicom_in_dicom_seg_out(axial: tuple[Path, list[Dataset]],
     seg = pydicom.dcmread(out)
     assert seg.Modality == "SEG" and seg.ManufacturerModelName == "sam2.1_hiera_micro (random init)"
     assert load_label(out, like=image).shape == image.shape
+    # no model named: the SEG records the model that ran, the bundled default for volumes
+    assert main(["propagate", "--input", str(folder), "--prompts", str(prompts), "--out", str(out), "-q",
+                 "--overwrite", "--adapt-steps", "0", "--device", "cpu"]) == 0
+    assert pydicom.dcmread(out).ManufacturerModelName == "reference-volumes"
 
 
 def test_cli_fewshot_format_errors(axial: tuple[Path, list[Dataset]], tmp_path: Path,
