@@ -24,7 +24,7 @@ recording or image; ``--split validation``: the recipe-selection cases of
   fitted on them, fused with SAM2) against the coarse network alone;
 * carotid recordings: first-frame mask propagation (Dice, J&F) against copying the first mask;
 * fetal-head images: box prompts (zoomed, :data:`medsam2kit.roi.DEFAULT_ZOOM`; the mask cut to the
-  box, as SAM2 gives it, and the ellipse with the cut mask's moments) against the filled box and
+  box, as SAM2 gives it, and the ellipse fitted to it, ``fit="ellipse"``) against the filled box and
   the ellipse inscribed in it.
 
 Writes ``rows.csv`` (one row per case, label, task and method), ``per_case.md`` (a line per case

@@ -23,7 +23,8 @@ reference model trained on):
 * ``tracking``: a carotid ultrasound recording from the mask of its first labelled frame,
   beside ``copy first mask``;
 * ``box prompt``: fetal-head ultrasound images from the box around the head (zoomed, the mask
-  cut to the box, then replaced by the ellipse with its moments, as HC18 heads are annotated:
+  cut to the box, then replaced by the ellipse with its moments, as HC18 heads are annotated;
+  SAM2 averaged with its mirror image, the moments of the mask's convex hull:
   :func:`medsam2kit.tasks.box_prompt_image` with ``fit="ellipse"``), beside the ``filled box``
   and the ``ellipse in the box``.
 
