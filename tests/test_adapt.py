@@ -112,6 +112,7 @@ def test_the_task_propagates_with_the_adapted_copy() -> None:
 
 
 @pytest.mark.semantic
+@pytest.mark.slow
 def test_adaptation_helps_the_default_model_on_a_held_out_ct_lesion(shared_data: Path, one_torch_thread: None) -> None:
     """The semantic claim of the model card, on one held-out case (the CT lesion 000009)."""
     from medsam2kit.reference import reference_predictor, shared_volumes
@@ -192,6 +193,7 @@ def test_fewshot_pipeline_adapts_to_its_supports_first() -> None:
 
 
 @pytest.mark.semantic
+@pytest.mark.slow
 def test_adapting_to_the_supports_helps_fate_sam_on_the_held_out_hippocampus(shared_data: Path,
                                                                             one_torch_thread: None) -> None:
     """The model card's FATE-SAM row: hippocampus 199 from the training cases (measured, mean of

@@ -137,6 +137,7 @@ def test_cell_config_draws_training_recordings_and_the_paradigm_data() -> None:
 
 
 @needs_data
+@pytest.mark.slow
 def test_study_quick_runs_end_to_end_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from medsam2kit.cli import main
 
@@ -184,6 +185,7 @@ def test_study_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_newcomers_finetune_of_the_bundled_model_moves_held_out_dice(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """``finetune`` with no optimiser keys on the bundled model (the model's defaults, chosen by the
