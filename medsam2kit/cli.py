@@ -265,7 +265,9 @@ def _parser() -> argparse.ArgumentParser:
             "per slice, e.g. painted in ITK-SNAP or 3D Slicer on the image's grid), is one object prompted "
             "on each of its slices by that mask (or the box around it, --prompt box) and propagated both "
             "ways; each slice is encoded once. By default, for a volume, SAM2 sees the slices cropped to "
-            "2 times the prompts' box, each drawn mask's shape is added to its label's logits on the slices "
+            "2 times the prompts' box, with the default model a second run on the mirrored slices is averaged in "
+            "(--no-mirror: one run), "
+            "each drawn mask's shape is added to its label's logits on the slices "
             "near it (--no-prior: SAM2's logits alone), a voxel that several labels claim goes to the label "
             "drawn nearest, each label keeps the parts of its mask connected to its prompts, and "
             "with a bundled model a copy of it is first adapted to the prompts (200 steps); a recording "
@@ -304,6 +306,10 @@ def _parser() -> argparse.ArgumentParser:
                            help="add each drawn mask's shape to its label's logits on the slices near it where SAM2 "
                                 "sees the label (medsam2kit.pipelines.PromptPrior; mask prompts; default: yes for a "
                                 "volume, no for a recording)")
+    propagate.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                           help="also propagate the slices mirrored left to right and average the two runs' logits "
+                                "(mask prompts; each slice encoded twice; default: yes on a volume with the bundled "
+                                "reference-volumes, which trained with horizontal flips; no otherwise)")
     propagate.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                            help="slicing axis of the array (default: the axis of largest spacing; time for a recording)")
     propagate.add_argument("--format", choices=("nifti", "dicom-seg"), default=None,
@@ -644,12 +650,12 @@ def _demo(args: argparse.Namespace) -> int:
     threads = worker_threads(jobs) if jobs > 1 else torch.get_num_threads()
     volumes = _demo_volumes_model(args, predictor.device)
     info = {"config": config, "model": model, "device": str(predictor.device),
-            "volumes_model": None if volumes is None else REFERENCE_VOLUMES,
+            "volumes_model": None if volumes is None else REFERENCE_VOLUMES, "volumes_mirror": volumes is not None,
             "data_dir": None if data_dir is None else str(data_dir), "jobs": jobs, "torch_threads": threads}
     summary = run_demo(out, predictor, seed=args.seed, data_dir=data_dir, coarse_steps=args.coarse_steps,
                        info=info, say=lambda line: _say(args, line), progress=lambda line: _stage(args, line),
                        adapt=adapt, task_models=_demo_task_models(args, predictor.device), jobs=jobs,
-                       volumes_model=volumes)
+                       volumes_model=volumes, mirror=volumes is not None)
     _say(args, f"wrote {out}/ ({len(summary['cases'])} cases, {summary['seconds_total']} s)")
     return 0
 
@@ -670,7 +676,8 @@ def _demo_volumes_model(args: argparse.Namespace, device: Any) -> Any:
 
     if not _demo_default_model(args):
         return None
-    _say(args, f"volumes: bundled model {REFERENCE_VOLUMES} (the default for CT and MRI volumes)")
+    _say(args, f"volumes: bundled model {REFERENCE_VOLUMES} (the default for CT and MRI volumes), "
+               "mask propagation averaged with the mirror image")
     return SAM2Predictor.from_pretrained(REFERENCE_VOLUMES, device=device)
 
 
@@ -815,6 +822,13 @@ def _bundled_model(args: argparse.Namespace) -> bool:
     return entry is not None and entry.bundled
 
 
+def _runs_zoo_model(args: argparse.Namespace, name: str, default: str) -> bool:
+    """Whether the model options run the zoo model ``name`` (``default`` when they name none)."""
+    if args.random_init or args.config is not None or args.checkpoint is not None:
+        return False
+    return (args.model or default) == name
+
+
 def _propagate(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -853,8 +867,12 @@ def _propagate(args: argparse.Namespace) -> int:
         changes["overlaps"] = args.overlaps
     if args.prior is not None:
         changes["prior"] = PromptPrior() if args.prior else None
-    config = dataclasses.replace(default_propagation_config(image), **changes)
     default_model = REFERENCE if recording else REFERENCE_VOLUMES
+    if args.mirror is not None:
+        changes["mirror"] = args.mirror
+    elif not recording and args.prompt == "mask" and _runs_zoo_model(args, REFERENCE_VOLUMES, default_model):
+        changes["mirror"] = True  # the model trained with horizontal flips (measured with it)
+    config = dataclasses.replace(default_propagation_config(image), **changes)
     predictor = _predictor(args, default_model)
     start = time.perf_counter()
     _stage(args, f"{'recording' if recording else 'volume'} {image.shape}: "
@@ -862,6 +880,7 @@ def _propagate(args: argparse.Namespace) -> int:
                  + ("kept connected to the prompts" if config.connected and config.prompt == "mask" else "whole masks")
                  + (", the drawn shapes as a prior near their slices" if config.prior and config.prompt == "mask" else "")
                  + (", overlaps to the nearest prompt" if config.overlaps == "nearest" else "")
+                 + (", averaged with the mirror image" if config.mirror and config.prompt == "mask" else "")
                  + (f", adapting a copy of the model to the prompts ({adapt.steps} steps; --adapt-steps 0 for none)"
                     if adapt is not None else ", no adaptation"))
 

@@ -199,19 +199,21 @@ def real_cases(data_dir: Path) -> list[DemoCase]:
 
 def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, *,
              coarse_steps: int = 40, generator: torch.Generator | None = None,
-             progress: Callable[[str], None] | None = None, adapt: AdaptConfig | None = None) -> list[DiceRow]:
+             progress: Callable[[str], None] | None = None, adapt: AdaptConfig | None = None,
+             mirror: bool = False) -> list[DiceRow]:
     """The volume tasks on one case: propagation from a mask and from a box (and, with
     ``adapt``, from the mask after one-shot adaptation, :mod:`medsam2kit.adapt`), and, when the
     case has supports, FATE-SAM and SAM2Med3D; with ``out``, its NIfTI files and overlays go to
     ``out/<name>`` (``generator`` draws the weak coarse network's weights and shuffling;
-    ``progress`` is called with one line as each stage starts)."""
+    ``progress`` is called with one line as each stage starts; ``mirror``: mask propagation
+    averaged with the mirror image's, :class:`~medsam2kit.pipelines.PromptPropagationConfig`)."""
     image, label = case.query
     rows: list[DiceRow] = []
     maps: dict[str, np.ndarray] = {}
     stage = progress if progress is not None else (lambda line: None)
 
     stage(f"{case.name} {image.shape}: propagation from one prompted slice per label (mask, then box)")
-    prop = one_prompt_propagation(predictor, image, label)
+    prop = one_prompt_propagation(predictor, image, label, mirror=mirror)
     boxed = one_prompt_propagation(predictor, image, label, prompt="box")
     maps["propagation"], maps["propagation_box"] = prop.labels, boxed.labels
     map_rows = dict(_MAP_ROWS)
@@ -219,7 +221,7 @@ def run_case(predictor: SAM2Predictor, case: DemoCase, out: Path | None = None, 
     if adapt is not None:
         stage(f"{case.name}: one-shot adaptation to the prompt masks ({adapt.steps} steps), then propagation")
         name = adapted_method(adapt)
-        runs[name] = one_prompt_propagation(predictor, image, label, adapt=adapt)
+        runs[name] = one_prompt_propagation(predictor, image, label, adapt=adapt, mirror=mirror)
         maps["propagation_adapted"] = runs[name].labels
         map_rows["propagation_adapted"] = ("propagation (mask)", name)
     bounded = {method: run.on_labelled_slices() for method, run in runs.items()}
@@ -341,7 +343,8 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
              say: Callable[[str], None] = print, progress: Callable[[str], None] | None = None,
              adapt: AdaptConfig | None = AdaptConfig(steps=DEMO_ADAPT_STEPS),
              task_models: Mapping[str, Mapping[str, SAM2Predictor]] | None = None, jobs: int = 1,
-             cases: Sequence[DemoCase] | None = None, volumes_model: SAM2Predictor | None = None) -> dict[str, Any]:
+             cases: Sequence[DemoCase] | None = None, volumes_model: SAM2Predictor | None = None,
+             mirror: bool = False) -> dict[str, Any]:
     """Run every case, write the outputs and the Dice table to ``out``; returns the summary
     (also written to ``summary.json``, with ``info``: facts about the run such as the model).
     ``say`` receives the results (a line per case, the table); ``progress`` one line as each
@@ -353,7 +356,9 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
     ``medsam2kit demo`` passes the ``reference-fetal-head`` and ``reference-carotid`` models
     with the default model. ``volumes_model``: the model of the volume cases (propagation,
     FATE-SAM, SAM2Med3D) in place of ``predictor``; ``medsam2kit demo`` passes
-    ``reference-volumes`` with the default model, as the commands use it on volumes. ``jobs``: cases run at once, each in a process of its own with the
+    ``reference-volumes`` with the default model, as the commands use it on volumes, and
+    ``mirror`` (the volumes' mask propagation averaged with the mirror image's, :func:`run_case`)
+    with it. ``jobs``: cases run at once, each in a process of its own with the
     cores shared among them (:func:`medsam2kit._parallel.run_calls`; the predictors then travel
     to the workers by pickling); the table and summary are the same whatever order they end in.
     ``medsam2kit demo`` runs two at once on a CPU of two cores or more: the small model's steps
@@ -395,7 +400,8 @@ def run_demo(out: Path, predictor: SAM2Predictor, *, seed: int = 0, data_dir: Pa
             stack.enter_context(_passing_on(stage.queue, progress))
         work: list[tuple[str, Callable[[], list[DiceRow]]]] = [
             (case.name, partial(run_case, volumes_model or predictor, case, out, coarse_steps=coarse_steps,
-                                generator=torch.Generator().manual_seed(seed), progress=stage, adapt=adapt))
+                                generator=torch.Generator().manual_seed(seed), progress=stage, adapt=adapt,
+                                mirror=mirror))
             for case in cases]
         work += [(rec.name, partial(run_recording, predictor, rec.name, rec.image, rec.label, out,
                                     task_models=per_task["tracking"])) for rec in recordings]

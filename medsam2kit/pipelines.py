@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -125,6 +125,15 @@ class PromptPropagationConfig:
         axis: the slicing axis (default: :func:`~medsam2kit.sequencer.default_axis` of the image).
         window: the intensity window of the frames (:mod:`medsam2kit.sequencer`); ``None``:
             display-ready uint8 passed through unchanged.
+        mirror: SAM2 also propagates the frames mirrored left to right (the prompt masks
+            mirrored), and its logits and object scores, mirrored back, are averaged with the
+            first run's before the prior and the label map: every slice is encoded twice, and the
+            result is exactly mirror-equivariant. Mask prompts only (on the validation volumes it
+            raised mask propagation and lowered box propagation). For a model trained with
+            horizontal flips, as SAM2's own checkpoints and the bundled ``reference-volumes``
+            are: the commands turn it on with that model (docs/reference_model.md). A model
+            trained without them (the bundled ``reference``) can lose an object in the mirrored
+            run, and the average with it. Default ``False``: one run.
 
     These defaults are for volumes; :func:`default_propagation_config` gives a recording's.
     """
@@ -137,6 +146,7 @@ class PromptPropagationConfig:
     prior: PromptPrior | None = field(default_factory=PromptPrior)
     axis: int | None = None
     window: WindowSpec | None = field(default_factory=PercentileWindow)
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.prompt not in ("mask", "box"):
@@ -308,7 +318,9 @@ def propagate_prompts(predictor: SAM2Predictor, image: Volume, prompts: Volume,
     slices along the slicing axis (a reader's outline on a key slice; every slice holding the
     label is one prompt, so do not pass a finished 3D segmentation). Each label is one object
     of one SAM2 session (each slice encoded once), prompted on each of its slices by the drawn
-    mask or the box around it, and propagated both ways. With mask prompts, each drawn mask's
+    mask or the box around it, and propagated both ways; with mask prompts and ``config.mirror``
+    a second session does the same on the mirrored slices and the two runs' logits are
+    averaged. With mask prompts, each drawn mask's
     shape is then added to its label's logits on the slices near it where SAM2 sees the label
     (``config.prior``, :func:`add_prompt_prior`; a volume's default), so a drawn slice comes out
     close to the drawing. Each voxel takes, of the labels with a positive logit there, the one
@@ -369,12 +381,21 @@ def propagate_prompts(predictor: SAM2Predictor, image: Volume, prompts: Volume,
         else:
             session.add_box(frame, seq.boxes_to_frame(mask_box(crops[lab, i])), obj_id=lab)
     result = session.propagate("both")
-    logits = {lab: image.with_array(roi.paste(seq.to_volume_logits(result.logits()[:, k].numpy()).array, fill=-np.inf))
+    frame_logits, scores, encoder_calls = result.logits(), result.object_scores, session.encoder_calls
+    if cfg.mirror and cfg.prompt == "mask":
+        twin = tracker.start(replace(seq, frames=seq.frames.flip(-1)))
+        for (lab, _), (frame, mask) in frames.items():
+            twin.add_mask(frame, mask.flip(-1), obj_id=lab)
+        other = twin.propagate("both")
+        frame_logits = (frame_logits + other.logits().flip(-1)) / 2
+        scores = (scores + other.object_scores) / 2
+        encoder_calls += twin.encoder_calls
+    logits = {lab: image.with_array(roi.paste(seq.to_volume_logits(frame_logits[:, k].numpy()).array, fill=-np.inf))
               for k, lab in enumerate(result.obj_ids)}
     if cfg.prior is not None and cfg.prompt == "mask":
         seen = {lab: np.zeros(image.shape[axis], dtype=bool) for lab in result.obj_ids}
         for k, lab in enumerate(result.obj_ids):
-            seen[lab][list(seq.slice_indices)] = (result.object_scores[:, k] > 0).numpy()  # NaN (not visited): False
+            seen[lab][list(seq.slice_indices)] = (scores[:, k] > 0).numpy()  # NaN (not visited): False
         logits = add_prompt_prior(logits, drawn, seen, axis, cfg.prior)
     label_map = (label_map_nearest_prompt(logits, slices, axis) if cfg.overlaps == "nearest"
                  else label_map_from_logits(logits, image.shape))
@@ -387,7 +408,7 @@ def propagate_prompts(predictor: SAM2Predictor, image: Volume, prompts: Volume,
             mine = inside == lab
             inside[mine & ~components_meeting(mine, seed)] = 0
     seconds["propagate"] = time.perf_counter() - t0
-    return PromptPropagationResult(image.with_array(label_map), slices, axis, roi, session.encoder_calls, seconds)
+    return PromptPropagationResult(image.with_array(label_map), slices, axis, roi, encoder_calls, seconds)
 
 
 @dataclass(frozen=True)

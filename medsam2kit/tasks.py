@@ -180,11 +180,11 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
                            labels: Sequence[int] | None = None, *, prompt: PromptKind = "mask",
                            zoom: float | None = DEFAULT_ZOOM, adapt: AdaptConfig | None = None,
                            connected: bool = True, overlaps: Overlaps = "nearest",
-                           prior: PromptPrior | None = PromptPrior()) -> Propagated:
+                           prior: PromptPrior | None = PromptPrior(), mirror: bool = False) -> Propagated:
     """Prompt each label on its largest slice (its true mask, or the box around it) and propagate
     both ways.
 
-    All labels are objects of one session (each slice is encoded once); the label map takes per
+    All labels are objects of one session (each slice is encoded once, twice with ``mirror`` and mask prompts); the label map takes per
     voxel the label of the largest positive logit. With ``zoom`` every slice is cropped to the
     square of ``zoom`` times the prompts' box (:func:`medsam2kit.roi.roi_around`, around all the
     labels' prompts together; default :data:`medsam2kit.roi.DEFAULT_ZOOM`) before it is resized
@@ -201,6 +201,9 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
     :class:`~medsam2kit.pipelines.PromptPropagationConfig`). ``prior`` (mask prompts): each prompt
     mask's shape added to its label's logits near its slice
     (:class:`~medsam2kit.pipelines.PromptPrior`, default); ``None``: SAM2's logits as they are.
+    ``mirror`` (mask prompts): SAM2's logits averaged with those of a second run on the mirrored
+    slices, for models trained with horizontal flips
+    (:class:`~medsam2kit.pipelines.PromptPropagationConfig`).
 
     Raises:
         ShapeMismatchError / GeometryError: ``label`` is not on ``image``'s grid.
@@ -208,7 +211,7 @@ def one_prompt_propagation(predictor: SAM2Predictor, image: Volume, label: Volum
             is given with box prompts (there is no mask to adapt to).
     """
     config = PromptPropagationConfig(prompt=prompt, zoom=zoom, adapt=adapt, connected=connected, overlaps=overlaps,
-                                     prior=prior)
+                                     prior=prior, mirror=mirror)
     check_same_grid(label, image)
     present = tuple(int(v) for v in np.unique(label.array) if v != 0)
     wanted = present if labels is None else tuple(int(v) for v in labels)

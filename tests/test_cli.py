@@ -97,6 +97,7 @@ def test_demo_writes_masks_overlays_and_a_dice_table(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cases"] == ["phantom_0"] and summary["model"].startswith("bundled model reference ")
     assert summary["volumes_model"] == "reference-volumes"  # the volumes' model, as the commands use it
+    assert summary["volumes_mirror"] is True  # with its mirror averaging
     rows = (out / "dice_table.csv").read_text().splitlines()
     assert rows[0] == "task,case,label,method,dice"
     # labels 1, 2 x (fate-sam, vote, coarse, fused) + propagation x 6

@@ -228,3 +228,7 @@ def test_run_demo_runs_the_volume_cases_with_the_volumes_model(predictor: SAM2Pr
         return [(r.task, r.label, r.method, r.dice) for r in run_case(model, case, adapt=None)]
 
     assert got == rows(volumes) and got != rows(predictor)
+    mirrored = run_demo(tmp_path / "mirrored", predictor, adapt=None, say=lambda line: None, cases=[case],
+                        volumes_model=volumes, mirror=True)["rows"]
+    assert [(r["task"], r["label"], r["method"], r["dice"]) for r in mirrored] == [
+        (r.task, r.label, r.method, r.dice) for r in run_case(volumes, case, adapt=None, mirror=True)]
