@@ -128,7 +128,8 @@ class PromptPropagationConfig:
         mirror: SAM2 also propagates the frames mirrored left to right (the prompt masks
             mirrored), and its logits and object scores, mirrored back, are averaged with the
             first run's before the prior and the label map: every slice is encoded twice, and the
-            result is exactly mirror-equivariant. Mask prompts only (on the validation volumes it
+            result is mirror-equivariant (exactly, unless the zoomed crop's centred start falls
+            half-way between two voxels and is rounded one way). Mask prompts only (on the validation volumes it
             raised mask propagation and lowered box propagation). For a model trained with
             horizontal flips, as SAM2's own checkpoints and the bundled ``reference-volumes``
             are: the commands turn it on with that model (docs/reference_model.md). A model

@@ -393,8 +393,8 @@ def segment_box(predictor: SAM2Predictor, image: np.ndarray, box: Sequence[float
     lies (a small model's masks leak past it: on the validation fetal-head images, 11 % of the
     selection model's mask lay outside the box, and the cut raised its Dice from 0.821 to
     0.873); ``False``: SAM2's mask as it is. ``fit="ellipse"``: SAM2 runs on the crop and on its
-    left-right mirror and the two logit maps are averaged (so the fit is mirror-equivariant, at
-    twice the cost); the mask's largest part (cut to the box first with ``inside_box``), its
+    left-right mirror and the two logit maps are averaged (so the fit is mirror-equivariant, unless the
+    zoomed crop's centred start falls half-way between two pixels; at twice the cost); the mask's largest part (cut to the box first with ``inside_box``), its
     holes filled, its convex hull, replaced by the ellipse with its moments
     (:func:`moment_ellipse`), cut to the box again with ``inside_box``; for structures annotated
     as ellipses, such as the fetal head (validation images: the mask 0.927, the moment ellipse

@@ -278,17 +278,25 @@ def test_segment_box_ellipse_fit_built_by_hand(random_predictor: SAM2Predictor, 
     assert np.array_equal(fitted, moment_ellipse(convex_hull_image(part)) & within)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=6, deadline=None, derandomize=True)
 @given(st.integers(0, 2**16), st.sampled_from([2.0, None]))
 def test_segment_box_ellipse_fit_mirrors_with_the_image(random_predictor: SAM2Predictor, seed: int,
                                                          zoom: float | None) -> None:
     """Averaging SAM2's logits with its mirror's makes the ellipse fit exactly mirror-equivariant:
-    the mirrored image and box give the mirrored ellipse (SAM2's own mask does not, below)."""
+    the mirrored image and box give the mirrored ellipse (SAM2's own mask does not, below);
+    zoomed, whenever the mirrored box's crop is the mirrored crop (a crop whose centred start
+    falls half-way between two pixels is rounded one way, not mirrored)."""
+    from hypothesis import assume
+
     rng = np.random.default_rng(seed)
     height, width = (int(v) for v in rng.integers(30, 70, 2))
     image = rng.integers(0, 255, (height, width)).astype(np.uint8)
     x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
     x1, y1 = int(rng.integers(x0 + 3, width)), int(rng.integers(y0 + 3, height))
+    if zoom is not None:
+        crop = roi_around((x0, y0, x1, y1), (1, height, width), axis=0, factor=zoom).cols
+        mirror = roi_around((width - 1 - x1, y0, width - 1 - x0, y1), (1, height, width), axis=0, factor=zoom).cols
+        assume(mirror == (width - crop[1], width - crop[0]))
     mirrored = image[:, ::-1].copy()
     fitted = segment_box(random_predictor, image, (x0, y0, x1, y1), zoom=zoom, fit="ellipse")
     assert np.array_equal(segment_box(random_predictor, mirrored, (width - 1 - x1, y0, width - 1 - x0, y1),
