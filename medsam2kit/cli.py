@@ -264,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
             "The volume as a SAM2 video: each label of --prompts, drawn on one or a few slices (a mask "
             "per slice, e.g. painted in ITK-SNAP or 3D Slicer on the image's grid), is one object prompted "
             "on each of its slices by that mask (or the box around it, --prompt box) and propagated both "
-            "ways; each slice is encoded once. By default, for a volume, SAM2 sees the slices cropped to "
+            "ways; each slice is encoded once (twice with --mirror). By default, for a volume, SAM2 sees the slices cropped to "
             "2 times the prompts' box, with the default model a second run on the mirrored slices is averaged in "
             "(--no-mirror: one run), "
             "each drawn mask's shape is added to its label's logits on the slices "
