@@ -425,11 +425,12 @@ def segment_box(predictor: SAM2Predictor, image: np.ndarray, box: Sequence[float
         (x0, y0, x1, y1), (1, height, width), axis=0, factor=factor)
     crop = roi.crop(np.asarray(image)[None])
     (r0, _), (c0, _) = roi.rows, roi.cols
-    logits = _box_logits(predictor, crop, (x0 - c0, y0 - r0, x1 - c0, y1 - r0), _window(image))
+    window = _window(image)
+    left, top, right, bottom = x0 - c0, y0 - r0, x1 - c0, y1 - r0  # the box in the crop's pixels
+    logits = _box_logits(predictor, crop, (left, top, right, bottom), window)
     if fit == "ellipse":  # averaged with the left-right mirror's, mirrored back
         last = crop.shape[2] - 1
-        mirrored = _box_logits(predictor, crop[:, :, ::-1], (last - (x1 - c0), y0 - r0, last - (x0 - c0), y1 - r0),
-                               _window(image))
+        mirrored = _box_logits(predictor, crop[:, :, ::-1], (last - right, top, last - left, bottom), window)
         logits = (logits + mirrored[:, ::-1]) / 2
     out = roi.paste(logits[None] > 0, fill=False)[0]
     inside = _box_pixels((x0, y0, x1, y1), out.shape) if inside_box else np.ones(out.shape, dtype=bool)

@@ -47,7 +47,7 @@ def test_matches_a_session_built_by_hand(pred: SAM2Predictor) -> None:
     image, label = ellipsoid_phantom((20, 14, 36), (0.9, 3.0, 0.9), rng=3)
     slices = {1: [4, 9], 2: [largest_slice(label.array == 2, axis=1)]}
     prompts = drawn_on(label, slices, axis=1)
-    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=1, prior=None, mirror=False)
+    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=1, prior=None)
     out = propagate_prompts(pred, image, prompts, cfg)
     assert dict(out.prompt_slices) == {1: (4, 9), 2: tuple(slices[2])} and out.axis == 1
     assert out.encoder_calls == image.shape[1]
@@ -184,7 +184,7 @@ def test_a_strong_short_prior_gives_the_drawing_on_its_slice_and_nothing_else(pr
     image, label = ellipsoid_phantom((12, 40, 36), (2.0, 0.8, 0.8), rng=4)
     drawn = {1: [4, 7], 2: [6]}
     prompts = drawn_on(label, drawn, axis=0)
-    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=0, prior=None, mirror=False)
+    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=0, prior=None)
     plain = propagate_prompts(pred, image, prompts, cfg).labels.array
     strong = propagate_prompts(pred, image, prompts, replace(cfg, prior=PromptPrior(1e4, 0.01, 0.01))).labels.array
     for z in range(image.shape[0]):
@@ -206,7 +206,7 @@ def test_the_prior_reaches_only_the_slices_where_sam2_sees_the_label() -> None:
     one = label.with_array((label.array == 1).astype(np.uint8))
     z0 = largest_slice(one.array == 1, axis=0)
     prompts = drawn_on(one, {1: [z0]}, axis=0)
-    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=0, prior=None, mirror=False)
+    cfg = PromptPropagationConfig(zoom=None, connected=False, axis=0, prior=None)
     plain = propagate_prompts(predictor, image, prompts, cfg).labels.array
     everywhere = propagate_prompts(predictor, image, prompts, replace(cfg, prior=PromptPrior(1e4, 1e6, 0.01))).labels.array
     seq = sequence_volume(image, axis=0, image_size=predictor.image_size)
